@@ -1,0 +1,52 @@
+"""Orbax checkpoints of ``{state, data iterator position, meta}``, saved asynchronously.
+
+A step's folder becomes visible only once every item is committed, so a crash mid-save leaves
+the previous checkpoint as the latest one.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+    """The run's CheckpointManager over ``W/checkpoints``."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, enable_async_checkpointing=True, create=True
+    )
+    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: dict) -> None:
+    """Start an async save of step ``step`` (returns once device arrays are copied)."""
+    mgr.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
+        ),
+    )
+
+
+def restore(mgr: ocp.CheckpointManager, step: int, abstract_state):
+    """``(state, data_state, meta)`` of ``step``, placed as ``abstract_state``'s shardings say."""
+    restored = mgr.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state),
+            data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore(),
+        ),
+    )
+    return restored.state, restored.data, restored.meta
+
+
+def abstract_like(shapes, shardings):
+    """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
+    return jax.tree.map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
+    )

@@ -1,0 +1,151 @@
+"""Every config key with its default, and the checks that run before anything is built.
+
+Config files in ``configs/`` start from ``base_config()`` and change what they need, so a key
+that is not here is a typo, and ``validate`` says so in one sentence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from ptft_jax.model import ModelConfig
+
+TASKS = ("mlm",)
+
+
+class ConfigError(ValueError):
+    """A config value a user set that cannot work; the message names the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """All keys and their defaults (a BERT-base MLM run on one host's devices)."""
+    c = ml_collections.ConfigDict()
+    c.task = "mlm"
+    c.init_from = ""
+
+    c.model = ml_collections.ConfigDict(
+        {
+            f.name: f.default
+            for f in dataclasses.fields(ModelConfig)
+            if f.name != "add_pooling_layer"
+        }
+    )
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "builtin:wiki_en"
+    c.data.text_field = "text"
+    c.data.text_pair_field = ""
+    c.data.label_field = "label"
+    c.data.max_seq_length = 128
+    c.data.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
+    c.data.eval_fraction = 0.02  # documents held out when the source has no validation split
+    c.data.max_documents = 0  # 0 = all; a cap for quick runs
+    c.data.max_predictions_per_seq = 20
+    c.data.mlm_probability = 0.15
+    c.data.num_threads = 2  # Grain reader threads
+    c.data.prefetch = 8  # batches prefetched by those threads
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000
+    c.train.batch_size = 256  # global, across all devices and hosts
+    c.train.grad_accum_steps = 1
+    c.train.learning_rate = 1e-4
+    c.train.warmup_steps = 100
+    c.train.warmup_ratio = 0.0  # > 0 wins over warmup_steps
+    c.train.weight_decay = 0.01
+    c.train.max_grad_norm = 1.0
+    c.train.adam_b1 = 0.9
+    c.train.adam_b2 = 0.999
+    c.train.adam_eps = 1e-6
+    c.train.log_every = 50
+    c.train.eval_every = 500
+    c.train.eval_batches = 0  # 0 = the whole evaluation split
+    c.train.checkpoint_every = 500
+    c.train.keep_checkpoints = 2
+    c.train.seed = 0
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return c
+
+
+def _unknown_keys(cfg, ref, prefix="") -> list[str]:
+    out = []
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if key not in ref:
+            out.append(name)
+        elif isinstance(value, ml_collections.ConfigDict):
+            out += _unknown_keys(value, ref[key], name + ".")
+    return out
+
+
+def validate(cfg: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for the first problem a user can fix in the config."""
+    unknown = _unknown_keys(cfg, base_config())
+    if unknown:
+        raise ConfigError(
+            f"Unknown config key {unknown[0]!r}; check its spelling against ptft_jax/config.py."
+        )
+    if cfg.task not in TASKS:
+        raise ConfigError(
+            f"task={cfg.task!r} is not supported; set --config.task to one of {TASKS}."
+        )
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+            f"{m.num_attention_heads}; change one of them."
+        )
+    if d.max_seq_length > m.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
+            f"{m.max_position_embeddings}; lower data.max_seq_length or raise the model's limit."
+        )
+    if d.max_seq_length < 8:
+        raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
+    if m.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
+    for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
+        if t[key] < (0 if key == "steps" else 1):
+            raise ConfigError(f"train.{key}={t[key]} must be positive; set --config.train.{key}.")
+    if t.batch_size % t.grad_accum_steps:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps="
+            f"{t.grad_accum_steps}; make the batch a multiple of the accumulation steps."
+        )
+    if not 0.0 < d.mlm_probability < 1.0:
+        raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+    """The frozen model description, built once from ``config.model``."""
+    return ModelConfig(**cfg.model.to_dict(), add_pooling_layer=cfg.task != "mlm")
+
+
+SHAPE_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
+def check_resume_compatible(saved: dict, cfg: ml_collections.ConfigDict) -> None:
+    """Stop when a resumed run's config changes the task or a model shape."""
+    if saved.get("task") != cfg.task:
+        raise ConfigError(
+            f"The workdir holds a {saved.get('task')!r} run but the config asks for task="
+            f"{cfg.task!r}; use a new --workdir."
+        )
+    for key in SHAPE_KEYS:
+        old, new = saved["model"][key], cfg.model[key]
+        if old != new:
+            raise ConfigError(
+                f"The checkpoint in the workdir has model.{key}={old} but the config says {new}; "
+                f"use a new --workdir or set --config.model.{key}={old}."
+            )

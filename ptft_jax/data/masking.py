@@ -1,0 +1,66 @@
+"""Dynamic MLM masking (BERT's 15%, 80/10/10), a pure function of (seed, batch, row).
+
+Each row's randomness comes from ``default_rng([seed, batch_index, row])`` where ``row`` is the
+row's position in the *global* batch, so masks are the same whatever the number of hosts or
+devices, and a resumed run masks exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingSpec:
+    """What masking needs to know about the vocabulary and the budget."""
+
+    vocab_size: int
+    mask_id: int
+    special_ids: tuple[int, ...]
+    max_predictions: int
+    probability: float = 0.15
+
+
+def mask_row(ids_L: np.ndarray, length: int, spec: MaskingSpec, rng: np.random.Generator):
+    """Mask one sequence; returns (input_ids, positions_K, label_ids_K, weights_K)."""
+    k = spec.max_predictions
+    candidates = np.flatnonzero(~np.isin(ids_L[:length], spec.special_ids))
+    num = min(k, max(1, int(round(len(candidates) * spec.probability)))) if len(candidates) else 0
+    chosen = np.sort(rng.choice(candidates, size=num, replace=False)) if num else candidates[:0]
+    action = rng.random(num)
+    random_ids = rng.integers(0, spec.vocab_size, size=num)
+    out = ids_L.copy()
+    labels = ids_L[chosen]
+    out[chosen] = np.where(action < 0.8, spec.mask_id, np.where(action < 0.9, random_ids, labels))
+    positions = np.zeros(k, np.int32)
+    label_ids = np.zeros(k, np.int32)
+    weights = np.zeros(k, np.float32)
+    positions[:num], label_ids[:num], weights[:num] = chosen, labels, 1.0
+    return out, positions, label_ids, weights
+
+
+def mask_rows(
+    ids_BxL: np.ndarray,
+    lengths_B: np.ndarray,
+    rows_B: np.ndarray,
+    spec: MaskingSpec,
+    seed: int,
+    batch_index: int,
+) -> dict[str, np.ndarray]:
+    """Mask a block of rows whose global row numbers are ``rows_B``; MLM batch fields."""
+    out = [
+        mask_row(ids, int(n), spec, np.random.default_rng([seed, batch_index, int(r)]))
+        for ids, n, r in zip(ids_BxL, lengths_B, rows_B, strict=True)
+    ]
+    input_ids, positions, label_ids, weights = (np.stack(x) for x in zip(*out, strict=True))
+    length = ids_BxL.shape[1]
+    return {
+        "input_ids": input_ids.astype(np.int32),
+        "attention_mask": (np.arange(length)[None] < lengths_B[:, None]).astype(np.int32),
+        "token_type_ids": np.zeros_like(input_ids, np.int32),
+        "masked_positions": positions,
+        "masked_ids": label_ids,
+        "masked_weights": weights,
+    }

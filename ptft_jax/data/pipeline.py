@@ -1,0 +1,162 @@
+"""MLM data: split, pack into fixed-length blocks, and serve masked batches through Grain.
+
+Global order: example ``i`` of global batch ``b`` is element ``b * G + i`` of a seeded,
+per-epoch reshuffled order over all training blocks (Grain ``shuffle().repeat()``). Each
+process materialises only its rows ``[start, stop)`` of every microbatch, and the Grain
+iterator's state is just the next global batch index: the data position is independent of the
+number of hosts and devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+from ptft_jax.data.masking import MaskingSpec, mask_rows
+from ptft_jax.data.sources import DataError
+
+
+@dataclasses.dataclass
+class Blocks:
+    """Fixed-length token blocks ``[N, L]`` with the number of real tokens in each."""
+
+    ids: np.ndarray
+    lengths: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def split_documents(num_docs: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of (train, eval) documents: a fixed permutation, the last fraction held out."""
+    if num_docs < 2:
+        raise DataError(
+            f"The data has {num_docs} document(s); at least 2 are needed to hold out an "
+            "evaluation split: add text to data.source."
+        )
+    order = np.random.default_rng(0).permutation(num_docs)
+    n_eval = min(num_docs - 1, max(1, int(round(eval_fraction * num_docs))))
+    return np.sort(order[: num_docs - n_eval]), np.sort(order[num_docs - n_eval :])
+
+
+def pack(docs: list[np.ndarray], seq_len: int, cls_id: int, sep_id: int, pad_id: int) -> Blocks:
+    """Concatenate documents (each followed by [SEP]) and cut ``[CLS] body [SEP]`` blocks."""
+    body = seq_len - 2
+    pieces = []
+    for d in docs:
+        if len(d):
+            pieces += [d, np.array([sep_id], np.int32)]
+    stream = np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+    n = -(-len(stream) // body)
+    padded = np.full(n * body, pad_id, np.int32)
+    padded[: len(stream)] = stream
+    bodies = padded.reshape(n, body)
+    body_len = np.full(n, body, np.int64)
+    if n:
+        body_len[-1] = len(stream) - (n - 1) * body
+    ids = np.full((n, seq_len), pad_id, np.int32)
+    ids[:, 0] = cls_id
+    ids[:, 1 : body + 1] = bodies
+    ids[np.arange(n), body_len + 1] = sep_id
+    return Blocks(ids=ids, lengths=body_len + 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchLayout:
+    """Shape of one global batch: ``accum`` microbatches of ``micro`` rows; this process's rows."""
+
+    accum: int
+    micro: int
+    start: int
+    stop: int
+
+    @property
+    def global_rows(self) -> int:
+        return self.accum * self.micro
+
+    def rows(self) -> np.ndarray:
+        """Global row numbers ``[accum, stop - start]`` this process feeds."""
+        return np.arange(self.accum)[:, None] * self.micro + np.arange(self.start, self.stop)
+
+
+def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.ndarray]:
+    rows = layout.rows()
+    flat = rows.reshape(-1)
+    idx = np.array([order[b * layout.global_rows + int(r)] for r in flat])
+    out = mask_rows(blocks.ids[idx], blocks.lengths[idx], flat, spec, seed, b)
+    return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
+
+
+def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: int):
+    """A Grain MapDataset whose element ``b`` is this process's part of global batch ``b``."""
+    if len(blocks) < layout.global_rows:
+        raise DataError(
+            f"The training split has {len(blocks)} blocks, fewer than one global batch "
+            f"({layout.global_rows}); add data or lower --config.train.batch_size."
+        )
+    order = grain.MapDataset.range(len(blocks)).shuffle(seed=seed).repeat(None)
+    return grain.MapDataset.range(2**62).map(
+        lambda b: _local_batch(blocks, order, spec, layout, seed, b)
+    )
+
+
+def train_iterator(dataset, num_threads: int, prefetch: int):
+    """A checkpointable iterator over ``dataset`` with background threads prefetching."""
+    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
+    return iter(dataset.to_iter_dataset(options))
+
+
+def eval_batches(
+    blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: int, max_batches: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """The evaluation split in order, masked identically every time; the tail batch is padded.
+
+    Padding rows have no masked positions (weight 0) so they never count in the metrics.
+    """
+    g = layout.global_rows
+    n_batches = -(-len(blocks) // g)
+    if max_batches > 0:
+        n_batches = min(n_batches, max_batches)
+    for b in range(n_batches):
+        rows = layout.rows()
+        flat = rows.reshape(-1)
+        idx = b * g + flat
+        real = idx < len(blocks)
+        safe = np.where(real, idx, 0)
+        lengths = np.where(real, blocks.lengths[safe], 1)
+        out = mask_rows(blocks.ids[safe], lengths, flat, spec, seed + 1, b)
+        out["masked_weights"] *= real[:, None]
+        yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
+
+
+def mlm_texts(data_cfg, records: dict[str, list[dict]]) -> tuple[list[str], list[str]]:
+    """(train texts, eval texts). A source's own ``validation`` split is the evaluation set;
+    otherwise a fixed fraction of the training documents is held out."""
+    from ptft_jax.data.sources import text_of
+
+    def texts(split):
+        rows = records[split]
+        if data_cfg.max_documents:
+            rows = rows[: data_cfg.max_documents]
+        return [text_of(r, data_cfg.text_field) for r in rows]
+
+    train_texts = texts("train")
+    if "validation" in records:
+        return train_texts, texts("validation")
+    train_idx, eval_idx = split_documents(len(train_texts), data_cfg.eval_fraction)
+    return [train_texts[i] for i in train_idx], [train_texts[i] for i in eval_idx]
+
+
+def pack_texts(texts: list[str], tokenizer, seq_len: int, cache_root) -> Blocks:
+    """Tokenize (cached on disk) and pack ``texts`` into ``seq_len`` blocks."""
+    from ptft_jax.data.tokenize import special_ids, tokenize_cached
+
+    ids = special_ids(tokenizer)
+    docs = tokenize_cached(texts, tokenizer, cache_root)
+    blocks = pack(docs, seq_len, ids["cls"], ids["sep"], ids["pad"])
+    if not len(blocks):
+        raise DataError("A data split tokenized to nothing; check data.source and text_field.")
+    return blocks

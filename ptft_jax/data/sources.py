@@ -1,0 +1,238 @@
+"""Where records come from: local files and folders, the Hugging Face hub, built-in samples.
+
+Every source becomes ``{split: [record, ...]}`` with plain-Python dict records; choosing the
+text and label fields is left to the tokenizer step.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pathlib
+
+import numpy as np
+
+from ptft_jax.data import builtin
+from ptft_jax.data.builtin import DataError
+
+__all__ = ["DataError", "load_records", "split_labeled", "text_of"]
+
+SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+# File stems a split folder may use, and the split each one means.
+SPLIT_STEMS = {
+    "train": "train",
+    "validation": "validation",
+    "dev": "validation",
+    "val": "validation",
+    "test": "test",
+}
+_HINT = "set --config.data.source to a file, folder, hf:<name> or builtin:<name>"
+
+
+def split_labeled(records: list[dict]) -> dict[str, list[dict]]:
+    """Splits labeled records 80/10/10 the one way used everywhere: drop exact-duplicate texts
+    (keep the first), permute with ``numpy.random.default_rng(0)``, cut at 80% and 90%."""
+    seen: set[str] = set()
+    unique = []
+    for record in records:
+        if record["text"] not in seen:
+            seen.add(record["text"])
+            unique.append(record)
+    n = len(unique)
+    order = np.random.default_rng(0).permutation(n)
+    cuts = {"train": (0, int(0.8 * n)), "validation": (int(0.8 * n), int(0.9 * n))}
+    cuts["test"] = (int(0.9 * n), n)
+    return {split: [unique[i] for i in order[a:b]] for split, (a, b) in cuts.items()}
+
+
+def text_of(record: dict, field: str) -> str:
+    """Returns ``record[field]`` as text, or raises DataError naming the fields the record has."""
+    if field not in record:
+        have = ", ".join(repr(k) for k in record) or "none"
+        raise DataError(
+            f"A record has no field {field!r} (its fields: {have}); set --config.data.text_field "
+            "(or text_pair_field) to one of its fields."
+        )
+    value = record[field]
+    if not isinstance(value, str):
+        raise DataError(
+            f"Field {field!r} holds {type(value).__name__} {value!r:.40}, not text; set "
+            "--config.data.text_field (or text_pair_field) to a field that holds strings."
+        )
+    return value
+
+
+def _read_text(path: pathlib.Path) -> str:
+    try:
+        # utf-8-sig: spreadsheet exports start with a byte-order mark that would rename a column.
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8, for example "
+            f"with `iconv -f latin1 -t utf-8`."
+        ) from None
+
+
+def _read_json(path: pathlib.Path) -> list[dict]:
+    text = _read_text(path)
+    try:
+        if text.lstrip().startswith("["):
+            rows = json.loads(text)
+        else:
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as e:
+        raise DataError(
+            f"{path} is neither JSON lines nor a JSON list (line {e.lineno}: {e.msg}); "
+            "write one JSON object per line."
+        ) from None
+    if not all(isinstance(row, dict) for row in rows):
+        raise DataError(f"{path} holds JSON values that are not objects; write one object a line.")
+    return rows
+
+
+def _column_type(values: list[str]) -> type:
+    # CSV has no types; a column is numeric only if every cell is, so labels "0"/"1" become ints
+    # while a text column with one number-looking cell stays text.
+    for kind in (int, float):
+        try:
+            for v in values:
+                kind(v)
+        except (TypeError, ValueError):
+            continue
+        return kind
+    return str
+
+
+def _read_csv(path: pathlib.Path) -> list[dict]:
+    # newline="" keeps line breaks inside quoted cells as part of the text.
+    try:
+        rows = list(csv.DictReader(io.StringIO(_read_text(path), newline=""), restval=""))
+    except csv.Error as e:
+        raise DataError(
+            f"{path} is not valid CSV ({e}); fix the quoting or export it again."
+        ) from None
+    if not rows:
+        return rows
+    if any(None in row for row in rows):
+        raise DataError(f"{path} has rows with more cells than its header; fix those rows.")
+    kinds = {col: _column_type([row[col] for row in rows]) for col in rows[0]}
+    return [{col: kinds[col](v) for col, v in row.items()} for row in rows]
+
+
+def _read_parquet(path: pathlib.Path) -> list[dict]:
+    # pyarrow comes with `datasets`; imported here so text-only runs skip its import time.
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def _read_file(path: pathlib.Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
+    if suffix in (".json", ".jsonl"):
+        return _read_json(path)
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix == ".parquet":
+        return _read_parquet(path)
+    raise DataError(
+        f"data.source {path} has the unsupported extension {path.suffix!r}; use one of "
+        f"{', '.join(SUFFIXES)}."
+    )
+
+
+def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
+    by_split: dict[str, pathlib.Path] = {}
+    for path in files:
+        split = SPLIT_STEMS.get(path.stem.lower())
+        if split is None:
+            continue
+        if split in by_split:
+            raise DataError(
+                f"data.source {folder} has two files for the {split} split ({by_split[split].name}"
+                f" and {path.name}); keep only one."
+            )
+        by_split[split] = path
+    if by_split:
+        order = ("train", "validation", "test")
+        return {split: _read_file(by_split[split]) for split in order if split in by_split}
+    docs = [_read_text(p) for p in files if p.suffix.lower() == ".txt"]
+    if not docs:
+        raise DataError(
+            f"data.source {folder} has no train/validation/test file and no .txt files; add "
+            f"train.jsonl (or .csv, .parquet, .txt), or point data.source at a file."
+        )
+    return {"train": [{"text": doc} for doc in docs if doc.strip()]}
+
+
+def _load_hub(spec: str) -> dict[str, list[dict]]:
+    # datasets imports slowly and is only needed for hub names.
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        loaded = datasets.load_dataset(name, config or None)
+    except ConnectionError:
+        raise DataError(
+            f"Could not reach the Hugging Face hub to load hf:{spec}; download the data elsewhere "
+            "and set data.source=/path/to/file.jsonl (or a folder of train/validation/test files)."
+        ) from None
+    except (FileNotFoundError, ValueError) as e:
+        raise DataError(
+            f"Could not load hf:{spec} ({e}); check the dataset and config name."
+        ) from e
+    return {split: ds.to_list() for split, ds in loaded.items()}
+
+
+def _load_builtin(name: str) -> dict[str, list[dict]]:
+    if name not in builtin.TEXT_BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in builtin.TEXT_BUILTINS)
+        hint = " (it holds weights: use it as init_from)" if name in builtin.BUILTINS else ""
+        raise DataError(f"Unknown data source 'builtin:{name}'{hint}; use one of {known}.")
+    records = builtin.load_builtin_texts(name)
+    # Unlabeled text has no fixed split: the caller holds out its own eval slice.
+    return split_labeled(records) if "label" in records[0] else {"train": records}
+
+
+def _has_text(record: dict) -> bool:
+    return any(isinstance(v, str) and v.strip() for v in record.values())
+
+
+def load_records(source: str, split: str | None = None) -> dict[str, list[dict]]:
+    """Loads ``data.source`` as ``{split: records}``; with ``split`` only that split.
+
+    ``source`` is ``builtin:<name>``, ``hf:<name>[:<config>]``, a file (.txt, .json, .jsonl,
+    .csv, .parquet), a folder of train/validation(dev, val)/test files, or a folder of .txt
+    documents (all in "train"). Raises DataError with the fix for anything a user can get wrong.
+    """
+    if source.startswith("builtin:"):
+        splits = _load_builtin(source.removeprefix("builtin:"))
+    elif source.startswith("hf:"):
+        splits = _load_hub(source.removeprefix("hf:"))
+    else:
+        path = pathlib.Path(source).expanduser()
+        if not path.exists():
+            raise DataError(f"data.source {source!r} does not exist; {_HINT}.")
+        splits = _read_folder(path) if path.is_dir() else {"train": _read_file(path)}
+    for name, records in splits.items():
+        if not records:
+            raise DataError(
+                f"data.source {source!r} has no records (in its {name} split); add records or "
+                "point data.source at data that has them."
+            )
+        if not any(_has_text(r) for r in records):
+            raise DataError(
+                f"data.source {source!r} has only empty texts in its {name} split; fill in the "
+                "text field or point data.source at the right file."
+            )
+    if split is None:
+        return splits
+    if split not in splits:
+        raise DataError(
+            f"data.source {source!r} has no {split} split (it has {', '.join(splits)}); add a "
+            f"{split} file or choose one of those splits."
+        )
+    return {split: splits[split]}

@@ -1,0 +1,342 @@
+"""BERT in Flax NNX, computing exactly what Hugging Face's BertModel computes.
+
+Module attribute names mirror Hugging Face parameter names one-to-one (``bert.encoder.layer.3.
+attention.self.query`` here is ``bert.encoder.layer.3.attention.self.query`` there), so weight
+conversion is a rename plus a transpose of dense kernels.
+
+Dimension letters used in tensor names:
+  B: batch, L: sequence length, K: masked positions per sequence (max_predictions_per_seq),
+  D: hidden size, N: attention heads, H: head size, F: intermediate (MLP) size, V: vocab size.
+
+Every parameter carries logical axis names (``embed``, ``vocab``, ``heads``, ``mlp``, ``norm``);
+main activations are constrained with ``batch``, ``length``, ``act_*`` names. ``sharding.py``
+maps them onto mesh axes; this file never names a mesh axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.core import spmd
+from jax.sharding import PartitionSpec
+
+Dtype = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shape and numerics of a BERT model; field names are Hugging Face ``BertConfig``'s."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
+    dtype: str = "float32"
+    add_pooling_layer: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def jnp_dtype(self) -> Dtype:
+        return jnp.dtype(self.dtype)
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    """Sharding hint for an activation, by logical axis names; a no-op without rules or mesh."""
+    rules = spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    table = dict(rules)
+    spec = PartitionSpec(*(table.get(name) if name else None for name in logical_axes))
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def _param_init(cfg: ModelConfig, names: tuple[str | None, ...]):
+    # Eager sharding stays off: parameters are placed by jit(init, out_shardings=...) instead.
+    return nnx.with_partitioning(
+        nnx.initializers.normal(cfg.initializer_range), names, eager_sharding=False
+    )
+
+
+def _zeros(names: tuple[str | None, ...]):
+    return nnx.with_partitioning(nnx.initializers.zeros_init(), names, eager_sharding=False)
+
+
+def _ones(names: tuple[str | None, ...]):
+    return nnx.with_partitioning(nnx.initializers.ones_init(), names, eager_sharding=False)
+
+
+def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs):
+    """A Linear whose kernel is (in, out) with logical names and HF's normal(0.02) init."""
+    return nnx.Linear(
+        d_in,
+        d_out,
+        dtype=cfg.jnp_dtype,
+        kernel_init=_param_init(cfg, names),
+        bias_init=_zeros((names[1],)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
+    """LayerNorm with float32 statistics (flax reduces in float32 whatever the input dtype)."""
+    return nnx.LayerNorm(
+        cfg.hidden_size,
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.jnp_dtype,
+        scale_init=_ones(("norm",)),
+        bias_init=_zeros(("norm",)),
+        rngs=rngs,
+    )
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """The exact erf GELU of BERT (``hidden_act="gelu"``)."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        def embed(n, names):
+            return nnx.Embed(
+                n,
+                cfg.hidden_size,
+                dtype=cfg.jnp_dtype,
+                embedding_init=_param_init(cfg, names),
+                rngs=rngs,
+            )
+
+        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
+        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
+        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+        self.LayerNorm = layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None):
+        length = input_ids_BxL.shape[1]
+        words_BxLxD = constrain(
+            self.word_embeddings(input_ids_BxL), ("batch", "length", "act_embed")
+        )
+        x_BxLxD = (
+            words_BxLxD
+            + self.position_embeddings.embedding[:length][None].astype(jnp.float32)
+            + self.token_type_embeddings(token_type_ids_BxL)
+        )
+        x_BxLxD = self.LayerNorm(x_BxLxD)
+        return self.dropout(x_BxLxD, deterministic=rngs is None, rngs=rngs)
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.query = dense(cfg, d, d, ("embed", "heads"), rngs)
+        self.key = dense(cfg, d, d, ("embed", "heads"), rngs)
+        self.value = dense(cfg, d, d, ("embed", "heads"), rngs)
+
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
+        cfg = self.cfg
+        b, length, _ = x_BxLxD.shape
+        shape = (b, length, cfg.num_attention_heads, cfg.head_dim)
+        names = ("batch", "length", "act_heads", None)
+        q_BxLxNxH = constrain(self.query(x_BxLxD).reshape(shape), names)
+        k_BxLxNxH = constrain(self.key(x_BxLxD).reshape(shape), names)
+        v_BxLxNxH = constrain(self.value(x_BxLxD).reshape(shape), names)
+        if rngs is None or cfg.attention_probs_dropout_prob == 0.0:
+            out_BxLxNxH = jax.nn.dot_product_attention(
+                q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL
+            )
+        else:
+            # dot_product_attention has no dropout; compute the probabilities explicitly.
+            logits = jnp.einsum(
+                "bqnh,bknh->bnqk", q_BxLxNxH, k_BxLxNxH, preferred_element_type=jnp.float32
+            ) / jnp.sqrt(jnp.float32(cfg.head_dim))
+            logits = jnp.where(mask_Bx1x1xL, logits, jnp.finfo(jnp.float32).min)
+            probs = jax.nn.softmax(logits, axis=-1)
+            keep = jax.random.bernoulli(
+                rngs.dropout(), 1.0 - cfg.attention_probs_dropout_prob, probs.shape
+            )
+            probs = jnp.where(keep, probs / (1.0 - cfg.attention_probs_dropout_prob), 0.0)
+            out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
+        return out_BxLxNxH.reshape(b, length, cfg.hidden_size)
+
+
+class BertSelfOutput(nnx.Module):
+    def __init__(self, cfg: ModelConfig, d_in: int, names, rngs: nnx.Rngs):
+        self.dense = dense(cfg, d_in, cfg.hidden_size, names, rngs)
+        self.LayerNorm = layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, h, residual_BxLxD, *, rngs=None):
+        h_BxLxD = self.dropout(self.dense(h), deterministic=rngs is None, rngs=rngs)
+        return self.LayerNorm(h_BxLxD + residual_BxLxD)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(cfg, rngs)
+        self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), rngs)
+
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
+        return self.output(self.self(x_BxLxD, mask_Bx1x1xL, rngs=rngs), x_BxLxD, rngs=rngs)
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dense = dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs)
+
+    def __call__(self, x_BxLxD):
+        return constrain(gelu(self.dense(x_BxLxD)), ("batch", "length", "act_mlp"))
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.attention = BertAttention(cfg, rngs)
+        self.intermediate = BertIntermediate(cfg, rngs)
+        self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), rngs)
+
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
+        a_BxLxD = self.attention(x_BxLxD, mask_Bx1x1xL, rngs=rngs)
+        out_BxLxD = self.output(self.intermediate(a_BxLxD), a_BxLxD, rngs=rngs)
+        return constrain(out_BxLxD, ("batch", "length", "act_embed"))
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, return_all=False):
+        hidden = [x_BxLxD]
+        # Unrolled on purpose: on one GPU a Python loop over layers measured faster than scan.
+        for layer in self.layer:
+            hidden.append(layer(hidden[-1], mask_Bx1x1xL, rngs=rngs))
+        return hidden if return_all else hidden[-1]
+
+
+class BertPooler(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs)
+
+    def __call__(self, x_BxLxD):
+        return jnp.tanh(self.dense(x_BxLxD[:, 0]))
+
+
+class BertModel(nnx.Module):
+    """The encoder: embeddings, post-LN Transformer layers and (optionally) the pooler."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embeddings = BertEmbeddings(cfg, rngs)
+        self.encoder = BertEncoder(cfg, rngs)
+        self.pooler = BertPooler(cfg, rngs) if cfg.add_pooling_layer else None
+
+    def __call__(
+        self,
+        input_ids_BxL,
+        attention_mask_BxL,
+        token_type_ids_BxL=None,
+        *,
+        rngs: nnx.Rngs | None = None,
+        return_all_hidden: bool = False,
+    ) -> dict[str, Any]:
+        """Returns ``last_hidden_state`` (float32), ``pooler_output`` and optionally all layers.
+
+        ``rngs`` with a ``dropout`` stream turns dropout on; ``None`` is deterministic.
+        """
+        if token_type_ids_BxL is None:
+            token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
+        mask_Bx1x1xL = attention_mask_BxL.astype(jnp.bool_)[:, None, None, :]
+        x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, rngs=rngs)
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
+        hidden = self.encoder(x_BxLxD, mask_Bx1x1xL, rngs=rngs, return_all=True)
+        out = {"last_hidden_state": hidden[-1]}
+        if self.pooler is not None:
+            out["pooler_output"] = self.pooler(hidden[-1])
+        if return_all_hidden:
+            out["hidden_states"] = hidden
+        return out
+
+
+class BertPredictionHeadTransform(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs)
+        self.LayerNorm = layer_norm(cfg, rngs)
+
+    def __call__(self, x):
+        return self.LayerNorm(gelu(self.dense(x)))
+
+
+class BertLMPredictionHead(nnx.Module):
+    """Transform, then the decoder tied to the word embeddings, plus its own bias."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.transform = BertPredictionHeadTransform(cfg, rngs)
+        self.bias = nnx.Param(
+            jnp.zeros((cfg.vocab_size,), jnp.float32), out_sharding=("vocab",), eager_sharding=False
+        )
+
+    def __call__(self, x_BxKxD, word_embeddings_VxD):
+        h_BxKxD = self.transform(x_BxKxD).astype(self.cfg.jnp_dtype)
+        logits_BxKxV = jnp.einsum(
+            "bkd,vd->bkv",
+            h_BxKxD,
+            word_embeddings_VxD.astype(self.cfg.jnp_dtype),
+            preferred_element_type=jnp.float32,
+        )
+        return constrain(logits_BxKxV + self.bias[...], ("batch", None, "act_vocab"))
+
+
+class BertOnlyMLMHead(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.predictions = BertLMPredictionHead(cfg, rngs)
+
+
+class BertForMaskedLM(nnx.Module):
+    """Encoder + MLM head evaluated only at gathered masked positions (HF's BertForMaskedLM)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.bert = BertModel(cfg, rngs)
+        self.cls = BertOnlyMLMHead(cfg, rngs)
+
+    def __call__(
+        self,
+        input_ids_BxL,
+        attention_mask_BxL,
+        token_type_ids_BxL=None,
+        masked_positions_BxK=None,
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> jax.Array:
+        """MLM logits (float32) at ``masked_positions_BxK``, or at every position when None."""
+        x_BxLxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
+            "last_hidden_state"
+        ]
+        if masked_positions_BxK is not None:
+            x_BxLxD = jnp.take_along_axis(x_BxLxD, masked_positions_BxK[..., None], axis=1)
+        word_VxD = self.bert.embeddings.word_embeddings.embedding[...]
+        return self.cls.predictions(x_BxLxD, word_VxD)
+
+
+def build_model(cfg: ModelConfig, task: str, seed: int) -> nnx.Module:
+    """The model for ``task``, initialised from ``seed`` (call under jit/eval_shape to shard)."""
+    rngs = nnx.Rngs(params=seed)
+    if task == "mlm":
+        return BertForMaskedLM(cfg, rngs=rngs)
+    raise ValueError(f"Unknown task {task!r}; set --config.task to 'mlm'.")

@@ -1,0 +1,58 @@
+"""The optax optimizer: schedule, AdamW with a decay mask, global-norm clipping."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import optax
+
+# Biases and LayerNorm parameters get no weight decay (BERT's recipe).
+_NO_DECAY = re.compile(r"(^|/)(bias|LayerNorm/(scale|bias))$")
+
+
+def path_str(path) -> str:
+    """'bert/encoder/layer/0/attention/self/query/kernel' for a tree path."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def decay_mask(params):
+    """True for parameters that receive weight decay."""
+    return jax.tree_util.tree_map_with_path(lambda p, _: not _NO_DECAY.search(path_str(p)), params)
+
+
+def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
+    """Linear warmup to ``learning_rate`` over ``warmup_steps``, then linear decay to zero."""
+    peak = float(train_cfg.learning_rate)
+    warmup = int(train_cfg.warmup_steps)
+    if train_cfg.get("warmup_ratio", 0.0):
+        warmup = int(round(train_cfg.warmup_ratio * total_steps))
+    warmup = min(warmup, total_steps)
+    return optax.join_schedules(
+        [
+            optax.linear_schedule(0.0, peak, max(warmup, 1)),
+            optax.linear_schedule(peak, 0.0, max(total_steps - warmup, 1)),
+        ],
+        boundaries=[warmup],
+    )
+
+
+def make_optimizer(
+    train_cfg, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (float32 moments) with clipping; gradient accumulation happens in the train step."""
+    schedule = learning_rate_schedule(train_cfg, total_steps)
+    chain = []
+    if train_cfg.max_grad_norm and train_cfg.max_grad_norm > 0:
+        chain.append(optax.clip_by_global_norm(float(train_cfg.max_grad_norm)))
+    chain.append(
+        optax.adamw(
+            schedule,
+            b1=float(train_cfg.adam_b1),
+            b2=float(train_cfg.adam_b2),
+            eps=float(train_cfg.adam_eps),
+            weight_decay=float(train_cfg.weight_decay),
+            mask=decay_mask,
+        )
+    )
+    return optax.chain(*chain), schedule

@@ -1,0 +1,138 @@
+"""Pure init, train and eval steps, jitted once with explicit shardings.
+
+The train state is a plain dict ``{"params", "opt_state", "step"}`` of arrays; the NNX module
+structure lives in a static ``graphdef`` and is merged back inside the traced functions.
+Batches are ``[A, B, ...]``: A gradient-accumulation microbatches of B rows each.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from ptft_jax import losses, sharding
+from ptft_jax.model import ModelConfig, build_model
+
+State = dict[str, Any]
+
+
+def abstract_model(model_cfg: ModelConfig, task: str):
+    """``(graphdef, abstract param state)`` without allocating anything."""
+    return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, task, 0)))
+
+
+def state_specs(model_cfg: ModelConfig, task: str, tx: optax.GradientTransformation, mesh: Mesh):
+    """PartitionSpecs of the whole train state; optimizer moments follow their parameters."""
+    _, abstract = abstract_model(model_cfg, task)
+    p_specs = sharding.param_specs(abstract, mesh)
+    abstract_params = nnx.to_pure_dict(abstract)
+    opt_abstract = jax.eval_shape(tx.init, abstract_params)
+    o_specs = optax.tree_map_params(
+        tx,
+        lambda _, spec: spec,
+        opt_abstract,
+        p_specs,
+        transform_non_params=lambda _: PartitionSpec(),
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    return {"params": p_specs, "opt_state": o_specs, "step": PartitionSpec()}
+
+
+def make_init_fn(model_cfg: ModelConfig, task: str, tx, mesh: Mesh, seed: int) -> Callable:
+    """A jitted ``() -> state`` whose outputs are born sharded (never materialised whole)."""
+    shardings = sharding.named(mesh, state_specs(model_cfg, task, tx, mesh))
+
+    def init() -> State:
+        params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, task, seed)))
+        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+    return jax.jit(init, out_shardings=shardings)
+
+
+def _mlm_forward(graphdef, params, mb: dict, rngs) -> dict:
+    model = nnx.merge(graphdef, params)
+    logits_BxKxV = model(
+        mb["input_ids"],
+        mb["attention_mask"],
+        mb["token_type_ids"],
+        mb["masked_positions"],
+        rngs=rngs,
+    )
+    return losses.mlm_sums(logits_BxKxV, mb["masked_ids"], mb["masked_weights"])
+
+
+def train_step(state: State, batch: dict, *, graphdef, tx, schedule, seed: int):
+    """One optimizer update over all microbatches of ``batch``; returns (state, metrics).
+
+    Each microbatch's summed loss is divided by the label count of the whole batch, so the
+    accumulated gradient equals the gradient of the mean loss over the global batch exactly.
+    """
+    params, step = state["params"], state["step"]
+    total_weight = jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
+    step_key = jax.random.fold_in(jax.random.key(seed), step)
+
+    def microbatch(carry, xs):
+        grads_acc, sums_acc = carry
+        index, mb = xs
+        key = jax.random.fold_in(step_key, index)
+
+        def loss_fn(p):
+            sums = _mlm_forward(graphdef, p, mb, nnx.Rngs(dropout=key))
+            return sums["loss_sum"] / total_weight, sums
+
+        grads, sums = jax.grad(loss_fn, has_aux=True)(params)
+        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+        sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
+        return (grads_acc, sums_acc), None
+
+    num_micro = batch["input_ids"].shape[0]
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
+    (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    params = optax.apply_updates(params, updates)
+    metrics = {
+        "loss": sums["loss_sum"] / total_weight,
+        "mlm_accuracy": sums["correct_sum"] / total_weight,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(step),
+    }
+    return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
+
+
+def eval_step(params, batch: dict, *, graphdef) -> dict:
+    """Summed loss/correct/weight over a batch, deterministic (no dropout)."""
+    mb = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
+    return _mlm_forward(graphdef, params, mb, None)
+
+
+def batch_shardings(mesh: Mesh, example_batch: dict) -> dict:
+    """NamedShardings of a ``[A, B, ...]`` batch (B over data x fsdp)."""
+    return {k: NamedSharding(mesh, sharding.batch_spec(v.ndim)) for k, v in example_batch.items()}
+
+
+def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed: int, batch_keys):
+    """Jitted ``train_step(state, batch)`` (state donated) and ``eval_step(params, batch)``."""
+    graphdef, _ = abstract_model(model_cfg, task)
+    state_sh = sharding.named(mesh, state_specs(model_cfg, task, tx, mesh))
+    batch_sh = {k: NamedSharding(mesh, sharding.batch_spec(nd)) for k, nd in batch_keys.items()}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    train = jax.jit(
+        functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, seed=seed),
+        in_shardings=(state_sh, batch_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=(0,),
+    )
+    evaluate = jax.jit(
+        functools.partial(eval_step, graphdef=graphdef),
+        in_shardings=(state_sh["params"], batch_sh),
+        out_shardings=replicated,
+    )
+    return train, evaluate, state_sh

@@ -1,0 +1,212 @@
+"""Train a BERT: ``python -m ptft_jax.train --config configs/x.py --workdir W [--config.K=V]``.
+
+Resume order: a checkpoint in W wins; otherwise the state is initialised from scratch.
+The loop below is the whole training procedure, in commented sections.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from ptft_jax import checkpoint, config, metrics, optim, sharding, steps
+from ptft_jax.data import pipeline, sources, tokenize
+from ptft_jax.data.builtin import cache_dir
+from ptft_jax.data.masking import MaskingSpec
+
+USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, tokenizer.")
+
+
+def _masking_spec(cfg, tokenizer) -> MaskingSpec:
+    ids = tokenize.special_ids(tokenizer)
+    special = tuple(sorted(set(tokenizer.all_special_ids)))
+    return MaskingSpec(
+        vocab_size=len(tokenizer),
+        mask_id=ids["mask"],
+        special_ids=special,
+        max_predictions=cfg.data.max_predictions_per_seq,
+        probability=cfg.data.mlm_probability,
+    )
+
+
+def _evaluate(eval_step, params, blocks, spec, layout, cfg, mesh) -> dict:
+    """Metrics over the whole held-out split (or its first ``train.eval_batches`` batches)."""
+    totals = None
+    for batch in pipeline.eval_batches(
+        blocks, spec, layout, cfg.train.seed, cfg.train.eval_batches
+    ):
+        sums = eval_step(params, sharding.to_global(batch, mesh, layout.micro))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return metrics.mlm_eval_metrics(jax.device_get(totals))
+
+
+def run(cfg, workdir: str | pathlib.Path) -> dict:
+    """Train as ``cfg`` says in ``workdir``; returns the final summary."""
+    t_start = time.time()
+    workdir = pathlib.Path(workdir)
+
+    # --- Check everything a user can get wrong before building or compiling anything.
+    config.validate(cfg)
+    saved_cfg_path = workdir / "config.json"
+    if saved_cfg_path.exists():
+        config.check_resume_compatible(json.loads(saved_cfg_path.read_text()), cfg)
+    model_cfg = config.model_config(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    accum = cfg.train.grad_accum_steps
+    micro = cfg.train.batch_size // accum
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if micro % shards:
+        raise config.ConfigError(
+            f"The microbatch (train.batch_size / grad_accum_steps = {micro}) is not divisible by "
+            f"the data x fsdp mesh size {shards}; change train.batch_size or mesh.*."
+        )
+    start, stop = sharding.process_rows(mesh, micro)
+    layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
+    eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
+
+    # --- Data: records, tokenizer (saved in W), packed blocks; the workdir appears here.
+    records = sources.load_records(cfg.data.source)
+    train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = tokenize.get_tokenizer(cfg.data, workdir, train_texts, model_cfg.vocab_size)
+    if len(tokenizer) > model_cfg.vocab_size:
+        raise config.ConfigError(
+            f"The tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
+            f"{model_cfg.vocab_size}; set --config.model.vocab_size={len(tokenizer)}."
+        )
+    train_blocks = pipeline.pack_texts(train_texts, tokenizer, cfg.data.max_seq_length, cache_dir())
+    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, cfg.data.max_seq_length, cache_dir())
+    spec = _masking_spec(cfg, tokenizer)
+    dataset = pipeline.train_dataset(train_blocks, spec, layout, cfg.train.seed)
+    data_iter = pipeline.train_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
+    if jax.process_index() == 0:
+        saved_cfg_path.write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    logging.info(
+        "data: %d train blocks, %d eval blocks of %d tokens; tokenizer %s",
+        len(train_blocks),
+        len(eval_blocks),
+        cfg.data.max_seq_length,
+        tokenize.describe(tokenizer),
+    )
+
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        # --- State: resume from the latest checkpoint in W, else initialise from scratch.
+        total_steps = cfg.train.steps
+        tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
+        init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
+        example = next(iter(pipeline.eval_batches(eval_blocks, spec, layout, 0, 1)))
+        train_step, eval_step, state_sh = steps.jit_steps(
+            model_cfg,
+            cfg.task,
+            tx,
+            schedule,
+            mesh,
+            cfg.train.seed,
+            {k: v.ndim for k, v in example.items()},
+        )
+        ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
+        latest = ckpt.latest_step()
+        if latest is not None:
+            abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
+            state, data_state, _ = checkpoint.restore(ckpt, latest, abstract)
+            data_iter.set_state(data_state)
+            logging.info("resumed from step %d of %s", latest, workdir)
+        else:
+            state = init_fn()
+        step = int(jax.device_get(state["step"]))
+        writer = metrics.Writer(workdir, total_steps, step)
+        if latest is not None:
+            writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
+
+        # --- Compile once, ahead of the loop, so that compile time is measured on its own.
+        t0 = time.time()
+        batch = sharding.to_global(next(data_iter), mesh, layout.global_rows // accum)
+        compiled_step = train_step.lower(state, batch).compile()
+        compile_s = time.time() - t0
+        writer.print(f"compiled the train step in {compile_s:.1f}s")
+        if step == 0 and cfg.train.eval_every and total_steps:
+            ev = _evaluate(eval_step, state["params"], eval_blocks, spec, eval_layout, cfg, mesh)
+            writer.write(0, "validation", ev)
+
+        # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
+        tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
+        pending, t_log, steps_since_log, tok_s = [], time.time(), 0, 0.0
+        ev = {}
+        while step < total_steps:
+            if batch is None:
+                batch = sharding.to_global(next(data_iter), mesh, layout.global_rows // accum)
+            state, step_metrics = compiled_step(state, batch)
+            batch = None
+            step += 1
+            steps_since_log += 1
+            pending.append(step_metrics)
+            writer.advance()
+            if step % cfg.train.log_every == 0 or step == total_steps:
+                host = jax.device_get(pending)
+                dt = time.time() - t_log
+                tok_s = tokens_per_step * steps_since_log / max(dt, 1e-9)
+                row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+                row.update(tokens_per_s=tok_s, step_time_s=dt / steps_since_log)
+                writer.write(step, "train", row)
+                pending, t_log, steps_since_log = [], time.time(), 0
+            if step % cfg.train.eval_every == 0 or step == total_steps:
+                ev = _evaluate(
+                    eval_step, state["params"], eval_blocks, spec, eval_layout, cfg, mesh
+                )
+                writer.write(step, "validation", ev)
+                t_log = time.time()  # evaluation time is not training throughput
+            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+                meta = {"step": step, "config": json.loads(cfg.to_json_best_effort())}
+                checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
+
+        # --- Done: wait for the last async save, then the one-line summary.
+        ckpt.wait_until_finished()
+        ckpt.close()
+        summary = {
+            "step": step,
+            "eval_loss": ev.get("loss", float("nan")),
+            "eval_mlm_accuracy": ev.get("mlm_accuracy", float("nan")),
+            "tokens_per_s": tok_s,
+            "compile_s": compile_s,
+            "wall_s": time.time() - t_start,
+        }
+        writer.close()
+        if jax.process_index() == 0:
+            print(
+                f"done: step {step}, eval loss {summary['eval_loss']:.4f}, MLM accuracy "
+                f"{summary['eval_mlm_accuracy']:.4f}, {tok_s:,.0f} tokens/s, compile "
+                f"{compile_s:.1f}s, wall {summary['wall_s']:.1f}s",
+                flush=True,
+            )
+        return {**summary, "state": state}
+
+
+def main(argv) -> None:
+    """absl entry point: user errors become one line on stderr and exit status 2."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or not _WORKDIR.value:
+        print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
+        sys.exit(2)
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)
