@@ -48,7 +48,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 8  # batches prefetched by those threads
 
     c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000
+    c.train.steps = 1000  # the schedule's length
+    c.train.stop_at_step = 0  # > 0: checkpoint and stop there (time-boxed jobs); resume later
     c.train.batch_size = 256  # global, across all devices and hosts
     c.train.grad_accum_steps = 1
     c.train.learning_rate = 1e-4
@@ -68,6 +69,20 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return c
+
+
+def unknown_override(argv: list[str]) -> str | None:
+    """The first ``--config.KEY=VALUE`` argument whose KEY does not exist, if any."""
+    ref = base_config()
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node = ref
+        for part in arg[len("--config.") :].split("=", 1)[0].split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                return arg.split("=", 1)[0][len("--config.") :]
+            node = node[part]
+    return None
 
 
 def _unknown_keys(cfg, ref, prefix="") -> list[str]:

@@ -129,8 +129,12 @@ class BertEmbeddings(nnx.Module):
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None):
         length = input_ids_BxL.shape[1]
+        # FSDP: gather the table's embed dimension before the lookup, so the lookup (and its
+        # gradient, reduce-scattered back) happens on whole rows.
+        table_VxD = constrain(self.word_embeddings.embedding[...], ("vocab", None))
         words_BxLxD = constrain(
-            self.word_embeddings(input_ids_BxL), ("batch", "length", "act_embed")
+            jnp.take(table_VxD, input_ids_BxL, axis=0).astype(self.word_embeddings.dtype),
+            ("batch", "length", "act_embed"),
         )
         x_BxLxD = (
             words_BxLxD

@@ -43,7 +43,7 @@ def mesh_shape(mesh_cfg: Mapping[str, int], num_devices: int) -> tuple[int, int,
     """Resolve ``{data, fsdp, tensor}`` sizes, where one -1 takes all remaining devices."""
     sizes = [int(mesh_cfg.get(axis, 1)) for axis in MESH_AXES]
     if sizes.count(-1) > 1:
-        raise MeshError("At most one mesh axis may be -1; set the others to explicit sizes.")
+        raise MeshError("At most one mesh axis may be -1; set the other --config.mesh.* to sizes.")
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
         raise MeshError(

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
+from absl import logging as absl_logging
 from flax import nnx
 from ml_collections import config_flags
 
@@ -145,7 +146,8 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
         tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
         pending, t_log, steps_since_log, tok_s = [], time.time(), 0, 0.0
         ev = {}
-        while step < total_steps:
+        stop_at = cfg.train.stop_at_step or total_steps
+        while step < min(stop_at, total_steps):
             if batch is None:
                 batch = sharding.to_global(next(data_iter), mesh, layout.global_rows // accum)
             state, step_metrics = compiled_step(state, batch)
@@ -154,7 +156,8 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
             steps_since_log += 1
             pending.append(step_metrics)
             writer.advance()
-            if step % cfg.train.log_every == 0 or step == total_steps:
+            last = step in (total_steps, stop_at)
+            if step % cfg.train.log_every == 0 or last:
                 host = jax.device_get(pending)
                 dt = time.time() - t_log
                 tok_s = tokens_per_step * steps_since_log / max(dt, 1e-9)
@@ -162,13 +165,13 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
                 row.update(tokens_per_s=tok_s, step_time_s=dt / steps_since_log)
                 writer.write(step, "train", row)
                 pending, t_log, steps_since_log = [], time.time(), 0
-            if step % cfg.train.eval_every == 0 or step == total_steps:
+            if step % cfg.train.eval_every == 0 or last:
                 ev = _evaluate(
                     eval_step, state["params"], eval_blocks, spec, eval_layout, cfg, mesh
                 )
                 writer.write(step, "validation", ev)
                 t_log = time.time()  # evaluation time is not training throughput
-            if step % cfg.train.checkpoint_every == 0 or step == total_steps:
+            if step % cfg.train.checkpoint_every == 0 or last:
                 meta = {"step": step, "config": json.loads(cfg.to_json_best_effort())}
                 checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
 
@@ -198,6 +201,8 @@ def main(argv) -> None:
     """absl entry point: user errors become one line on stderr and exit status 2."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines drown the bar
     if _CONFIG.value is None or not _WORKDIR.value:
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
@@ -208,5 +213,21 @@ def main(argv) -> None:
         sys.exit(2)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with config mistakes reported in one sentence instead of a traceback."""
+    bad = config.unknown_override(argv[1:])
+    if bad:
+        print(
+            f"error: unknown config key {bad!r}; check its spelling against ptft_jax/config.py.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

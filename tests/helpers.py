@@ -1,0 +1,49 @@
+"""Shared test builders: a fixed tiny MLM batch and sharded state on any mesh."""
+
+import jax
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from ptft_jax import optim, sharding, steps
+from ptft_jax.config import base_config
+
+
+def train_cfg(**kw) -> ml_collections.ConfigDict:
+    t = base_config().train
+    t.update({"learning_rate": 1e-3, "warmup_steps": 2, "steps": 10, **kw})
+    return t
+
+
+def mlm_batch(model_cfg, accum=1, rows=16, length=24, k=4, seed=0) -> dict:
+    """A fixed random MLM batch ``[accum, rows, ...]`` with some padding."""
+    rng = np.random.default_rng(seed)
+    shape = (accum, rows, length)
+    lengths = rng.integers(length // 2, length + 1, (accum, rows))
+    mask = (np.arange(length) < lengths[..., None]).astype(np.int32)
+    pos = np.sort(rng.integers(1, length // 2, (accum, rows, k)), axis=-1).astype(np.int32)
+    return {
+        "input_ids": rng.integers(5, model_cfg.vocab_size, shape).astype(np.int32) * mask,
+        "attention_mask": mask,
+        "token_type_ids": np.zeros(shape, np.int32),
+        "masked_positions": pos,
+        "masked_ids": rng.integers(5, model_cfg.vocab_size, (accum, rows, k)).astype(np.int32),
+        "masked_weights": (rng.random((accum, rows, k)) < 0.8).astype(np.float32),
+    }
+
+
+def run_steps(model_cfg, mesh_cfg, batch, n=2, devices=None, seed=0, tcfg=None):
+    """``n`` jitted train steps on a mesh; returns (host params, list of host metrics)."""
+    mesh = sharding.make_mesh(mesh_cfg, devices)
+    tx, schedule = optim.make_optimizer(tcfg or train_cfg(), 10)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        state = steps.make_init_fn(model_cfg, "mlm", tx, mesh, seed)()
+        train, _, _ = steps.jit_steps(
+            model_cfg, "mlm", tx, schedule, mesh, seed, {k: v.ndim for k, v in batch.items()}
+        )
+        gb = sharding.to_global(batch, mesh, batch["input_ids"].shape[1])
+        history = []
+        for _ in range(n):
+            state, m = train(state, gb)
+            history.append(jax.device_get(m))
+        return jax.device_get(state["params"]), history

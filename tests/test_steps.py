@@ -1,0 +1,103 @@
+import dataclasses
+import json
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from helpers import mlm_batch, run_steps, train_cfg
+from ptft_jax.model import build_model
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "one_step_metrics.json"
+ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
+
+
+def test_output_shapes(tiny_model_cfg):
+    cfg = dataclasses.replace(tiny_model_cfg, add_pooling_layer=True)
+    model = build_model(cfg, "mlm", 0)
+    b = mlm_batch(cfg)
+    ids, mask = b["input_ids"][0], b["attention_mask"][0]
+    out = model.bert(ids, mask, return_all_hidden=True)
+    assert out["last_hidden_state"].shape == (16, 24, cfg.hidden_size)
+    assert len(out["hidden_states"]) == cfg.num_hidden_layers + 1
+    assert model(ids, mask, None, b["masked_positions"][0]).shape == (16, 4, cfg.vocab_size)
+    assert model(ids, mask).shape == (16, 24, cfg.vocab_size)
+
+
+def test_one_step_golden_metrics(tiny_model_cfg):
+    """Metrics of the first two steps of a fixed tiny run. Did you mean to change behaviour?
+    Regenerate with PTFT_UPDATE_GOLDEN=1 only if so."""
+    _, history = run_steps(
+        tiny_model_cfg, ONE_DEVICE, mlm_batch(tiny_model_cfg), n=2, devices=jax.devices()[:1]
+    )
+    got = [{k: float(v) for k, v in m.items()} for m in history]
+    if os.environ.get("PTFT_UPDATE_GOLDEN"):
+        GOLDEN.write_text(json.dumps(got, indent=1) + "\n")
+    want = json.loads(GOLDEN.read_text())
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.fixture(scope="module")
+def single_device_run():
+    from conftest import TINY
+
+    batch = mlm_batch(TINY)
+    return batch, run_steps(TINY, ONE_DEVICE, batch, n=2, devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize(
+    "mesh_cfg",
+    [
+        {"data": 4, "fsdp": 2, "tensor": 1},
+        {"data": 1, "fsdp": 4, "tensor": 2},
+        {"data": 2, "fsdp": 2, "tensor": 2},
+    ],
+)
+def test_sharded_step_equals_single_device(tiny_model_cfg, mesh_cfg, single_device_run):
+    batch, (p1, m1) = single_device_run
+    p8, m8 = run_steps(tiny_model_cfg, mesh_cfg, batch, n=2)
+    for a, b in zip(m1, m8, strict=True):
+        for k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-5, err_msg=k)
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p1, p8))
+    assert max(diffs) < 1e-5
+
+
+def test_grad_accumulation_equals_big_batch(tiny_model_cfg):
+    # Without dropout the microbatch split is the only difference.
+    cfg = dataclasses.replace(
+        tiny_model_cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
+    big = mlm_batch(cfg, accum=1, rows=16)
+    split = {k: v.reshape(2, 8, *v.shape[2:]) for k, v in big.items()}
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    p1, m1 = run_steps(cfg, mesh, big, n=2)
+    p2, m2 = run_steps(cfg, mesh, split, n=2)
+    for k in m1[0]:
+        np.testing.assert_allclose(m1[-1][k], m2[-1][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p1, p2))
+    assert max(diffs) < 1e-5
+
+
+def test_no_weight_decay_on_bias_and_layernorm(tiny_model_cfg):
+    from ptft_jax.optim import decay_mask, path_str
+
+    params = nnx.to_pure_dict(nnx.state(build_model(tiny_model_cfg, "mlm", 0)))
+    flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
+    decayed = {path_str(p) for p, v in flat if v}
+    assert "bert/encoder/layer/0/attention/self/query/kernel" in decayed
+    assert "bert/embeddings/word_embeddings/embedding" in decayed
+    assert not any(p.endswith("bias") or "LayerNorm" in p for p in decayed)
+
+
+def test_learning_rate_schedule():
+    from ptft_jax.optim import learning_rate_schedule
+
+    s = learning_rate_schedule(train_cfg(learning_rate=1.0, warmup_steps=4), 12)
+    assert [round(float(s(i)), 3) for i in (0, 2, 4, 8, 12)] == [0.0, 0.5, 1.0, 0.5, 0.0]
