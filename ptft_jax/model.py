@@ -129,18 +129,20 @@ class BertEmbeddings(nnx.Module):
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None):
         length = input_ids_BxL.shape[1]
-        # FSDP: gather the table's embed dimension before the lookup, so the lookup (and its
-        # gradient, reduce-scattered back) happens on whole rows.
-        table_VxD = constrain(self.word_embeddings.embedding[...], ("vocab", None))
-        words_BxLxD = constrain(
-            jnp.take(table_VxD, input_ids_BxL, axis=0).astype(self.word_embeddings.dtype),
-            ("batch", "length", "act_embed"),
-        )
+
+        # FSDP: all-gather the tables before the lookups, so each lookup and its gradient
+        # (reduce-scattered back by XLA) work on whole rows. The sum stays float32 (the tables'
+        # dtype) until LayerNorm, which outputs model.dtype.
+        def lookup(embed: nnx.Embed, ids):
+            return jnp.take(constrain(embed.embedding[...], (None, None)), ids, axis=0)
+
+        positions_L = jnp.arange(length)
         x_BxLxD = (
-            words_BxLxD
-            + self.position_embeddings.embedding[:length][None].astype(jnp.float32)
-            + self.token_type_embeddings(token_type_ids_BxL)
+            lookup(self.word_embeddings, input_ids_BxL)
+            + lookup(self.position_embeddings, positions_L)[None]
+            + lookup(self.token_type_embeddings, token_type_ids_BxL)
         )
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
         x_BxLxD = self.LayerNorm(x_BxLxD)
         return self.dropout(x_BxLxD, deterministic=rngs is None, rngs=rngs)
 

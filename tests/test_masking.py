@@ -5,9 +5,7 @@ from ptft_jax.data.masking import MaskingSpec, mask_rows
 from ptft_jax.data.pipeline import pack
 
 CLS, SEP, PAD, MASK = 2, 3, 0, 4
-SPEC = MaskingSpec(
-    vocab_size=1000, mask_id=MASK, special_ids=(0, 1, 2, 3, 4), max_predictions=40
-)
+SPEC = MaskingSpec(vocab_size=1000, mask_id=MASK, special_ids=(0, 1, 2, 3, 4), max_predictions=40)
 
 
 def _blocks(n=512, length=128, seed=0):

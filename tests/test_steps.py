@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-
 from helpers import mlm_batch, run_steps, train_cfg
+
 from ptft_jax.model import build_model
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "one_step_metrics.json"

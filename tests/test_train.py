@@ -58,8 +58,10 @@ def test_train_stop_resume_is_bit_identical(tmp_path):
     rows = [json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert [r["step"] for r in train_rows] == [3, 6, 9, 12]
-    assert all({"loss", "mlm_accuracy", "grad_norm", "learning_rate", "tokens_per_s"} <= r.keys()
-               for r in train_rows)
+    assert all(
+        {"loss", "mlm_accuracy", "grad_norm", "learning_rate", "tokens_per_s"} <= r.keys()
+        for r in train_rows
+    )
     evals = [r for r in rows if r["split"] == "validation"]
     assert [r["step"] for r in evals] == [0, 6, 12]
     assert evals[-1]["loss"] < evals[0]["loss"] - 0.2, "eval loss should fall"
