@@ -113,11 +113,6 @@ def eval_step(params, batch: dict, *, graphdef) -> dict:
     return _mlm_forward(graphdef, params, mb, None)
 
 
-def batch_shardings(mesh: Mesh, example_batch: dict) -> dict:
-    """NamedShardings of a ``[A, B, ...]`` batch (B over data x fsdp)."""
-    return {k: NamedSharding(mesh, sharding.batch_spec(v.ndim)) for k, v in example_batch.items()}
-
-
 def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed: int, batch_keys):
     """Jitted ``train_step(state, batch)`` (state donated) and ``eval_step(params, batch)``."""
     graphdef, _ = abstract_model(model_cfg, task)

@@ -43,7 +43,8 @@ def tiny_config(tokenizer="", **train):
 @pytest.mark.slow
 def test_train_stop_resume_is_bit_identical(tmp_path):
     straight = run(tiny_config(), tmp_path / "a")
-    # Same tokenizer for both runs: WordPiece training breaks frequency ties arbitrarily.
+    # Both runs use the first run's tokenizer: WordPiece training may break frequency ties at
+    # the vocabulary's cut-off differently from run to run (a resume reuses W/tokenizer).
     tok = str(tmp_path / "a" / "tokenizer")
     first = run(tiny_config(tok, stop_at_step=6), tmp_path / "b")
     assert first["step"] == 6

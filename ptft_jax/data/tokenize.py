@@ -28,6 +28,14 @@ def train_wordpiece(texts: list[str], vocab_size: int, out_dir: pathlib.Path):
     tok.decoder = decoders.WordPiece()
     trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     tok.train_from_iterator(texts, trainer=trainer)
+    # The trainer numbers tokens of equal frequency in hash order, which changes from run to
+    # run; renumber them (special tokens first, then sorted) so ids do not depend on it. Ties
+    # at the vocabulary's cut-off can still pick different tokens: W/tokenizer is the record.
+    learned = tok.get_vocab()
+    order = SPECIAL_TOKENS + sorted(t for t in learned if t not in SPECIAL_TOKENS)
+    tok.model = models.WordPiece(
+        vocab={t: i for i, t in enumerate(order)}, unk_token="[UNK]", max_input_chars_per_word=100
+    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",

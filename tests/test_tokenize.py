@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from ptft_jax.data.sources import DataError
+from ptft_jax.data.tokenize import load_tokenizer, special_ids, tokenize_cached, train_wordpiece
+
+TEXTS = [
+    f"Document {i} talks about topic {i % 7} and the weather in city {i % 13}." for i in range(200)
+]
+
+
+def test_trained_wordpiece_is_canonically_numbered_and_bert_shaped(tmp_path):
+    a = train_wordpiece(TEXTS, 300, tmp_path / "a")
+    # Specials first, then sorted: ids do not depend on the trainer's hash order.
+    vocab = sorted(a.get_vocab().items(), key=lambda kv: kv[1])
+    tokens = [t for t, _ in vocab]
+    assert tokens[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert tokens[5:] == sorted(tokens[5:])
+    assert special_ids(a) == {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
+    loaded = load_tokenizer(str(tmp_path / "a"))
+    assert loaded("Document 3 talks")["input_ids"] == a("Document 3 talks")["input_ids"]
+    assert loaded("x y")["input_ids"][0] == 2 and loaded("x y")["input_ids"][-1] == 3
+
+
+def test_tokenization_is_cached(tmp_path):
+    tok = train_wordpiece(TEXTS, 300, tmp_path / "tok")
+    first = tokenize_cached(TEXTS[:20], tok, tmp_path / "cache")
+    assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
+    again = tokenize_cached(TEXTS[:20], tok, tmp_path / "cache")
+    assert all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert first[0].tolist() == tok(TEXTS[0], add_special_tokens=False)["input_ids"]
+
+
+def test_missing_tokenizer_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="data.tokenizer"):
+        load_tokenizer(str(tmp_path / "nothing"))
