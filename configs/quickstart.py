@@ -18,12 +18,12 @@ def get_config():
     )
     c.data.source = "builtin:wiki_en"
     c.data.max_seq_length = 128
-    c.train.steps = 400
+    c.train.steps = 360
     c.train.batch_size = 32
     c.train.learning_rate = 1e-3
     c.train.warmup_steps = 40
     c.train.log_every = 20
-    c.train.eval_every = 100
+    c.train.eval_every = 120
     c.train.eval_batches = 8
-    c.train.checkpoint_every = 100
+    c.train.checkpoint_every = 120
     return c

@@ -12,6 +12,12 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def has_checkpoint(workdir: pathlib.Path) -> bool:
+    """Whether ``W/checkpoints`` holds a committed step (unfinished saves have other names)."""
+    folder = workdir / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
 def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
     """The run's CheckpointManager over ``W/checkpoints``."""
     options = ocp.CheckpointManagerOptions(

@@ -7,6 +7,9 @@ that is not here is a typo, and ``validate`` says so in one sentence.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
 
 import ml_collections
 
@@ -122,9 +125,36 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
-    for key in ("steps", "batch_size", "grad_accum_steps", "log_every", "eval_every"):
-        if t[key] < (0 if key == "steps" else 1):
-            raise ConfigError(f"train.{key}={t[key]} must be positive; set --config.train.{key}.")
+    if cfg.init_from:
+        raise ConfigError(
+            f"init_from={cfg.init_from!r}: this version trains from scratch only; leave "
+            "--config.init_from empty."
+        )
+    minimum = {"steps": 0, "stop_at_step": 0, "seed": 0, "eval_batches": 0}
+    for key in (
+        "steps",
+        "stop_at_step",
+        "seed",
+        "eval_batches",
+        "batch_size",
+        "grad_accum_steps",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+    ):
+        low = minimum.get(key, 1)
+        if t[key] < low:
+            raise ConfigError(
+                f"train.{key}={t[key]} must be at least {low}; fix --config.train.{key}."
+            )
+    if d.max_predictions_per_seq < 1 or d.num_threads < 0 or d.prefetch < 1:
+        raise ConfigError(
+            "data.max_predictions_per_seq and data.prefetch must be at least 1 and "
+            "data.num_threads at least 0; fix them."
+        )
+    if not 0.0 < d.eval_fraction < 1.0:
+        raise ConfigError(f"data.eval_fraction={d.eval_fraction} must be between 0 and 1.")
     if t.batch_size % t.grad_accum_steps:
         raise ConfigError(
             f"train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps="
@@ -150,15 +180,30 @@ SHAPE_KEYS = (
 )
 
 
-def check_resume_compatible(saved: dict, cfg: ml_collections.ConfigDict) -> None:
+def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
+    """Write the resolved config as JSON, atomically (readers never see half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
     """Stop when a resumed run's config changes the task or a model shape."""
-    if saved.get("task") != cfg.task:
+    try:
+        saved = json.loads(path.read_text())
+        saved_task, saved_model = saved["task"], saved["model"]
+    except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(
-            f"The workdir holds a {saved.get('task')!r} run but the config asks for task="
+            f"The workdir has checkpoints but {path} is missing or unreadable; use a new "
+            "--workdir, or restore that file."
+        ) from None
+    if saved_task != cfg.task:
+        raise ConfigError(
+            f"The workdir holds a {saved_task!r} run but the config asks for task="
             f"{cfg.task!r}; use a new --workdir."
         )
     for key in SHAPE_KEYS:
-        old, new = saved["model"][key], cfg.model[key]
+        old, new = saved_model.get(key), cfg.model[key]
         if old != new:
             raise ConfigError(
                 f"The checkpoint in the workdir has model.{key}={old} but the config says {new}; "

@@ -23,7 +23,7 @@ def mlm_eval_metrics(sums: dict) -> dict:
 class Writer:
     """Appends metric rows to JSONL and TensorBoard and drives the progress bar."""
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int):
+    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int, resumed: bool):
         self.active = jax.process_index() == 0
         self._bar = self._jsonl = self._tb = None
         if not self.active:
@@ -31,7 +31,12 @@ class Writer:
         from tensorboardX import SummaryWriter
         from tqdm import tqdm
 
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        path = workdir / "metrics.jsonl"
+        if resumed and path.exists():
+            # Rows logged after the restored checkpoint will be logged again: drop them.
+            rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
+            path.write_text("".join(r for r in rows if json.loads(r)["step"] <= start_step))
+        self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
         self._bar = tqdm(
             total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True

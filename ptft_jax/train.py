@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ptft_jax import checkpoint, config, metrics, optim, sharding, steps
@@ -43,13 +44,11 @@ def _masking_spec(cfg, tokenizer) -> MaskingSpec:
     )
 
 
-def _evaluate(eval_step, params, blocks, spec, layout, cfg, mesh) -> dict:
-    """Metrics over the whole held-out split (or its first ``train.eval_batches`` batches)."""
+def _evaluate(eval_step, params, eval_data, mesh, rows: int) -> dict:
+    """Metrics over the held-out batches (masked once, identically for every evaluation)."""
     totals = None
-    for batch in pipeline.eval_batches(
-        blocks, spec, layout, cfg.train.seed, cfg.train.eval_batches
-    ):
-        sums = eval_step(params, sharding.to_global(batch, mesh, layout.micro))
+    for batch in eval_data:
+        sums = eval_step(params, sharding.to_global(batch, mesh, rows))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     return metrics.mlm_eval_metrics(jax.device_get(totals))
 
@@ -61,9 +60,9 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
-    saved_cfg_path = workdir / "config.json"
-    if saved_cfg_path.exists():
-        config.check_resume_compatible(json.loads(saved_cfg_path.read_text()), cfg)
+    resuming = checkpoint.has_checkpoint(workdir)
+    if resuming:
+        config.check_resume_compatible(workdir / "config.json", cfg)
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     accum = cfg.train.grad_accum_steps
@@ -78,28 +77,42 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
     layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
     eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
 
-    # --- Data: records, tokenizer (saved in W), packed blocks; the workdir appears here.
+    # --- Data: records, tokenizer, packed blocks, the masked evaluation batches.
     records = sources.load_records(cfg.data.source)
     train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
-    workdir.mkdir(parents=True, exist_ok=True)
-    tokenizer = tokenize.get_tokenizer(cfg.data, workdir, train_texts, model_cfg.vocab_size)
-    if len(tokenizer) > model_cfg.vocab_size:
-        raise config.ConfigError(
-            f"The tokenizer has {len(tokenizer)} tokens but model.vocab_size is "
-            f"{model_cfg.vocab_size}; set --config.model.vocab_size={len(tokenizer)}."
-        )
-    train_blocks = pipeline.pack_texts(train_texts, tokenizer, cfg.data.max_seq_length, cache_dir())
-    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, cfg.data.max_seq_length, cache_dir())
+    tokenizer = tokenize.get_tokenizer(
+        cfg.data, workdir, train_texts, model_cfg.vocab_size, resuming
+    )
+    if jax.process_count() > 1 and not resuming and not cfg.data.tokenizer:
+        # Every host must use process 0's tokenizer (training may break ties differently).
+        if jax.process_index() == 0:
+            tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
+        multihost_utils.sync_global_devices("ptft_jax:tokenizer")
+        tokenizer = tokenize.load_tokenizer(str(workdir / "tokenizer"))
+    seq_len = cfg.data.max_seq_length
+    train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
+    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
     spec = _masking_spec(cfg, tokenizer)
     dataset = pipeline.train_dataset(train_blocks, spec, layout, cfg.train.seed)
     data_iter = pipeline.train_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
+    eval_data = list(
+        pipeline.eval_batches(
+            eval_blocks, spec, eval_layout, cfg.train.seed, cfg.train.eval_batches
+        )
+    )
+
+    # --- Everything checked: only now does the workdir get written.
     if jax.process_index() == 0:
-        saved_cfg_path.write_text(cfg.to_json_best_effort(indent=2) + "\n")
+        workdir.mkdir(parents=True, exist_ok=True)
+        if not (resuming and (workdir / "tokenizer").exists()):
+            tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
+        if not resuming:
+            config.save(cfg, workdir / "config.json")
     logging.info(
         "data: %d train blocks, %d eval blocks of %d tokens; tokenizer %s",
         len(train_blocks),
         len(eval_blocks),
-        cfg.data.max_seq_length,
+        seq_len,
         tokenize.describe(tokenizer),
     )
 
@@ -108,7 +121,6 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
         total_steps = cfg.train.steps
         tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
         init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
-        example = next(iter(pipeline.eval_batches(eval_blocks, spec, layout, 0, 1)))
         train_step, eval_step, state_sh = steps.jit_steps(
             model_cfg,
             cfg.task,
@@ -116,7 +128,7 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
             schedule,
             mesh,
             cfg.train.seed,
-            {k: v.ndim for k, v in example.items()},
+            {k: v.ndim for k, v in eval_data[0].items()},
         )
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
         latest = ckpt.latest_step()
@@ -128,35 +140,44 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
         else:
             state = init_fn()
         step = int(jax.device_get(state["step"]))
-        writer = metrics.Writer(workdir, total_steps, step)
+        writer = metrics.Writer(workdir, total_steps, step, resumed=latest is not None)
         if latest is not None:
             writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
 
+        stop_at = min(cfg.train.stop_at_step or total_steps, total_steps)
+        if latest is not None and step >= stop_at:
+            writer.print(
+                f"the checkpoint at step {step} already reaches step {stop_at}; "
+                "raise --config.train.steps to train further"
+            )
+
         # --- Compile once, ahead of the loop, so that compile time is measured on its own.
-        t0 = time.time()
-        batch = sharding.to_global(next(data_iter), mesh, layout.global_rows // accum)
-        compiled_step = train_step.lower(state, batch).compile()
-        compile_s = time.time() - t0
-        writer.print(f"compiled the train step in {compile_s:.1f}s")
-        if step == 0 and cfg.train.eval_every and total_steps:
-            ev = _evaluate(eval_step, state["params"], eval_blocks, spec, eval_layout, cfg, mesh)
+        batch, compile_s, ev = None, 0.0, {}
+        if step < stop_at:
+            t0 = time.time()
+            batch = sharding.to_global(next(data_iter), mesh, layout.micro)
+            train_step = train_step.lower(state, batch).compile()
+            compile_s = time.time() - t0
+            writer.print(f"compiled the train step in {compile_s:.1f}s")
+        if step == 0 and total_steps:
+            ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
             writer.write(0, "validation", ev)
 
         # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
         tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
         pending, t_log, steps_since_log, tok_s = [], time.time(), 0, 0.0
-        ev = {}
-        stop_at = cfg.train.stop_at_step or total_steps
-        while step < min(stop_at, total_steps):
+        if step >= stop_at:  # nothing to train: report where the checkpoint stands
+            ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
+        while step < stop_at:
             if batch is None:
-                batch = sharding.to_global(next(data_iter), mesh, layout.global_rows // accum)
-            state, step_metrics = compiled_step(state, batch)
+                batch = sharding.to_global(next(data_iter), mesh, layout.micro)
+            state, step_metrics = train_step(state, batch)
             batch = None
             step += 1
             steps_since_log += 1
             pending.append(step_metrics)
             writer.advance()
-            last = step in (total_steps, stop_at)
+            last = step == stop_at
             if step % cfg.train.log_every == 0 or last:
                 host = jax.device_get(pending)
                 dt = time.time() - t_log
@@ -166,9 +187,7 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
                 writer.write(step, "train", row)
                 pending, t_log, steps_since_log = [], time.time(), 0
             if step % cfg.train.eval_every == 0 or last:
-                ev = _evaluate(
-                    eval_step, state["params"], eval_blocks, spec, eval_layout, cfg, mesh
-                )
+                ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
                 writer.write(step, "validation", ev)
                 t_log = time.time()  # evaluation time is not training throughput
             if step % cfg.train.checkpoint_every == 0 or last:

@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from ptft_jax.data.sources import DataError
-from ptft_jax.data.tokenize import load_tokenizer, special_ids, tokenize_cached, train_wordpiece
+from ptft_jax.data.tokenize import (
+    load_tokenizer,
+    save_tokenizer,
+    special_ids,
+    tokenize_cached,
+    train_wordpiece,
+)
 
 TEXTS = [
     f"Document {i} talks about topic {i % 7} and the weather in city {i % 13}." for i in range(200)
@@ -10,7 +16,8 @@ TEXTS = [
 
 
 def test_trained_wordpiece_is_canonically_numbered_and_bert_shaped(tmp_path):
-    a = train_wordpiece(TEXTS, 300, tmp_path / "a")
+    a = train_wordpiece(TEXTS, 300)
+    save_tokenizer(a, tmp_path / "a")
     # Specials first, then sorted: ids do not depend on the trainer's hash order.
     vocab = sorted(a.get_vocab().items(), key=lambda kv: kv[1])
     tokens = [t for t, _ in vocab]
@@ -23,7 +30,7 @@ def test_trained_wordpiece_is_canonically_numbered_and_bert_shaped(tmp_path):
 
 
 def test_tokenization_is_cached(tmp_path):
-    tok = train_wordpiece(TEXTS, 300, tmp_path / "tok")
+    tok = train_wordpiece(TEXTS, 300)
     first = tokenize_cached(TEXTS[:20], tok, tmp_path / "cache")
     assert len(list((tmp_path / "cache" / "tokenized").iterdir())) == 1
     again = tokenize_cached(TEXTS[:20], tok, tmp_path / "cache")
@@ -34,3 +41,9 @@ def test_tokenization_is_cached(tmp_path):
 def test_missing_tokenizer_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="data.tokenizer"):
         load_tokenizer(str(tmp_path / "nothing"))
+
+
+def test_alphabet_larger_than_vocab_is_a_clear_error():
+    texts = ["".join(chr(0x4E00 + i + j) for j in range(5)) for i in range(0, 400, 5)]
+    with pytest.raises(DataError, match="model.vocab_size"):
+        train_wordpiece(texts, 64)

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import tempfile
 
 import numpy as np
@@ -16,8 +17,8 @@ from ptft_jax.data.sources import DataError
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece(texts: list[str], vocab_size: int, out_dir: pathlib.Path):
-    """Train an uncased BERT WordPiece tokenizer on ``texts`` and save it in ``out_dir``."""
+def train_wordpiece(texts: list[str], vocab_size: int):
+    """Train an uncased BERT WordPiece tokenizer on ``texts`` (in memory)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
     from transformers import BertTokenizerFast
@@ -45,12 +46,19 @@ def train_wordpiece(texts: list[str], vocab_size: int, out_dir: pathlib.Path):
     fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=True)
     for name in SPECIAL_TOKENS:
         setattr(fast, name.strip("[]").lower() + "_token", name)
-    _save_atomically(fast, out_dir)
+    if len(fast) > vocab_size:
+        raise DataError(
+            f"The data's alphabet alone needs {len(fast)} tokens, more than model.vocab_size="
+            f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
+        )
     return fast
 
 
-def _save_atomically(tokenizer, out_dir: pathlib.Path) -> None:
+def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
+    """Write the tokenizer files into ``out_dir`` at once (a temp folder, then a rename)."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tokenizer-"))
     tokenizer.save_pretrained(str(tmp))
     os.replace(tmp, out_dir)
@@ -70,17 +78,24 @@ def load_tokenizer(path: str):
         ) from None
 
 
-def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int):
-    """The run's tokenizer: ``W/tokenizer`` if present (resume), else given, else trained."""
-    saved = workdir / "tokenizer"
-    if saved.exists():
-        return load_tokenizer(str(saved))
-    if data_cfg.tokenizer:
+def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming):
+    """The run's tokenizer, not yet saved: ``W/tokenizer`` when resuming, else the one given in
+    ``data.tokenizer``, else WordPiece trained on ``texts``."""
+    if resuming and (workdir / "tokenizer").exists():
+        tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
-        _save_atomically(tokenizer, saved)
-        return tokenizer
-    logging.info("training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts))
-    return train_wordpiece(texts, vocab_size, saved)
+    else:
+        logging.info(
+            "training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts)
+        )
+        return train_wordpiece(texts, vocab_size)
+    if len(tokenizer) > vocab_size:
+        raise DataError(
+            f"The tokenizer has {len(tokenizer)} tokens but model.vocab_size is {vocab_size}; "
+            f"set --config.model.vocab_size={len(tokenizer)}."
+        )
+    return tokenizer
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -104,8 +119,9 @@ def tokenize_cached(texts: list[str], tokenizer, cache_root: pathlib.Path) -> li
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     flat = np.fromiter((i for e in encoded for i in e), np.int32, count=int(offsets[-1]))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, flat=flat, offsets=offsets)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, flat=flat, offsets=offsets)
     os.replace(tmp, path)
     return np.split(flat, offsets[1:-1])
 
