@@ -165,7 +165,8 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
 
         # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
         tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
-        pending, t_log, steps_since_log, tok_s = [], time.time(), 0, 0.0
+        pending, t_log, steps_since_log = [], time.time(), 0
+        train_s, trained_steps = 0.0, 0  # for the run's average throughput
         if step >= stop_at:  # nothing to train: report where the checkpoint stands
             ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
         while step < stop_at:
@@ -182,6 +183,7 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
                 host = jax.device_get(pending)
                 dt = time.time() - t_log
                 tok_s = tokens_per_step * steps_since_log / max(dt, 1e-9)
+                train_s, trained_steps = train_s + dt, trained_steps + steps_since_log
                 row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                 row.update(tokens_per_s=tok_s, step_time_s=dt / steps_since_log)
                 writer.write(step, "train", row)
@@ -197,6 +199,7 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
         # --- Done: wait for the last async save, then the one-line summary.
         ckpt.wait_until_finished()
         ckpt.close()
+        tok_s = tokens_per_step * trained_steps / train_s if train_s else 0.0
         summary = {
             "step": step,
             "eval_loss": ev.get("loss", float("nan")),
