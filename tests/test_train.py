@@ -89,7 +89,7 @@ def _train_cli(tmp_path, *args):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--config.train.lerning_rate=1e-3"], "unknown config key 'config.train.lerning_rate'"),
+        (["--config.train.lerning_rate=1e-3"], "unknown config key 'train.lerning_rate'"),
         (["--config.data.source=/no/such/file.txt"], "does not exist"),
         (["--config.data.source={empty}"], "empty"),
         (["--config.data.max_seq_length=1024"], "exceeds model.max_position_embeddings"),
