@@ -187,8 +187,21 @@ def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
     os.replace(tmp, path)
 
 
-def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
-    """Stop when a resumed run's config changes the task or a model shape."""
+DATA_KEYS = (
+    "data.source",
+    "data.max_documents",
+    "data.eval_fraction",
+    "data.max_seq_length",
+    "data.max_predictions_per_seq",
+    "data.mlm_probability",
+    "train.batch_size",
+    "train.seed",
+)
+
+
+def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> list[str]:
+    """Stop when a resumed run's config changes the task or a model shape; return the keys
+    that change which examples come next (allowed, but the run is then no longer exact)."""
     try:
         saved = json.loads(path.read_text())
         saved_task, saved_model = saved["task"], saved["model"]
@@ -209,3 +222,9 @@ def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) 
                 f"The checkpoint in the workdir has model.{key}={old} but the config says {new}; "
                 f"use a new --workdir or set --config.model.{key}={old}."
             )
+    changed = []
+    for key in DATA_KEYS:
+        group, name = key.split(".")
+        if saved.get(group, {}).get(name) != cfg[group][name]:
+            changed.append(key)
+    return changed

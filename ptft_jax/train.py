@@ -62,7 +62,12 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
     config.validate(cfg)
     resuming = checkpoint.has_checkpoint(workdir)
     if resuming:
-        config.check_resume_compatible(workdir / "config.json", cfg)
+        changed = config.check_resume_compatible(workdir / "config.json", cfg)
+        if changed:
+            logging.warning(
+                "resuming with changed %s: the data order differs from the original run's",
+                ", ".join(changed),
+            )
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     accum = cfg.train.grad_accum_steps
