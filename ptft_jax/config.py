@@ -26,7 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
     """All keys and their defaults (a BERT-base MLM run on one host's devices)."""
     c = ml_collections.ConfigDict()
     c.task = "mlm"
-    c.init_from = ""
+    c.init_from = ""  # "" | "hf:<folder or hub id>" | "builtin:minilm_l6"
+    c.allow_pytorch_bin = False  # read pytorch_model.bin (a pickle) when no safetensors exist
 
     c.model = ml_collections.ConfigDict(
         {
@@ -125,10 +126,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
-    if cfg.init_from:
+    if cfg.init_from and not cfg.init_from.startswith(("hf:", "builtin:")):
         raise ConfigError(
-            f"init_from={cfg.init_from!r}: this version trains from scratch only; leave "
-            "--config.init_from empty."
+            f"init_from={cfg.init_from!r} is not supported; use hf:<folder or hub id>, "
+            "builtin:minilm_l6, or leave it empty for random initialisation."
         )
     minimum = {"steps": 0, "stop_at_step": 0, "seed": 0, "eval_batches": 0}
     for key in (
@@ -162,6 +163,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
+
+
+def apply_checkpoint_model(
+    cfg: ml_collections.ConfigDict, fields: dict, folder, cli_keys=()
+) -> ml_collections.ConfigDict:
+    """A copy of ``cfg`` whose model shape is the checkpoint's; command-line ``model.*`` values
+    that contradict it stop the run. Its tokenizer defaults to the checkpoint's folder."""
+    for key in cli_keys:
+        if key in fields and cfg.model[key] != fields[key]:
+            raise ConfigError(
+                f"--config.model.{key}={cfg.model[key]} contradicts the checkpoint in {folder} "
+                f"({key}={fields[key]}); drop the override or use another init_from."
+            )
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    cfg.model.update(fields)
+    if not cfg.data.tokenizer:
+        cfg.data.tokenizer = str(folder)
+    return cfg
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:

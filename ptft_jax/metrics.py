@@ -9,6 +9,15 @@ import pathlib
 import jax
 
 
+def quiet_logs() -> None:
+    """Warnings and errors only (Orbax's INFO lines drown the output), unless --verbosity."""
+    from absl import flags
+    from absl import logging as absl_logging
+
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def mlm_eval_metrics(sums: dict) -> dict:
     """Loss, accuracy and perplexity from summed statistics over a whole split."""
     weight = max(float(sums["weight_sum"]), 1.0)

@@ -45,6 +45,7 @@ class ModelConfig:
     # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
     dtype: str = "float32"
     add_pooling_layer: bool = False
+    num_labels: int = 2  # classification head outputs (1 = regression)
 
     @property
     def head_dim(self) -> int:
@@ -340,9 +341,29 @@ class BertForMaskedLM(nnx.Module):
         return self.cls.predictions(x_BxLxD, word_VxD)
 
 
+class BertForSequenceClassification(nnx.Module):
+    """Pooled [CLS] -> dropout -> dense, as HF's BertForSequenceClassification."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.bert = BertModel(dataclasses.replace(cfg, add_pooling_layer=True), rngs)
+        self.dropout = nnx.Dropout(cfg.hidden_dropout_prob)
+        self.classifier = dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", None), rngs)
+
+    def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
+        """Logits ``[B, num_labels]`` in float32."""
+        pooled_BxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
+            "pooler_output"
+        ]
+        pooled_BxD = self.dropout(pooled_BxD, deterministic=rngs is None, rngs=rngs)
+        return self.classifier(pooled_BxD).astype(jnp.float32)
+
+
 def build_model(cfg: ModelConfig, task: str, seed: int) -> nnx.Module:
     """The model for ``task``, initialised from ``seed`` (call under jit/eval_shape to shard)."""
     rngs = nnx.Rngs(params=seed)
     if task == "mlm":
         return BertForMaskedLM(cfg, rngs=rngs)
+    if task == "classification":
+        return BertForSequenceClassification(cfg, rngs=rngs)
     raise ValueError(f"Unknown task {task!r}; set --config.task to 'mlm'.")

@@ -16,12 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from absl import logging as absl_logging
 from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ptft_jax import checkpoint, config, metrics, optim, sharding, steps
+from ptft_jax import checkpoint, config, hf, metrics, optim, sharding, steps
 from ptft_jax.data import pipeline, sources, tokenize
 from ptft_jax.data.builtin import cache_dir
 from ptft_jax.data.masking import MaskingSpec
@@ -53,13 +52,22 @@ def _evaluate(eval_step, params, eval_data, mesh, rows: int) -> dict:
     return metrics.mlm_eval_metrics(jax.device_get(totals))
 
 
-def run(cfg, workdir: str | pathlib.Path) -> dict:
-    """Train as ``cfg`` says in ``workdir``; returns the final summary."""
+def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
+    """Train as ``cfg`` says in ``workdir``; returns the final summary.
+
+    ``cli_model_keys`` are the ``model.*`` keys set on the command line: with ``init_from``
+    the checkpoint decides the model shape, and only those may contradict it (an error).
+    """
     t_start = time.time()
     workdir = pathlib.Path(workdir)
 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
+    init_folder = hf.resolve(cfg.init_from) if cfg.init_from else None
+    if init_folder is not None:
+        fields = hf.read_config(init_folder)
+        cfg = config.apply_checkpoint_model(cfg, fields, init_folder, cli_model_keys)
+        config.validate(cfg)
     resuming = checkpoint.has_checkpoint(workdir)
     if resuming:
         changed = config.check_resume_compatible(workdir / "config.json", cfg)
@@ -106,6 +114,19 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
         )
     )
 
+    abstract_state = jax.eval_shape(
+        steps.make_init_fn(
+            model_cfg, cfg.task, optim.make_optimizer(cfg.train, 1)[0], mesh, cfg.train.seed
+        )
+    )
+    pretrained = None
+    if init_folder is not None and not resuming:
+        tensors = hf.read_tensors(init_folder, cfg.allow_pytorch_bin)
+        pretrained, fresh = hf.load_params(tensors, abstract_state["params"])
+        heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
+        note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
+        logging.warning("loaded %s from %s%s", cfg.init_from, init_folder, note)
+
     # --- Everything checked: only now does the workdir get written.
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -144,6 +165,16 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
             logging.info("resumed from step %d of %s", latest, workdir)
         else:
             state = init_fn()
+            if pretrained is not None:
+                # Pretrained tensors replace the random ones; heads the checkpoint lacks stay.
+                state["params"] = jax.tree.map(
+                    lambda new, old, sh: (
+                        old if isinstance(new, jax.ShapeDtypeStruct) else jax.device_put(new, sh)
+                    ),
+                    pretrained,
+                    state["params"],
+                    state_sh["params"],
+                )
         step = int(jax.device_get(state["step"]))
         writer = metrics.Writer(workdir, total_steps, step, resumed=latest is not None)
         if latest is not None:
@@ -201,6 +232,11 @@ def run(cfg, workdir: str | pathlib.Path) -> dict:
                 meta = {"step": step, "config": json.loads(cfg.to_json_best_effort())}
                 checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
 
+        if total_steps == 0 and latest is None:
+            # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
+            meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
+            checkpoint.save(ckpt, 0, state, data_iter.get_state(), meta)
+
         # --- Done: wait for the last async save, then the one-line summary.
         ckpt.wait_until_finished()
         ckpt.close()
@@ -228,13 +264,17 @@ def main(argv) -> None:
     """absl entry point: user errors become one line on stderr and exit status 2."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if not flags.FLAGS["verbosity"].present:
-        absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax's INFO lines drown the bar
+    metrics.quiet_logs()
     if _CONFIG.value is None or not _WORKDIR.value:
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
     try:
-        run(_CONFIG.value, _WORKDIR.value)
+        model_keys = tuple(
+            a.split("=", 1)[0].removeprefix("--config.model.")
+            for a in sys.argv[1:]
+            if a.startswith("--config.model.")
+        )
+        run(_CONFIG.value, _WORKDIR.value, model_keys)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,52 @@
+"""Export a workdir as a Hugging Face model folder.
+
+    python -m ptft_jax.export --workdir W --out DIR
+
+DIR then loads offline in ``transformers`` (``BertForMaskedLM`` for MLM runs) with the same
+outputs as ptft_jax.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+import jax
+from absl import app, flags
+
+from ptft_jax import config, hf, metrics, workdir
+from ptft_jax.data.sources import DataError
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
+_OUT = flags.DEFINE_string("out", None, "Folder to write the Hugging Face model into.")
+
+ARCHITECTURES = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
+
+
+def export(workdir_path: str, out: str) -> dict:
+    """Write ``out`` from the latest checkpoint in ``workdir_path``; returns a short summary."""
+    run = workdir.load(workdir_path)
+    params = jax.device_get(run.params)
+    architecture = ARCHITECTURES[run.cfg.task]
+    fields = dataclasses.asdict(run.model_cfg)
+    hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture)
+    return {"out": str(out), "architecture": architecture, "step": run.step}
+
+
+def main(argv) -> None:
+    del argv
+    metrics.quiet_logs()
+    if not _WORKDIR.value or not _OUT.value:
+        print("error: pass --workdir W and --out DIR.", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(json.dumps(export(_WORKDIR.value, _OUT.value)))
+    except (config.ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

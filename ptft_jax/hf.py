@@ -1,0 +1,233 @@
+"""Hugging Face BERT checkpoints: find them, read them into our parameters, write them back.
+
+Names map one-to-one: ``bert.encoder.layer.0.attention.self.query.weight`` (torch, (out, in))
+is our ``bert/encoder/layer/0/attention/self/query/kernel`` (in, out). Bare ``BertModel`` names
+(no ``bert.`` prefix) are read as the encoder. The MLM decoder is tied to the word embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+
+import numpy as np
+
+from ptft_jax.data.builtin import DataError, extract
+
+# Buffers HF keeps in state dicts; not parameters.
+_BUFFERS = ("position_ids", "token_type_ids")
+# Tied to the word embeddings / to cls.predictions.bias in HF's BertLMPredictionHead.
+_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+_TOP = ("bert", "cls", "classifier")
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+_FIELDS = (*SHAPE_FIELDS, "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+
+
+def resolve(init_from: str) -> pathlib.Path:
+    """The local folder behind ``builtin:minilm_l6`` or ``hf:<folder or hub id>``."""
+    if init_from == "builtin:minilm_l6":
+        return extract("minilm_l6")
+    if not init_from.startswith("hf:"):
+        raise DataError(
+            f"init_from={init_from!r} is not understood; use hf:<folder or hub id> or "
+            "builtin:minilm_l6."
+        )
+    spec = init_from.removeprefix("hf:")
+    path = pathlib.Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise DataError(f"init_from folder {spec!r} does not exist; check the path.")
+    return _download(spec)
+
+
+def _download(repo_id: str) -> pathlib.Path:
+    import huggingface_hub
+
+    try:
+        folder = huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=["*.json", "*.safetensors", "vocab.txt", "*.model"]
+        )
+    except Exception as e:  # noqa: BLE001 - offline, unknown repo, gated: all the same advice
+        raise DataError(
+            f"Could not download {repo_id!r} from the Hugging Face hub ({type(e).__name__}); "
+            "download the model folder where you are online and set init_from=hf:/path/to/folder."
+        ) from None
+    return pathlib.Path(folder)
+
+
+def read_config(folder: pathlib.Path) -> dict:
+    """Our ``model.*`` fields from a HF ``config.json``; stops on an architecture we lack."""
+    try:
+        hf = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        raise DataError(
+            f"{folder} has no readable config.json; point init_from at a HF model folder."
+        ) from None
+    if hf.get("model_type", "bert") != "bert" or hf.get("hidden_act", "gelu") != "gelu":
+        raise DataError(
+            f"{folder} holds a {hf.get('model_type')!r} model with {hf.get('hidden_act')!r} "
+            "activations; ptft_jax reads BERT checkpoints with exact GELU only."
+        )
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise DataError(
+            f"{folder} uses relative position embeddings; only absolute ones are supported."
+        )
+    return {k: hf[k] for k in _FIELDS if k in hf}
+
+
+def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[str, np.ndarray]:
+    """All tensors of the checkpoint as float32 numpy arrays (safetensors; .bin only opted in)."""
+    from safetensors.numpy import load_file
+
+    files = sorted(folder.glob("model*.safetensors"))
+    if files:
+        tensors = {}
+        for f in files:
+            tensors.update(load_file(str(f)))
+        return tensors
+    bin_file = folder / "pytorch_model.bin"
+    if not bin_file.exists():
+        raise DataError(f"{folder} has no model.safetensors; point init_from at a HF model folder.")
+    if not allow_pytorch_bin:
+        raise DataError(
+            f"{folder} has only pytorch_model.bin, which is a pickle; convert it with "
+            "`transformers` (from_pretrained(DIR).save_pretrained(DIR)) to model.safetensors, or "
+            "set --config.allow_pytorch_bin=True if you trust the file."
+        )
+    import torch
+
+    state = torch.load(bin_file, map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() for k, v in state.items()}
+
+
+def to_ours(name: str) -> tuple[tuple, bool] | None:
+    """``(our path, transpose?)`` for a HF tensor name; None for buffers and tied tensors."""
+    if name in _TIED or name.split(".")[-1] in _BUFFERS:
+        return None
+    parts = name.split(".")
+    if parts[0] not in _TOP:
+        parts = ["bert", *parts]
+    leaf, parent, transpose = parts[-1], parts[-2], False
+    if leaf == "weight":
+        if parent == "LayerNorm":
+            leaf = "scale"
+        elif parent.endswith("embeddings"):
+            leaf = "embedding"
+        else:
+            leaf, transpose = "kernel", True
+    path = tuple(int(p) if p.isdigit() else p for p in (*parts[:-1], leaf))
+    return path, transpose
+
+
+def to_hf(path: tuple) -> tuple[str, bool]:
+    """``(HF tensor name, transpose?)`` for one of our parameter paths."""
+    *parents, leaf = (str(p) for p in path)
+    transpose = leaf == "kernel"
+    if leaf in ("kernel", "scale", "embedding"):
+        leaf = "weight"
+    return ".".join((*parents, leaf)), transpose
+
+
+def _flatten(tree, prefix=()):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list[str]]:
+    """Our parameter tree with every tensor HF has, the rest (heads) left as in ``fresh``.
+
+    Returns the tree and the paths initialised fresh. Stops on unexpected, missing encoder or
+    mis-shaped tensors, naming them.
+    """
+    targets = dict(_flatten(fresh))
+    out = _copy_tree(fresh)
+    loaded, unexpected, ignored = set(), [], []
+    for name, value in tensors.items():
+        mapped = to_ours(name)
+        if mapped is None:
+            continue
+        path, transpose = mapped
+        if path not in targets:
+            # Parts our task model does not have (a pooler under MLM, another task's head).
+            (ignored if path[0] in _TOP and _known_module(path) else unexpected).append(name)
+            continue
+        value = np.asarray(value, np.float32)
+        value = value.T if transpose else value
+        if value.shape != tuple(targets[path].shape):
+            raise DataError(
+                f"Tensor {name} has shape {value.shape} but the model expects "
+                f"{tuple(targets[path].shape)}; the checkpoint and its config.json disagree."
+            )
+        _set(out, path, value)
+        loaded.add(path)
+    if unexpected:
+        raise DataError(f"Unexpected tensors in the checkpoint: {', '.join(unexpected[:8])}.")
+    missing = ["/".join(map(str, p)) for p in targets if p not in loaded]
+    encoder_missing = [m for m in missing if m.startswith("bert/")]
+    if encoder_missing:
+        raise DataError(f"The checkpoint lacks encoder tensors: {', '.join(encoder_missing[:8])}.")
+    if ignored:
+        logging.info("not used by this task: %s", ", ".join(ignored))
+    return out, missing
+
+
+def _known_module(path: tuple) -> bool:
+    return path[0] in ("cls", "classifier") or (len(path) > 1 and path[1] == "pooler")
+
+
+def _copy_tree(tree):
+    return {k: _copy_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def export(
+    params: dict,
+    model_fields: dict,
+    tokenizer,
+    out_dir: pathlib.Path,
+    architecture: str,
+    id2label: dict[int, str] | None = None,
+) -> None:
+    """Write a HF model folder (config.json, model.safetensors, tokenizer files)."""
+    from safetensors.numpy import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for path, value in _flatten(params):
+        name, transpose = to_hf(path)
+        arr = np.asarray(value, np.float32)
+        tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
+    hf_config = {
+        "architectures": [architecture],
+        "model_type": "bert",
+        **{k: model_fields[k] for k in _FIELDS},
+        "hidden_act": "gelu",
+        "initializer_range": model_fields.get("initializer_range", 0.02),
+        "position_embedding_type": "absolute",
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": True,
+    }
+    if id2label is not None:
+        hf_config["id2label"] = {str(i): label for i, label in id2label.items()}
+        hf_config["label2id"] = {label: int(i) for i, label in id2label.items()}
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    tokenizer.save_pretrained(str(out_dir))

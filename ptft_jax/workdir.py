@@ -1,0 +1,48 @@
+"""Reading a finished or running workdir back: its config, tokenizer and latest parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import ml_collections
+
+from ptft_jax import checkpoint, config, optim, sharding, steps
+from ptft_jax.data.tokenize import load_tokenizer
+
+
+@dataclasses.dataclass
+class Run:
+    """What export, predict and evaluate need from a workdir."""
+
+    cfg: ml_collections.ConfigDict
+    model_cfg: object
+    tokenizer: object
+    params: dict
+    step: int
+    mesh: object
+
+
+def load(workdir: str | pathlib.Path) -> Run:
+    """The latest checkpoint's parameters (on this machine's devices) and the run's config."""
+    workdir = pathlib.Path(workdir)
+    if not checkpoint.has_checkpoint(workdir) or not (workdir / "config.json").exists():
+        raise config.ConfigError(
+            f"{workdir} holds no finished checkpoint; train into it first (train.steps=0 with "
+            "init_from writes a step-0 checkpoint)."
+        )
+    cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    model_cfg = config.model_config(cfg)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    tx, _ = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1))
+    state_sh = sharding.named(mesh, steps.state_specs(model_cfg, cfg.task, tx, mesh))
+    init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, 0)
+    abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
+    mgr = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
+    step = mgr.latest_step()
+    state, _, _ = checkpoint.restore(mgr, step, abstract)
+    mgr.close()
+    tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    return Run(cfg, model_cfg, tokenizer, state["params"], int(step), mesh)
