@@ -19,9 +19,6 @@ from absl import app, flags
 from ptft_jax import config, hf, metrics, workdir
 from ptft_jax.data.sources import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
-_OUT = flags.DEFINE_string("out", None, "Folder to write the Hugging Face model into.")
-
 ARCHITECTURES = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
 
 
@@ -38,15 +35,17 @@ def export(workdir_path: str, out: str) -> dict:
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
-    if not _WORKDIR.value or not _OUT.value:
+    if not flags.FLAGS.workdir or not flags.FLAGS.out:
         print("error: pass --workdir W and --out DIR.", file=sys.stderr)
         sys.exit(2)
     try:
-        print(json.dumps(export(_WORKDIR.value, _OUT.value)))
+        print(json.dumps(export(flags.FLAGS.workdir, flags.FLAGS.out)))
     except (config.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
+    flags.DEFINE_string("out", None, "Folder to write the Hugging Face model into.")
     app.run(main)

@@ -20,10 +20,6 @@ from flax import nnx
 from ptft_jax import config, metrics, steps, workdir
 from ptft_jax.data.sources import DataError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
-_TEXT = flags.DEFINE_multi_string("text", [], "Input text; repeat for several.")
-_TOP_K = flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
-
 
 def fill_mask(run: workdir.Run, texts: list[str], top_k: int = 5) -> list[dict]:
     """Top-k fills for every ``[MASK]`` of every text (one padded batch)."""
@@ -78,16 +74,16 @@ def fill_mask(run: workdir.Run, texts: list[str], top_k: int = 5) -> list[dict]:
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
-    if not _WORKDIR.value or not _TEXT.value:
+    if not flags.FLAGS.workdir or not flags.FLAGS.text:
         print('error: pass --workdir W and at least one --text "...".', file=sys.stderr)
         sys.exit(2)
     try:
-        run = workdir.load(_WORKDIR.value)
+        run = workdir.load(flags.FLAGS.workdir)
         if run.cfg.task != "mlm":
             raise config.ConfigError(
-                f"predict supports MLM workdirs; {_WORKDIR.value} is {run.cfg.task!r}."
+                f"predict supports MLM workdirs; {flags.FLAGS.workdir} is {run.cfg.task!r}."
             )
-        for row in fill_mask(run, _TEXT.value, _TOP_K.value):
+        for row in fill_mask(run, flags.FLAGS.text, flags.FLAGS.top_k):
             print(json.dumps(row))
     except (config.ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -95,4 +91,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
+    flags.DEFINE_multi_string("text", [], "Input text; repeat for several.")
+    flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
     app.run(main)

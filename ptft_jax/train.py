@@ -27,9 +27,6 @@ from ptft_jax.data.masking import MaskingSpec
 
 USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, tokenizer.")
-
 
 def _masking_spec(cfg, tokenizer) -> MaskingSpec:
     ids = tokenize.special_ids(tokenizer)
@@ -265,7 +262,8 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     metrics.quiet_logs()
-    if _CONFIG.value is None or not _WORKDIR.value:
+    cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if cfg is None or not workdir:
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
     try:
@@ -274,7 +272,7 @@ def main(argv) -> None:
             for a in sys.argv[1:]
             if a.startswith("--config.model.")
         )
-        run(_CONFIG.value, _WORKDIR.value, model_keys)
+        run(cfg, workdir, model_keys)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -297,4 +295,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so entry points import each other freely.
+    config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, tokenizer.")
     app.run(main, flags_parser=parse_flags)

@@ -108,6 +108,11 @@ def _task_forward(model, ids, mask, types):
     return model(ids, mask, types)
 
 
+@nnx.jit
+def _mlm_gather(model, ids, mask, types, positions):
+    return model(ids, mask, types, masked_positions_BxK=positions)
+
+
 def _arrays(batch) -> tuple[jax.Array, ...]:
     return tuple(jnp.asarray(batch[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
 
@@ -197,11 +202,38 @@ def test_loaded_checkpoint_matches_hf(saved, batch, task):
         diff = _max_diff(logits, expected.logits.numpy())
     assert diff < ATOL, f"{task} logits: max abs diff {diff}"
 
-    ours = _bert_forward(model.bert, *_arrays(batch), return_all_hidden=True)["hidden_states"]
+    out = _bert_forward(model.bert, *_arrays(batch), return_all_hidden=True)
+    ours = out["hidden_states"]
     assert len(ours) == len(expected.hidden_states) == TINY["num_hidden_layers"] + 1
     for i, (o, t) in enumerate(zip(ours, expected.hidden_states, strict=True)):
         diff = _max_diff(o, t.numpy(), mask)
         assert diff < ATOL, f"{task} hidden state {i}: max abs diff {diff}"
+    diff = _max_diff(out["last_hidden_state"], expected.hidden_states[-1].numpy(), mask)
+    assert diff < ATOL, f"{task} last_hidden_state: max abs diff {diff}"
+    if task == "classification":  # the pooler feeds the classifier; check it on its own too
+        with torch.no_grad():
+            pooled = hf_model.bert(**_torch_inputs(batch)).pooler_output.numpy()
+        diff = _max_diff(out["pooler_output"], pooled)
+        assert diff < ATOL, f"pooler_output: max abs diff {diff}"
+
+
+def test_mlm_logits_at_masked_positions_are_gathered_rows(saved, batch):
+    """``masked_positions_BxK`` gathers rows of the all-position logits, which are HF's."""
+    hf_model, folder = saved["mlm"]
+    cfg, params, _ = _load(folder, "mlm")
+    model = _build(cfg, "mlm", params)
+    positions = np.array([[0, 4, 9, 2], [6, 1, 1, 0], [2, 0, 1, 0]], np.int32)
+    gathered = np.asarray(_mlm_gather(model, *_arrays(batch), jnp.asarray(positions)))
+    assert gathered.shape == (3, positions.shape[1], TINY["vocab_size"])
+    full = np.asarray(_task_forward(model, *_arrays(batch)))
+    rows = np.take_along_axis(full, positions[..., None], axis=1)
+    diff = _max_diff(gathered, rows)
+    assert diff < ATOL, f"gathered vs full logits: max abs diff {diff}"
+    with torch.no_grad():
+        expected = hf_model(**_torch_inputs(batch)).logits.numpy()
+    hf_rows = np.take_along_axis(expected, positions[..., None], axis=1)  # all non-padded
+    diff = _max_diff(gathered, hf_rows)
+    assert diff < ATOL, f"gathered vs HF logits: max abs diff {diff}"
 
 
 def test_bare_bert_model_leaves_only_the_mlm_head_fresh(tmp_path):
@@ -210,7 +242,8 @@ def test_bare_bert_model_leaves_only_the_mlm_head_fresh(tmp_path):
     bare.save_pretrained(tmp_path)
     assert not any(k.startswith("bert.") for k in load_file(str(tmp_path / "model.safetensors")))
     cfg = ModelConfig(**hf.read_config(tmp_path))
-    fresh = nnx.to_pure_dict(nnx.state(build_model(cfg, "mlm", 0)))
+    rng = np.random.default_rng(0)  # a concrete fresh head, to see it come back untouched
+    fresh = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), _fresh(cfg, "mlm"))
     params, fresh_paths = hf.load_params(hf.read_tensors(tmp_path), fresh)
 
     cls_paths = [
