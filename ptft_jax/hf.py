@@ -173,6 +173,9 @@ def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list
         value = np.asarray(value, np.float32)
         value = value.T if transpose else value
         if value.shape != tuple(targets[path].shape):
+            if path[0] == "classifier":  # another label count: this task's head starts fresh
+                ignored.append(name)
+                continue
             raise DataError(
                 f"Tensor {name} has shape {value.shape} but the model expects "
                 f"{tuple(targets[path].shape)}; the checkpoint and its config.json disagree."
