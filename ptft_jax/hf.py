@@ -86,7 +86,7 @@ def read_config(folder: pathlib.Path) -> dict:
 
 
 def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[str, np.ndarray]:
-    """All tensors of the checkpoint as float32 numpy arrays (safetensors; .bin only opted in)."""
+    """All tensors of the checkpoint as numpy arrays (safetensors; .bin only when opted in)."""
     from safetensors.numpy import load_file
 
     files = sorted(folder.glob("model*.safetensors"))
@@ -185,7 +185,8 @@ def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list
     if unexpected:
         raise DataError(f"Unexpected tensors in the checkpoint: {', '.join(unexpected[:8])}.")
     missing = ["/".join(map(str, p)) for p in targets if p not in loaded]
-    encoder_missing = [m for m in missing if m.startswith("bert/")]
+    # A pooler is optional: MLM checkpoints have none, and HF starts it fresh too.
+    encoder_missing = [m for m in missing if m.startswith("bert/") and "/pooler/" not in m]
     if encoder_missing:
         raise DataError(f"The checkpoint lacks encoder tensors: {', '.join(encoder_missing[:8])}.")
     if ignored:
@@ -228,6 +229,8 @@ def export(
         "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": True,
     }
+    if id2label is None and "classifier" in params:
+        id2label = {i: f"LABEL_{i}" for i in range(model_fields["num_labels"])}
     if id2label is not None:
         hf_config["id2label"] = {str(i): label for i, label in id2label.items()}
         hf_config["label2id"] = {label: int(i) for i, label in id2label.items()}

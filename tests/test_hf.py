@@ -370,3 +370,21 @@ def test_resolve_hub_id_offline(monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError, match="init_from=hf:/path"):
         hf.resolve("hf:some-org/some-model")
+
+
+def test_mlm_checkpoint_into_classifier_starts_pooler_and_head_fresh(saved):
+    """MLM checkpoints have no pooler: fine-tuning from one starts pooler and classifier fresh."""
+    _, folder = saved["mlm"]
+    _, _, fresh_paths = _load(folder, "classification", num_labels=NUM_LABELS)
+    assert sorted(fresh_paths) == [
+        "bert/pooler/dense/bias",
+        "bert/pooler/dense/kernel",
+        "classifier/bias",
+        "classifier/kernel",
+    ]
+
+
+def test_classifier_with_another_label_count_starts_fresh(saved):
+    _, folder = saved["classification"]
+    _, _, fresh_paths = _load(folder, "classification", num_labels=NUM_LABELS + 2)
+    assert sorted(fresh_paths) == ["classifier/bias", "classifier/kernel"]
