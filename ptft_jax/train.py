@@ -23,21 +23,8 @@ from ml_collections import config_flags
 from ptft_jax import checkpoint, config, hf, metrics, optim, sharding, steps
 from ptft_jax.data import pipeline, sources, tokenize
 from ptft_jax.data.builtin import cache_dir
-from ptft_jax.data.masking import MaskingSpec
 
 USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
-
-
-def _masking_spec(cfg, tokenizer) -> MaskingSpec:
-    ids = tokenize.special_ids(tokenizer)
-    special = tuple(sorted(set(tokenizer.all_special_ids)))
-    return MaskingSpec(
-        vocab_size=len(tokenizer),
-        mask_id=ids["mask"],
-        special_ids=special,
-        max_predictions=cfg.data.max_predictions_per_seq,
-        probability=cfg.data.mlm_probability,
-    )
 
 
 def _evaluate(eval_step, params, eval_data, mesh, rows: int) -> dict:
@@ -102,7 +89,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     seq_len = cfg.data.max_seq_length
     train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
     eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
-    spec = _masking_spec(cfg, tokenizer)
+    spec = pipeline.masking_spec(cfg.data, tokenizer)
     dataset = pipeline.train_dataset(train_blocks, spec, layout, cfg.train.seed)
     data_iter = pipeline.train_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
     eval_data = list(

@@ -13,6 +13,7 @@ from flax import nnx
 from test_train import tiny_config
 
 from ptft_jax import steps, workdir
+from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
 from ptft_jax.predict import fill_mask
 from ptft_jax.train import run
@@ -20,7 +21,7 @@ from ptft_jax.train import run
 
 @pytest.mark.slow
 def test_trained_model_exports_with_equal_logits(tmp_path):
-    run(tiny_config(steps=3, eval_every=3, checkpoint_every=3), tmp_path / "w")
+    run(tiny_config(steps=3, eval_every=3, checkpoint_every=3, eval_batches=0), tmp_path / "w")
     export(str(tmp_path / "w"), str(tmp_path / "hf"))
     model, info = transformers.BertForMaskedLM.from_pretrained(
         tmp_path / "hf", output_loading_info=True
@@ -38,6 +39,15 @@ def test_trained_model_exports_with_equal_logits(tmp_path):
     )
     real = enc["attention_mask"].astype(bool)
     np.testing.assert_allclose(np.asarray(ours)[real], theirs[real], atol=1e-5, rtol=1e-5)
+
+    # evaluate reproduces the final in-training evaluation and writes W/eval_validation.json.
+    result = evaluate(str(tmp_path / "w"), "validation")
+    rows = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    last = [r for r in rows if r["split"] == "validation"][-1]
+    assert result["step"] == last["step"] == 3
+    assert result["loss"] == pytest.approx(last["loss"], rel=1e-6)
+    saved = json.loads((tmp_path / "w" / "eval_validation.json").read_text())
+    assert saved["mlm_accuracy"] == pytest.approx(result["mlm_accuracy"])
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ import numpy as np
 
 from ptft_jax.data.masking import MaskingSpec, mask_rows
 from ptft_jax.data.sources import DataError
+from ptft_jax.data.tokenize import special_ids, tokenize_cached
 
 
 @dataclasses.dataclass
@@ -90,6 +91,17 @@ def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.n
     return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
 
+def masking_spec(data_cfg, tokenizer) -> MaskingSpec:
+    """What masking needs from the tokenizer and ``data.*``."""
+    return MaskingSpec(
+        vocab_size=len(tokenizer),
+        mask_id=special_ids(tokenizer)["mask"],
+        special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
+        max_predictions=data_cfg.max_predictions_per_seq,
+        probability=data_cfg.mlm_probability,
+    )
+
+
 def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: int):
     """A Grain MapDataset whose element ``b`` is this process's part of global batch ``b``."""
     if len(blocks) < layout.global_rows:
@@ -152,8 +164,6 @@ def mlm_texts(data_cfg, records: dict[str, list[dict]]) -> tuple[list[str], list
 
 def pack_texts(texts: list[str], tokenizer, seq_len: int, cache_root) -> Blocks:
     """Tokenize (cached on disk) and pack ``texts`` into ``seq_len`` blocks."""
-    from ptft_jax.data.tokenize import special_ids, tokenize_cached
-
     ids = special_ids(tokenizer)
     docs = tokenize_cached(texts, tokenizer, cache_root)
     blocks = pack(docs, seq_len, ids["cls"], ids["sep"], ids["pad"])

@@ -1,0 +1,77 @@
+"""Evaluate a workdir's latest checkpoint on a whole split.
+
+    python -m ptft_jax.evaluate --workdir W [--split validation|test]
+
+Prints one JSON object of metrics and writes ``W/eval_<split>.json``. For MLM runs the
+validation split is the one training held out; masking is the fixed evaluation masking.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+
+from ptft_jax import config, metrics, sharding, steps, workdir
+from ptft_jax.data import pipeline, sources
+from ptft_jax.data.builtin import cache_dir
+
+
+def evaluate(workdir_path: str, split: str = "validation") -> dict:
+    """Metrics of the latest checkpoint over every example of ``split``; also saved in W."""
+    if split not in ("validation", "test"):
+        raise config.ConfigError(f"--split={split!r} is unknown; use validation or test.")
+    run = workdir.load(workdir_path)
+    cfg = run.cfg
+    records = sources.load_records(cfg.data.source)
+    if split == "validation":
+        texts = pipeline.mlm_texts(cfg.data, records)[1]
+    elif "test" in records:
+        texts = [sources.text_of(r, cfg.data.text_field) for r in records["test"]]
+    else:
+        raise sources.DataError(
+            f"data.source {cfg.data.source!r} has no test split; use --split=validation."
+        )
+    blocks = pipeline.pack_texts(texts, run.tokenizer, cfg.data.max_seq_length, cache_dir())
+    spec = pipeline.masking_spec(cfg.data, run.tokenizer)
+    shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+    rows = math.ceil(cfg.train.batch_size // cfg.train.grad_accum_steps / shards) * shards
+    start, stop = sharding.process_rows(run.mesh, rows)
+    layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop)
+    graphdef, _ = steps.abstract_model(run.model_cfg, cfg.task)
+    eval_step = jax.jit(functools.partial(steps.eval_step, graphdef=graphdef))
+    totals = None
+    with jax.set_mesh(run.mesh):
+        for batch in pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0):
+            sums = eval_step(run.params, sharding.to_global(batch, run.mesh, rows))
+            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    result = {"step": run.step, "split": split, **metrics.mlm_eval_metrics(jax.device_get(totals))}
+    if jax.process_index() == 0:
+        out = pathlib.Path(workdir_path) / f"eval_{split}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def main(argv) -> None:
+    del argv
+    metrics.quiet_logs()
+    if not flags.FLAGS.workdir:
+        print("error: pass --workdir W [--split validation|test].", file=sys.stderr)
+        sys.exit(2)
+    try:
+        print(json.dumps(evaluate(flags.FLAGS.workdir, flags.FLAGS.split)))
+    except (config.ConfigError, sources.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
+    flags.DEFINE_string("split", "validation", "validation or test.")
+    app.run(main)
