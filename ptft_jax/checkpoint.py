@@ -18,12 +18,28 @@ def has_checkpoint(workdir: pathlib.Path) -> bool:
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def manager(workdir: pathlib.Path, keep: int) -> ocp.CheckpointManager:
-    """The run's CheckpointManager over ``W/checkpoints``."""
+def manager(workdir: pathlib.Path, keep: int, name: str = "checkpoints") -> ocp.CheckpointManager:
+    """A CheckpointManager over ``W/<name>`` (``checkpoints``: resume; ``best``: best params)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, enable_async_checkpointing=True, create=True
     )
-    return ocp.CheckpointManager(workdir.resolve() / "checkpoints", options=options)
+    return ocp.CheckpointManager(workdir.resolve() / name, options=options)
+
+
+def save_params(mgr: ocp.CheckpointManager, step: int, params) -> None:
+    """Save parameters alone (the best model so far)."""
+    mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+
+
+def restore_params(mgr: ocp.CheckpointManager, like):
+    """The latest saved parameters, placed like ``like`` (arrays or ShapeDtypeStructs)."""
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
+    )
+    restored = mgr.restore(
+        mgr.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+    )
+    return restored.params
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: dict) -> None:

@@ -15,7 +15,7 @@ import ml_collections
 
 from ptft_jax.model import ModelConfig
 
-TASKS = ("mlm",)
+TASKS = ("mlm", "classification")
 
 
 class ConfigError(ValueError):
@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
     c.data.eval_fraction = 0.02  # documents held out when the source has no validation split
     c.data.max_documents = 0  # 0 = all; a cap for quick runs
+    c.data.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
     c.data.num_threads = 2  # Grain reader threads
@@ -53,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict()
     c.train.steps = 1000  # the schedule's length
+    c.train.epochs = 0  # > 0 wins over steps (classification)
     c.train.stop_at_step = 0  # > 0: checkpoint and stop there (time-boxed jobs); resume later
     c.train.batch_size = 256  # global, across all devices and hosts
     c.train.grad_accum_steps = 1
@@ -70,6 +72,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.checkpoint_every = 500
     c.train.keep_checkpoints = 2
     c.train.seed = 0
+    c.train.metric_for_best = ""  # classification: keep the best checkpoint by this metric
+    c.train.patience = 0  # > 0: stop after this many evaluations without improvement
+    c.train.trainable = ()  # regexes of trainable parameter paths; empty = all
+    c.train.freeze_embeddings = False
+    c.train.freeze_layers = 0  # freeze the lowest k encoder layers
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return c

@@ -15,19 +15,14 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 
-from ptft_jax import config, metrics, sharding, steps, workdir
-from ptft_jax.data import pipeline, sources
+from ptft_jax import config, evaluation, metrics, sharding, steps, workdir
+from ptft_jax.data import pipeline, prepare, sources
 from ptft_jax.data.builtin import cache_dir
 
 
-def evaluate(workdir_path: str, split: str = "validation") -> dict:
-    """Metrics of the latest checkpoint over every example of ``split``; also saved in W."""
-    if split not in ("validation", "test"):
-        raise config.ConfigError(f"--split={split!r} is unknown; use validation or test.")
-    run = workdir.load(workdir_path)
+def _mlm_batches(run, split: str, layout) -> list:
     cfg = run.cfg
     records = sources.load_records(cfg.data.source)
     if split == "validation":
@@ -40,18 +35,43 @@ def evaluate(workdir_path: str, split: str = "validation") -> dict:
         )
     blocks = pipeline.pack_texts(texts, run.tokenizer, cfg.data.max_seq_length, cache_dir())
     spec = pipeline.masking_spec(cfg.data, run.tokenizer)
+    return list(pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0))
+
+
+def evaluate(workdir_path: str, split: str = "validation") -> dict:
+    """Metrics of the latest checkpoint over every example of ``split``; also saved in W."""
+    if split not in ("validation", "test"):
+        raise config.ConfigError(f"--split={split!r} is unknown; use validation or test.")
+    run = workdir.load(workdir_path)
+    cfg = run.cfg
     shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
     rows = math.ceil(cfg.train.batch_size // cfg.train.grad_accum_steps / shards) * shards
     start, stop = sharding.process_rows(run.mesh, rows)
     layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop)
     graphdef, _ = steps.abstract_model(run.model_cfg, cfg.task)
-    eval_step = jax.jit(functools.partial(steps.eval_step, graphdef=graphdef))
-    totals = None
+    eval_step = jax.jit(functools.partial(steps.eval_step, task=cfg.task, graphdef=graphdef))
     with jax.set_mesh(run.mesh):
-        for batch in pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0):
-            sums = eval_step(run.params, sharding.to_global(batch, run.mesh, rows))
-            totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    result = {"step": run.step, "split": split, **metrics.mlm_eval_metrics(jax.device_get(totals))}
+        if cfg.task == "classification":
+            data = prepare.classification(
+                cfg, lambda _: run.tokenizer, layout, layout, run.path / "labels.json"
+            )
+            batches, labels = (
+                (data.eval, data.eval_labels)
+                if split == "validation"
+                else (data.test, data.test_labels)
+            )
+            if batches is None:
+                raise sources.DataError(
+                    f"data.source {cfg.data.source!r} has no {split} split; use another --split."
+                )
+            scores = evaluation.classification(
+                eval_step, run.params, batches, labels, run.mesh, rows, run.model_cfg.num_labels
+            )
+        else:
+            scores = evaluation.mlm(
+                eval_step, run.params, _mlm_batches(run, split, layout), run.mesh, rows
+            )
+    result = {"step": run.step, "split": split, **scores}
     if jax.process_index() == 0:
         out = pathlib.Path(workdir_path) / f"eval_{split}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")

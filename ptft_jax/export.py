@@ -28,7 +28,10 @@ def export(workdir_path: str, out: str) -> dict:
     params = jax.device_get(run.params)
     architecture = ARCHITECTURES[run.cfg.task]
     fields = dataclasses.asdict(run.model_cfg)
-    hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture)
+    id2label = None
+    if run.cfg.task == "classification" and run.model_cfg.num_labels > 1:
+        id2label = dict(enumerate(workdir.label_names(run)))
+    hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture, id2label)
     return {"out": str(out), "architecture": architecture, "step": run.step}
 
 

@@ -21,6 +21,25 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(lambda p, _: not _NO_DECAY.search(path_str(p)), params)
 
 
+def trainable_mask(params, train_cfg):
+    """True for parameters that train; ``train.trainable``/``freeze_*`` freeze the rest."""
+    patterns = train_cfg.get("trainable", ())
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p]
+    regexes = [re.compile(p) for p in patterns]
+    frozen_layers = {f"bert/encoder/layer/{i}/" for i in range(train_cfg.get("freeze_layers", 0))}
+
+    def trains(path, _):
+        name = path_str(path)
+        if regexes and not any(r.search(name) for r in regexes):
+            return False
+        if train_cfg.get("freeze_embeddings", False) and name.startswith("bert/embeddings/"):
+            return False
+        return not any(name.startswith(prefix) for prefix in frozen_layers)
+
+    return jax.tree_util.tree_map_with_path(trains, params)
+
+
 def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
     """Linear warmup to ``learning_rate`` over ``warmup_steps``, then linear decay to zero."""
     peak = float(train_cfg.learning_rate)
@@ -55,4 +74,17 @@ def make_optimizer(
             mask=decay_mask,
         )
     )
-    return optax.chain(*chain), schedule
+    tx = optax.chain(*chain)
+    if (
+        train_cfg.get("trainable")
+        or train_cfg.get("freeze_embeddings")
+        or train_cfg.get("freeze_layers")
+    ):
+        # Frozen parameters get zero updates and carry no optimizer state at all.
+        tx = optax.multi_transform(
+            {"train": tx, "frozen": optax.set_to_zero()},
+            lambda params: jax.tree.map(
+                lambda t: "train" if t else "frozen", trainable_mask(params, train_cfg)
+            ),
+        )
+    return tx, schedule

@@ -1,9 +1,11 @@
 """Predict with a trained workdir.
 
     python -m ptft_jax.predict --workdir W --text "Paris is the [MASK] of France." [--top_k 5]
+    python -m ptft_jax.predict --workdir W --text "great film" [--text_pair "..."] [--file F]
 
 MLM workdirs print one JSON line per text: the top-k fills (softmax probabilities) of each
-``[MASK]`` in order.
+``[MASK]`` in order. Classification workdirs print ``{"text", "label", "probs"}`` per input
+(regression: ``{"text", "score"}``); ``--file`` holds one text or JSON object per line.
 """
 
 from __future__ import annotations
@@ -71,21 +73,89 @@ def fill_mask(run: workdir.Run, texts: list[str], top_k: int = 5) -> list[dict]:
     return out
 
 
+def classify(run: workdir.Run, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
+    """Class probabilities (or the regression score) of each text / pair."""
+    cfg = run.cfg
+    enc = run.tokenizer(
+        texts,
+        pairs,
+        padding=True,
+        truncation=True,
+        max_length=cfg.data.max_seq_length,
+        return_tensors="np",
+    )
+    graphdef, _ = steps.abstract_model(run.model_cfg, cfg.task)
+
+    @jax.jit
+    def forward(params, ids, mask, types):
+        return nnx.merge(graphdef, params)(ids, mask, types)
+
+    with jax.set_mesh(run.mesh):
+        logits = np.asarray(
+            jax.device_get(
+                forward(
+                    run.params,
+                    enc["input_ids"].astype(np.int32),
+                    enc["attention_mask"].astype(np.int32),
+                    enc["token_type_ids"].astype(np.int32),
+                )
+            )
+        )
+    names = workdir.label_names(run)
+    out = []
+    for i, text in enumerate(texts):
+        row = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
+        if run.model_cfg.num_labels == 1:
+            row["score"] = float(logits[i, 0])
+        else:
+            p = np.exp(logits[i] - logits[i].max())
+            p /= p.sum()
+            row["label"] = names[int(p.argmax())]
+            row["probs"] = {name: float(v) for name, v in zip(names, p, strict=True)}
+        out.append(row)
+    return out
+
+
+def _read_inputs(texts, pairs, path) -> tuple[list[str], list[str] | None]:
+    if path:
+        texts, pairs = [], []
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError:
+                    obj = line.rstrip("\n")
+                if isinstance(obj, dict):
+                    texts.append(obj["text"])
+                    pairs.append(obj.get("text_pair", ""))
+                else:
+                    texts.append(str(obj))
+                    pairs.append("")
+        return texts, (pairs if any(pairs) else None)
+    if pairs and len(pairs) != len(texts):
+        raise DataError("Give one --text_pair per --text, or none.")
+    return list(texts), (list(pairs) if pairs else None)
+
+
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
-    if not flags.FLAGS.workdir or not flags.FLAGS.text:
-        print('error: pass --workdir W and at least one --text "...".', file=sys.stderr)
+    f = flags.FLAGS
+    if not f.workdir or not (f.text or f.file):
+        print('error: pass --workdir W and --text "..." (or --file F).', file=sys.stderr)
         sys.exit(2)
     try:
-        run = workdir.load(flags.FLAGS.workdir)
-        if run.cfg.task != "mlm":
-            raise config.ConfigError(
-                f"predict supports MLM workdirs; {flags.FLAGS.workdir} is {run.cfg.task!r}."
-            )
-        for row in fill_mask(run, flags.FLAGS.text, flags.FLAGS.top_k):
+        run = workdir.load(f.workdir)
+        texts, pairs = _read_inputs(f.text, f.text_pair, f.file)
+        if run.cfg.task == "mlm":
+            rows = fill_mask(run, texts, f.top_k)
+        else:
+            rows = classify(run, texts, pairs)
+        for row in rows:
             print(json.dumps(row))
-    except (config.ConfigError, DataError) as e:
+    except (config.ConfigError, DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
@@ -93,5 +163,7 @@ def main(argv) -> None:
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
     flags.DEFINE_multi_string("text", [], "Input text; repeat for several.")
+    flags.DEFINE_multi_string("text_pair", [], "Second text of a pair, one per --text.")
+    flags.DEFINE_string("file", "", "One text or JSON object (text, text_pair) per line.")
     flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
     app.run(main)

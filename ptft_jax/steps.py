@@ -56,8 +56,17 @@ def make_init_fn(model_cfg: ModelConfig, task: str, tx, mesh: Mesh, seed: int) -
     return jax.jit(init, out_shardings=shardings)
 
 
-def _mlm_forward(graphdef, params, mb: dict, rngs) -> dict:
+# The batch field that weighs each loss term, and the name of the accuracy metric, per task.
+WEIGHTS = {"mlm": "masked_weights", "classification": "weights"}
+ACCURACY = {"mlm": "mlm_accuracy", "classification": "accuracy"}
+
+
+def _forward(task: str, graphdef, params, mb: dict, rngs) -> dict:
+    """Summed loss statistics of one microbatch."""
     model = nnx.merge(graphdef, params)
+    if task == "classification":
+        logits_BxC = model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"], rngs=rngs)
+        return losses.classification_sums(logits_BxC, mb["labels"], mb["weights"])
     logits_BxKxV = model(
         mb["input_ids"],
         mb["attention_mask"],
@@ -68,14 +77,14 @@ def _mlm_forward(graphdef, params, mb: dict, rngs) -> dict:
     return losses.mlm_sums(logits_BxKxV, mb["masked_ids"], mb["masked_weights"])
 
 
-def train_step(state: State, batch: dict, *, graphdef, tx, schedule, seed: int):
+def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, seed: int):
     """One optimizer update over all microbatches of ``batch``; returns (state, metrics).
 
     Each microbatch's summed loss is divided by the label count of the whole batch, so the
     accumulated gradient equals the gradient of the mean loss over the global batch exactly.
     """
     params, step = state["params"], state["step"]
-    total_weight = jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)
+    total_weight = jnp.maximum(jnp.sum(batch[WEIGHTS[task]]), 1.0)
     step_key = jax.random.fold_in(jax.random.key(seed), step)
 
     def microbatch(carry, xs):
@@ -84,7 +93,7 @@ def train_step(state: State, batch: dict, *, graphdef, tx, schedule, seed: int):
         key = jax.random.fold_in(step_key, index)
 
         def loss_fn(p):
-            sums = _mlm_forward(graphdef, p, mb, nnx.Rngs(dropout=key))
+            sums = _forward(task, graphdef, p, mb, nnx.Rngs(dropout=key))
             return sums["loss_sum"] / total_weight, sums
 
         grads, sums = jax.grad(loss_fn, has_aux=True)(params)
@@ -100,17 +109,20 @@ def train_step(state: State, batch: dict, *, graphdef, tx, schedule, seed: int):
     params = optax.apply_updates(params, updates)
     metrics = {
         "loss": sums["loss_sum"] / total_weight,
-        "mlm_accuracy": sums["correct_sum"] / total_weight,
+        ACCURACY[task]: sums["correct_sum"] / total_weight,
         "grad_norm": optax.global_norm(grads),
         "learning_rate": schedule(step),
     }
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
 
-def eval_step(params, batch: dict, *, graphdef) -> dict:
-    """Summed loss/correct/weight over a batch, deterministic (no dropout)."""
+def eval_step(params, batch: dict, *, task: str, graphdef):
+    """MLM: summed loss/correct/weight. Classification: the logits, for exact host metrics."""
     mb = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-    return _mlm_forward(graphdef, params, mb, None)
+    if task == "classification":
+        model = nnx.merge(graphdef, params)
+        return model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
+    return _forward(task, graphdef, params, mb, None)
 
 
 def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed: int, batch_keys):
@@ -120,13 +132,15 @@ def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed:
     batch_sh = {k: NamedSharding(mesh, sharding.batch_spec(nd)) for k, nd in batch_keys.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
     train = jax.jit(
-        functools.partial(train_step, graphdef=graphdef, tx=tx, schedule=schedule, seed=seed),
+        functools.partial(
+            train_step, task=task, graphdef=graphdef, tx=tx, schedule=schedule, seed=seed
+        ),
         in_shardings=(state_sh, batch_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
     evaluate = jax.jit(
-        functools.partial(eval_step, graphdef=graphdef),
+        functools.partial(eval_step, task=task, graphdef=graphdef),
         in_shardings=(state_sh["params"], batch_sh),
         out_shardings=replicated,
     )

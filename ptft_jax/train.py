@@ -13,27 +13,32 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ptft_jax import checkpoint, config, hf, metrics, optim, sharding, steps
-from ptft_jax.data import pipeline, sources, tokenize
-from ptft_jax.data.builtin import cache_dir
+from ptft_jax import checkpoint, config, evaluation, hf, metrics, optim, sharding, steps
+from ptft_jax.data import pipeline, prepare, sources, tokenize
 
 USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
 
 
-def _evaluate(eval_step, params, eval_data, mesh, rows: int) -> dict:
-    """Metrics over the held-out batches (masked once, identically for every evaluation)."""
-    totals = None
-    for batch in eval_data:
-        sums = eval_step(params, sharding.to_global(batch, mesh, rows))
-        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return metrics.mlm_eval_metrics(jax.device_get(totals))
+def _tokenizer_factory(cfg, workdir, vocab_size, resuming):
+    """``texts -> tokenizer``: W's on resume, else the given one, else WordPiece on ``texts``."""
+
+    def get(texts):
+        tokenizer = tokenize.get_tokenizer(cfg.data, workdir, texts, vocab_size, resuming)
+        if jax.process_count() > 1 and not resuming and not cfg.data.tokenizer:
+            # Every host must use process 0's tokenizer (training may break ties differently).
+            if jax.process_index() == 0:
+                tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
+            multihost_utils.sync_global_devices("ptft_jax:tokenizer")
+            tokenizer = tokenize.load_tokenizer(str(workdir / "tokenizer"))
+        return tokenizer
+
+    return get
 
 
 def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
@@ -74,39 +79,24 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
     eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
 
-    # --- Data: records, tokenizer, packed blocks, the masked evaluation batches.
-    records = sources.load_records(cfg.data.source)
-    train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
-    tokenizer = tokenize.get_tokenizer(
-        cfg.data, workdir, train_texts, model_cfg.vocab_size, resuming
-    )
-    if jax.process_count() > 1 and not resuming and not cfg.data.tokenizer:
-        # Every host must use process 0's tokenizer (training may break ties differently).
-        if jax.process_index() == 0:
-            tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
-        multihost_utils.sync_global_devices("ptft_jax:tokenizer")
-        tokenizer = tokenize.load_tokenizer(str(workdir / "tokenizer"))
-    seq_len = cfg.data.max_seq_length
-    train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
-    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
-    spec = pipeline.masking_spec(cfg.data, tokenizer)
-    dataset = pipeline.train_dataset(train_blocks, spec, layout, cfg.train.seed)
-    data_iter = pipeline.train_iterator(dataset, cfg.data.num_threads, cfg.data.prefetch)
-    eval_data = list(
-        pipeline.eval_batches(
-            eval_blocks, spec, eval_layout, cfg.train.seed, cfg.train.eval_batches
+    # --- Data: records, tokenizer, the train dataset, the evaluation batches.
+    get_tokenizer = _tokenizer_factory(cfg, workdir, model_cfg.vocab_size, resuming)
+    if cfg.task == "classification":
+        data = prepare.classification(
+            cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json"
         )
-    )
-
-    abstract_state = jax.eval_shape(
-        steps.make_init_fn(
-            model_cfg, cfg.task, optim.make_optimizer(cfg.train, 1)[0], mesh, cfg.train.seed
-        )
-    )
+    else:
+        data = prepare.mlm(cfg, get_tokenizer, layout, eval_layout)
+    data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
+    total_steps = cfg.train.steps
+    if cfg.train.epochs and data.steps_per_epoch:
+        total_steps = cfg.train.epochs * data.steps_per_epoch
+    tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
+    init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
     pretrained = None
     if init_folder is not None and not resuming:
         tensors = hf.read_tensors(init_folder, cfg.allow_pytorch_bin)
-        pretrained, fresh = hf.load_params(tensors, abstract_state["params"])
+        pretrained, fresh = hf.load_params(tensors, jax.eval_shape(init_fn)["params"])
         heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
         note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
         logging.warning("loaded %s from %s%s", cfg.init_from, init_folder, note)
@@ -115,22 +105,16 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
         if not (resuming and (workdir / "tokenizer").exists()):
-            tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
+            tokenize.save_tokenizer(data.tokenizer, workdir / "tokenizer")
+        if data.label_names is not None:
+            (workdir / "labels.json").write_text(json.dumps({"names": data.label_names}) + "\n")
         if not resuming:
             config.save(cfg, workdir / "config.json")
-    logging.info(
-        "data: %d train blocks, %d eval blocks of %d tokens; tokenizer %s",
-        len(train_blocks),
-        len(eval_blocks),
-        seq_len,
-        tokenize.describe(tokenizer),
-    )
+    logging.info("data: %s", data.summary)
 
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        # --- State: resume from the latest checkpoint in W, else initialise from scratch.
-        total_steps = cfg.train.steps
-        tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
-        init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
+        # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
+        first = data.eval[0][0] if cfg.task == "classification" else data.eval[0]
         train_step, eval_step, state_sh = steps.jit_steps(
             model_cfg,
             cfg.task,
@@ -138,15 +122,17 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             schedule,
             mesh,
             cfg.train.seed,
-            {k: v.ndim for k, v in eval_data[0].items()},
+            {k: v.ndim for k, v in first.items()},
         )
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
+        best_ckpt = checkpoint.manager(workdir, 1, "best") if cfg.task == "classification" else None
         latest = ckpt.latest_step()
+        tracker = {"best": None, "best_step": None, "since_best": 0}
         if latest is not None:
             abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
-            state, data_state, _ = checkpoint.restore(ckpt, latest, abstract)
+            state, data_state, meta = checkpoint.restore(ckpt, latest, abstract)
             data_iter.set_state(data_state)
-            logging.info("resumed from step %d of %s", latest, workdir)
+            tracker.update(meta.get("tracker", {}))
         else:
             state = init_fn()
             if pretrained is not None:
@@ -163,7 +149,6 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         writer = metrics.Writer(workdir, total_steps, step, resumed=latest is not None)
         if latest is not None:
             writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
-
         stop_at = min(cfg.train.stop_at_step or total_steps, total_steps)
         if latest is not None and step >= stop_at:
             writer.print(
@@ -171,28 +156,48 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 "raise --config.train.steps to train further"
             )
 
-        # --- Compile once, ahead of the loop, so that compile time is measured on its own.
-        batch, compile_s, ev = None, 0.0, {}
-        if step < stop_at:
+        def evaluate(params, batches=None, labels=None) -> dict:
+            if cfg.task == "classification":
+                return evaluation.classification(
+                    eval_step,
+                    params,
+                    batches or data.eval,
+                    data.eval_labels if labels is None else labels,
+                    mesh,
+                    micro,
+                    model_cfg.num_labels,
+                )
+            return evaluation.mlm(eval_step, params, data.eval, mesh, micro)
+
+        best_metric = cfg.train.metric_for_best or (
+            "accuracy" if model_cfg.num_labels > 1 else "pearson"
+        )
+
+        # --- Compile MLM's one shape ahead of the loop, so compile time is measured on its
+        # own (classification compiles once per length bucket as the buckets first appear).
+        local, batch, compile_s, ev = None, None, 0.0, {}
+        if step < stop_at and cfg.task == "mlm":
             t0 = time.time()
-            batch = sharding.to_global(next(data_iter), mesh, layout.micro)
+            local = next(data_iter)
+            batch = sharding.to_global(local, mesh, layout.micro)
             train_step = train_step.lower(state, batch).compile()
             compile_s = time.time() - t0
             writer.print(f"compiled the train step in {compile_s:.1f}s")
         if step == 0 and total_steps:
-            ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
-            writer.write(0, "validation", ev)
+            ev = evaluate(state["params"])
+            writer.write(0, "validation", evaluation.scalars(ev))
 
         # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
-        tokens_per_step = cfg.train.batch_size * cfg.data.max_seq_length
-        pending, t_log, steps_since_log = [], time.time(), 0
-        train_s, trained_steps = 0.0, 0  # for the run's average throughput
+        pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
+        train_s, trained_steps, trained_tokens = 0.0, 0, 0
         if step >= stop_at:  # nothing to train: report where the checkpoint stands
-            ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
+            ev = evaluate(state["params"])
         while step < stop_at:
             if batch is None:
-                batch = sharding.to_global(next(data_iter), mesh, layout.micro)
+                local = next(data_iter)
+                batch = sharding.to_global(local, mesh, layout.micro)
             state, step_metrics = train_step(state, batch)
+            tokens_since_log += int(local["attention_mask"].sum()) * jax.process_count()
             batch = None
             step += 1
             steps_since_log += 1
@@ -202,43 +207,82 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             if step % cfg.train.log_every == 0 or last:
                 host = jax.device_get(pending)
                 dt = time.time() - t_log
-                tok_s = tokens_per_step * steps_since_log / max(dt, 1e-9)
+                tok_s = tokens_since_log / max(dt, 1e-9)
                 train_s, trained_steps = train_s + dt, trained_steps + steps_since_log
+                trained_tokens += tokens_since_log
                 row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                row.update(tokens_per_s=tok_s, step_time_s=dt / steps_since_log)
+                row.update(
+                    tokens_per_s=tok_s,
+                    examples_per_s=cfg.train.batch_size * steps_since_log / max(dt, 1e-9),
+                    step_time_s=dt / steps_since_log,
+                )
                 writer.write(step, "train", row)
-                pending, t_log, steps_since_log = [], time.time(), 0
-            if step % cfg.train.eval_every == 0 or last:
-                ev = _evaluate(eval_step, state["params"], eval_data, mesh, micro)
-                writer.write(step, "validation", ev)
+                pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
+            epoch_end = data.steps_per_epoch and step % data.steps_per_epoch == 0
+            stop_early = False
+            if step % cfg.train.eval_every == 0 or last or epoch_end:
+                ev = evaluate(state["params"])
+                writer.write(step, "validation", evaluation.scalars(ev))
+                if best_ckpt is not None:
+                    if metrics.is_better(best_metric, ev[best_metric], tracker["best"]):
+                        tracker.update(best=ev[best_metric], best_step=step, since_best=0)
+                        checkpoint.save_params(best_ckpt, step, state["params"])
+                    else:
+                        tracker["since_best"] += 1
+                    stop_early = 0 < cfg.train.patience <= tracker["since_best"]
                 t_log = time.time()  # evaluation time is not training throughput
-            if step % cfg.train.checkpoint_every == 0 or last:
-                meta = {"step": step, "config": json.loads(cfg.to_json_best_effort())}
+            if step % cfg.train.checkpoint_every == 0 or last or stop_early:
+                meta = {
+                    "step": step,
+                    "tracker": tracker,
+                    "config": json.loads(cfg.to_json_best_effort()),
+                }
                 checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
-
+            if stop_early:
+                writer.print(
+                    f"early stop at step {step}: {best_metric} did not improve in "
+                    f"{cfg.train.patience} evaluations (best {tracker['best']:.4f} at step "
+                    f"{tracker['best_step']})"
+                )
+                break
         if total_steps == 0 and latest is None:
             # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
             meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
             checkpoint.save(ckpt, 0, state, data_iter.get_state(), meta)
 
-        # --- Done: wait for the last async save, then the one-line summary.
+        # --- Done: the best checkpoint on the test split (classification), the summary.
         ckpt.wait_until_finished()
         ckpt.close()
-        tok_s = tokens_per_step * trained_steps / train_s if train_s else 0.0
+        test = {}
+        if best_ckpt is not None:
+            best_ckpt.wait_until_finished()
+            best_params = state["params"]
+            if best_ckpt.latest_step() is not None:
+                best_params = checkpoint.restore_params(best_ckpt, state["params"])
+            best_ckpt.close()
+            if data.test is not None:
+                test = evaluate(best_params, data.test, data.test_labels)
+                test["step"] = tracker["best_step"] or step
+                if jax.process_index() == 0:
+                    (workdir / "eval_test.json").write_text(json.dumps(test, indent=2) + "\n")
+        tok_s = trained_tokens / train_s if train_s else 0.0
         summary = {
             "step": step,
             "eval_loss": ev.get("loss", float("nan")),
-            "eval_mlm_accuracy": ev.get("mlm_accuracy", float("nan")),
+            "eval_accuracy": ev.get(steps.ACCURACY[cfg.task], float("nan")),
+            "test": test,
             "tokens_per_s": tok_s,
             "compile_s": compile_s,
             "wall_s": time.time() - t_start,
         }
         writer.close()
         if jax.process_index() == 0:
+            extra = f", test {best_metric} {test[best_metric]:.4f}" if test else ""
             print(
-                f"done: step {step}, eval loss {summary['eval_loss']:.4f}, MLM accuracy "
-                f"{summary['eval_mlm_accuracy']:.4f}, {tok_s:,.0f} tokens/s, compile "
-                f"{compile_s:.1f}s, wall {summary['wall_s']:.1f}s",
+                f"done: step {step}, eval loss {summary['eval_loss']:.4f}, "
+                f"{steps.ACCURACY[cfg.task].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
+                f"{extra}, {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s, "
+                f"wall {summary['wall_s']:.1f}s",
                 flush=True,
             )
         return {**summary, "state": state}

@@ -23,6 +23,7 @@ class Run:
     params: dict
     step: int
     mesh: object
+    path: pathlib.Path
 
 
 def load(workdir: str | pathlib.Path) -> Run:
@@ -45,4 +46,12 @@ def load(workdir: str | pathlib.Path) -> Run:
     state, _, _ = checkpoint.restore(mgr, step, abstract)
     mgr.close()
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    return Run(cfg, model_cfg, tokenizer, state["params"], int(step), mesh)
+    return Run(cfg, model_cfg, tokenizer, state["params"], int(step), mesh, workdir)
+
+
+def label_names(run: Run) -> list[str]:
+    """Class names: the run's string labels (``W/labels.json``) or "0".."C-1"."""
+    path = run.path / "labels.json"
+    if path.exists():
+        return json.loads(path.read_text())["names"]
+    return [str(i) for i in range(run.model_cfg.num_labels)]

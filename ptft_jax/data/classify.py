@@ -1,0 +1,220 @@
+"""Labelled examples for classification and regression: labels, tokenization, length buckets.
+
+A global batch holds examples of one length bucket only, padded to that bucket's length, so
+short texts are not padded to ``max_seq_length`` and the step compiles once per bucket. The
+batches of epoch ``e`` are a pure function of (seed, e); batch ``b`` of the run is batch
+``b % steps_per_epoch`` of epoch ``b // steps_per_epoch``, independent of the topology.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import grain
+import numpy as np
+
+from ptft_jax.data.sources import DataError, text_of
+
+
+@dataclasses.dataclass
+class Examples:
+    """Tokenized examples of one split (ragged ids kept as lists of arrays)."""
+
+    ids: list[np.ndarray]
+    type_ids: list[np.ndarray]
+    labels: np.ndarray  # int32 class ids, or float32 targets for regression
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def label_names(train_records, label_field: str, num_labels: int) -> list[str] | None:
+    """Class names when labels are strings (sorted, from the training split); None for ints."""
+    if num_labels == 1:
+        return None
+    values = [r.get(label_field) for r in train_records]
+    if any(v is None for v in values):
+        raise DataError(
+            f"Some training records have no {label_field!r}; set --config.data.label_field."
+        )
+    if all(isinstance(v, str) for v in values):
+        names = sorted(set(values))
+        if len(names) != num_labels:
+            raise DataError(
+                f"The training split has {len(names)} distinct labels but model.num_labels is "
+                f"{num_labels}; set --config.model.num_labels={len(names)}."
+            )
+        return names
+    return None
+
+
+def encode_labels(records, label_field: str, num_labels: int, names, split: str) -> np.ndarray:
+    """Class ids (or float targets); a label outside ``num_labels`` or unseen stops the run."""
+    values = [r.get(label_field) for r in records]
+    if num_labels == 1:
+        try:
+            return np.asarray(values, np.float32)
+        except (TypeError, ValueError):
+            raise DataError(
+                f"Regression labels in the {split} split must be numbers; check data.label_field."
+            ) from None
+    if names is not None:
+        index = {n: i for i, n in enumerate(names)}
+        unseen = sorted({str(v) for v in values if v not in index})
+        if unseen:
+            raise DataError(
+                f"The {split} split has labels never seen in training ({', '.join(unseen[:5])}); "
+                "fix the data or add examples of them to the training split."
+            )
+        return np.asarray([index[v] for v in values], np.int32)
+    try:
+        ids = np.asarray(values, np.int64)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"Labels in the {split} split must be all integers or all strings."
+        ) from None
+    bad = ids[(ids < 0) | (ids >= num_labels)]
+    if len(bad):
+        raise DataError(
+            f"The {split} split has label {int(bad[0])}, outside 0..{num_labels - 1}; set "
+            f"--config.model.num_labels or fix the labels."
+        )
+    return ids.astype(np.int32)
+
+
+def encode(records, data_cfg, tokenizer, num_labels: int, names, split: str) -> Examples:
+    """Tokenize texts (and pairs, with segment ids 1) truncated to ``max_seq_length``."""
+    texts = [text_of(r, data_cfg.text_field) for r in records]
+    pairs = None
+    if data_cfg.text_pair_field:
+        pairs = [text_of(r, data_cfg.text_pair_field) for r in records]
+    enc = tokenizer(
+        texts,
+        pairs,
+        truncation=True,
+        max_length=data_cfg.max_seq_length,
+        return_attention_mask=False,
+        return_token_type_ids=True,
+    )
+    labels = encode_labels(records, data_cfg.label_field, num_labels, names, split)
+    ids = [np.asarray(x, np.int32) for x in enc["input_ids"]]
+    types = [np.asarray(x, np.int32) for x in enc["token_type_ids"]]
+    return Examples(ids=ids, type_ids=types, labels=labels)
+
+
+def buckets(max_len: int, count: int = 4) -> tuple[int, ...]:
+    """Bucket lengths: max_len / 2^k for k < count, multiples of 8, ascending."""
+    out = sorted({max(8, -(-(max_len >> k) // 8) * 8) for k in range(count)} | {max_len})
+    return tuple(b for b in out if b <= max_len)
+
+
+def bucket_of(lengths: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
+    """Index of the smallest bucket that holds each length."""
+    return np.searchsorted(np.asarray(sizes), lengths, side="left")
+
+
+def epoch_plan(lengths: np.ndarray, sizes, rows: int, seed: int, epoch: int) -> list:
+    """The batches of one epoch: ``(bucket length, example ids with -1 padding)``, shuffled."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    which = bucket_of(lengths[order], sizes)
+    batches = []
+    for b, size in enumerate(sizes):
+        members = order[which == b]
+        for i in range(0, len(members), rows):
+            chunk = members[i : i + rows]
+            batches.append((size, np.pad(chunk, (0, rows - len(chunk)), constant_values=-1)))
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def steps_per_epoch(lengths: np.ndarray, sizes, rows: int) -> int:
+    """Batches per epoch (the same every epoch: bucket counts do not change)."""
+    counts = np.bincount(bucket_of(lengths, sizes), minlength=len(sizes))
+    return int(sum(-(-c // rows) for c in counts))
+
+
+def make_batch(ex: Examples, idx: np.ndarray, length: int, pad_id: int) -> dict:
+    """Arrays ``[rows, length]`` for example ids ``idx`` (-1 = padding row, weight 0)."""
+    rows = len(idx)
+    ids = np.full((rows, length), pad_id, np.int32)
+    types = np.zeros((rows, length), np.int32)
+    mask = np.zeros((rows, length), np.int32)
+    labels = np.zeros(rows, ex.labels.dtype)
+    weights = (idx >= 0).astype(np.float32)
+    for r, i in enumerate(idx):
+        if i < 0:
+            mask[r, 0] = 1  # a padding row still attends to one position (no empty softmax)
+            continue
+        n = min(len(ex.ids[i]), length)
+        ids[r, :n], types[r, :n], mask[r, :n] = ex.ids[i][:n], ex.type_ids[i][:n], 1
+        labels[r] = ex.labels[i]
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": types,
+        "labels": labels,
+        "weights": weights,
+    }
+
+
+def train_dataset(ex: Examples, sizes, layout, seed: int, pad_id: int):
+    """Grain MapDataset: element ``b`` is this process's rows of global batch ``b``."""
+    lengths = np.array([len(x) for x in ex.ids])
+    spe = steps_per_epoch(lengths, sizes, layout.global_rows)
+    plan = functools.lru_cache(maxsize=2)(
+        lambda epoch: epoch_plan(lengths, sizes, layout.global_rows, seed, epoch)
+    )
+
+    def local(b: int) -> dict:
+        size, idx = plan(b // spe)[b % spe]
+        rows = layout.rows()
+        out = make_batch(ex, idx[rows.reshape(-1)], size, pad_id)
+        return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
+
+    return grain.MapDataset.range(2**62).map(local), spe
+
+
+def eval_batches(ex: Examples, sizes, layout, pad_id: int):
+    """Every example once, in length order within buckets; padding rows have weight 0."""
+    lengths = np.array([len(x) for x in ex.ids])
+    order = np.argsort(lengths, kind="stable")
+    which = bucket_of(lengths[order], sizes)
+    g = layout.global_rows
+    for b, size in enumerate(sizes):
+        members = order[which == b]
+        for i in range(0, len(members), g):
+            chunk = members[i : i + g]
+            idx = np.pad(chunk, (0, g - len(chunk)), constant_values=-1)
+            rows = layout.rows()
+            out = make_batch(ex, idx[rows.reshape(-1)], size, pad_id)
+            yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}, idx
+
+
+def splits(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """train/validation/test: a source with only a train split is cut by the project's rule."""
+    from ptft_jax.data.sources import split_labeled
+
+    if set(records) == {"train"}:
+        return split_labeled(records["train"])
+    if "validation" not in records:
+        raise DataError(
+            "The data has a train split but no validation split; add a validation file or "
+            "give a single file to be split 80/10/10."
+        )
+    return records
+
+
+def subsample(records: list[dict], label_field: str, n: int, seed: int) -> list[dict]:
+    """A seeded subsample of ``n`` records with every label in its original proportion."""
+    if n <= 0 or n >= len(records):
+        return records
+    rng = np.random.default_rng([seed, n])
+    labels = [str(r.get(label_field)) for r in records]
+    keys = np.empty(len(records))
+    for value in set(labels):
+        members = np.flatnonzero(np.array(labels) == value)
+        # Evenly spaced quantiles within each class: taking the n smallest keys stratifies.
+        keys[members] = (rng.permutation(len(members)) + rng.random()) / len(members)
+    chosen = np.sort(np.argsort(keys, kind="stable")[:n])
+    return [records[i] for i in chosen]

@@ -1,0 +1,93 @@
+"""Everything the loop needs from the data, per task: tokenizer, train dataset, eval batches."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable
+
+import numpy as np
+
+from ptft_jax.data import classify, pipeline, sources
+from ptft_jax.data.builtin import cache_dir
+from ptft_jax.data.tokenize import special_ids
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Host-side data of one run."""
+
+    tokenizer: object
+    train: object  # Grain MapDataset; element b = this process's part of global batch b
+    eval: list  # MLM: batches; classification: (batch, global example ids)
+    steps_per_epoch: int = 0  # 0: no epochs (MLM streams packed blocks)
+    test: list | None = None
+    eval_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    summary: str = ""
+
+
+def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
+    """Packed, dynamically masked blocks; a fixed masked evaluation split."""
+    records = sources.load_records(cfg.data.source)
+    train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
+    tokenizer = get_tokenizer(train_texts)
+    seq_len = cfg.data.max_seq_length
+    train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
+    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
+    spec = pipeline.masking_spec(cfg.data, tokenizer)
+    t = cfg.train
+    return TaskData(
+        tokenizer=tokenizer,
+        train=pipeline.train_dataset(train_blocks, spec, layout, t.seed),
+        eval=list(pipeline.eval_batches(eval_blocks, spec, eval_layout, t.seed, t.eval_batches)),
+        summary=f"{len(train_blocks)} train / {len(eval_blocks)} eval blocks of {seq_len}",
+    )
+
+
+def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_file) -> TaskData:
+    """Labelled texts (or pairs) in length buckets; label names kept in ``labels_file``."""
+    d, num_labels = cfg.data, cfg.model.num_labels
+    split = classify.splits(sources.load_records(d.source))
+    train = classify.subsample(split["train"], d.label_field, d.max_train_examples, cfg.train.seed)
+    tokenizer = get_tokenizer([sources.text_of(r, d.text_field) for r in train])
+    names = _label_names(labels_file, train, d.label_field, num_labels)
+    encoded = {
+        name: classify.encode(rows, d, tokenizer, num_labels, names, name)
+        for name, rows in (("train", train), *((k, split[k]) for k in ("validation", "test")))
+        if name == "train" or name in split
+    }
+    pad = special_ids(tokenizer)["pad"]
+    sizes = classify.buckets(d.max_seq_length)
+    dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
+
+    def batches(name):
+        if name not in encoded:
+            return None, None
+        return list(classify.eval_batches(encoded[name], sizes, eval_layout, pad)), encoded[
+            name
+        ].labels
+
+    eval_data, eval_labels = batches("validation")
+    test_data, test_labels = batches("test")
+    counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
+    return TaskData(
+        tokenizer=tokenizer,
+        train=dataset,
+        eval=eval_data,
+        steps_per_epoch=spe,
+        test=test_data,
+        eval_labels=eval_labels,
+        test_labels=test_labels,
+        label_names=names,
+        summary=f"examples: {counts}; length buckets {sizes}",
+    )
+
+
+def _label_names(labels_file: pathlib.Path, train, field, num_labels):
+    """String label names: those saved with the run if any (resume), else from training data."""
+    if labels_file.exists():
+        return json.loads(labels_file.read_text())["names"]
+    return classify.label_names(train, field, num_labels)

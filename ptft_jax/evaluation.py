@@ -1,0 +1,48 @@
+"""Running a jitted eval step over a whole split and turning its outputs into metrics."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptft_jax import metrics, sharding
+
+
+def mlm(eval_step, params, batches, mesh, rows: int) -> dict:
+    """Loss, MLM accuracy and perplexity from summed statistics over every batch."""
+    totals = None
+    for batch in batches:
+        sums = eval_step(params, sharding.to_global(batch, mesh, rows))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return metrics.mlm_eval_metrics(jax.device_get(totals))
+
+
+def logits(eval_step, params, batches, mesh, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(logits [N, C], example ids [N])`` of every real example of the split."""
+    outs, ids = [], []
+    for batch, idx in batches:
+        out = np.asarray(jax.device_get(eval_step(params, sharding.to_global(batch, mesh, rows))))
+        keep = idx >= 0
+        outs.append(out[keep])
+        ids.append(idx[keep])
+    return np.concatenate(outs), np.concatenate(ids)
+
+
+def classification(eval_step, params, batches, labels, mesh, rows: int, num_labels: int) -> dict:
+    """Loss and the task's metrics over every example (padding rows never count)."""
+    out, ids = logits(eval_step, params, batches, mesh, rows)
+    y = labels[ids]
+    if num_labels == 1:
+        pred = out[:, 0]
+        result = metrics.regression_metrics(pred, y)
+        return {"loss": float(np.mean((pred - y) ** 2)), **result}
+    shifted = out - out.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = float(-np.mean(log_probs[np.arange(len(y)), y]))
+    return {"loss": loss, **metrics.classification_metrics(out.argmax(1), y, num_labels)}
+
+
+def scalars(result: dict) -> dict:
+    """The numeric entries (what metrics.jsonl and TensorBoard take)."""
+    return {k: v for k, v in result.items() if isinstance(v, int | float)}

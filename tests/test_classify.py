@@ -1,0 +1,136 @@
+"""Classification fine-tuning: buckets, labels, subsampling, and an end-to-end run."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from ptft_jax import config as config_lib
+from ptft_jax import workdir
+from ptft_jax.data import classify
+from ptft_jax.data.pipeline import BatchLayout
+from ptft_jax.data.sources import DataError
+from ptft_jax.evaluate import evaluate
+from ptft_jax.export import export
+from ptft_jax.predict import classify as predict_classify
+from ptft_jax.train import run
+
+
+def test_buckets_and_epoch_plans():
+    sizes = classify.buckets(64)
+    assert sizes == (8, 16, 32, 64)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 65, 203)
+    plan = classify.epoch_plan(lengths, sizes, 16, seed=1, epoch=0)
+    assert len(plan) == classify.steps_per_epoch(lengths, sizes, 16)
+    seen = np.concatenate([idx[idx >= 0] for _, idx in plan])
+    assert sorted(seen.tolist()) == list(range(203)), "every example exactly once per epoch"
+    for size, idx in plan:  # each batch holds only examples that fit its bucket
+        real = idx[idx >= 0]
+        assert (lengths[real] <= size).all() and size in sizes
+    again = classify.epoch_plan(lengths, sizes, 16, seed=1, epoch=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(plan, again, strict=True))
+    other = classify.epoch_plan(lengths, sizes, 16, seed=1, epoch=1)
+    assert any(not np.array_equal(a[1], b[1]) for a, b in zip(plan, other, strict=True))
+
+
+def test_padding_rows_have_no_weight():
+    ex = classify.Examples(
+        ids=[np.array([2, 7, 3]), np.array([2, 8, 9, 3])],
+        type_ids=[np.zeros(3, np.int32), np.zeros(4, np.int32)],
+        labels=np.array([1, 0], np.int32),
+    )
+    b = classify.make_batch(ex, np.array([1, -1, 0]), 8, pad_id=0)
+    assert b["weights"].tolist() == [1.0, 0.0, 1.0]
+    assert b["attention_mask"].sum(1).tolist() == [4, 1, 3]
+    assert b["labels"].tolist() == [0, 0, 1]
+
+
+def test_labels_are_checked():
+    recs = [{"text": "a", "label": 0}, {"text": "b", "label": 3}]
+    with pytest.raises(DataError, match="outside 0..1"):
+        classify.encode_labels(recs, "label", 2, None, "train")
+    names = classify.label_names([{"label": "pos"}, {"label": "neg"}], "label", 2)
+    assert names == ["neg", "pos"]
+    with pytest.raises(DataError, match="never seen in training"):
+        classify.encode_labels([{"label": "meh"}], "label", 2, names, "test")
+    with pytest.raises(DataError, match="num_labels=3"):
+        classify.label_names([{"label": x} for x in "abc"], "label", 2)
+
+
+def test_stratified_subsample():
+    recs = [{"text": str(i), "label": int(i % 10 == 0)} for i in range(1000)]  # 10% positives
+    sub = classify.subsample(recs, "label", 100, seed=0)
+    assert len(sub) == 100 and sum(r["label"] for r in sub) == 10
+    assert classify.subsample(recs, "label", 100, seed=0) == sub
+    assert classify.subsample(recs, "label", 100, seed=1) != sub
+
+
+def tiny_classifier(**train):
+    c = config_lib.base_config()
+    c.task = "classification"
+    c.model.update(
+        vocab_size=512,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    c.data.update(source="builtin:mr", max_seq_length=32, max_train_examples=160)
+    c.train.update(
+        epochs=2,
+        batch_size=16,
+        learning_rate=1e-3,
+        warmup_ratio=0.1,
+        log_every=5,
+        eval_every=1000,
+        checkpoint_every=1000,
+        metric_for_best="accuracy",
+    )
+    c.train.update(train)
+    c.mesh.update(data=4, fsdp=2, tensor=1)
+    return c
+
+
+@pytest.mark.slow
+def test_finetune_evaluate_predict_export(tmp_path):
+    w = tmp_path / "w"
+    summary = run(tiny_classifier(), w)
+    rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "validation"]
+    spe = summary["step"] // 2
+    assert [r["step"] for r in evals] == [0, spe, 2 * spe], "evaluated at each epoch end"
+    assert {"accuracy", "precision", "recall", "f1", "mcc", "loss"} <= evals[-1].keys()
+    test = json.loads((w / "eval_test.json").read_text())
+    assert len(test["confusion_matrix"]) == 2 and sum(map(sum, test["confusion_matrix"])) > 1000
+    assert (w / "best").is_dir()
+
+    # evaluate on test reproduces eval_test.json when the best checkpoint is the last one.
+    best_step = max(evals[1:], key=lambda r: r["accuracy"])["step"]
+    if best_step == evals[-1]["step"]:
+        again = evaluate(str(w), "test")
+        assert again["accuracy"] == pytest.approx(test["accuracy"])
+
+    # predict, then the transformers export gives the same probabilities.
+    loaded = workdir.load(w)
+    texts = ["a gripping, beautiful film", "dull and far too long"]
+    ours = predict_classify(loaded, texts)
+    assert set(ours[0]["probs"]) == {"0", "1"}
+    export(str(w), str(tmp_path / "hf"))
+    model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    enc = tok(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model(**enc).logits, -1).numpy()
+    for row, p in zip(ours, probs, strict=True):
+        np.testing.assert_allclose([row["probs"]["0"], row["probs"]["1"]], p, atol=1e-5)
+    assert model.config.id2label == {0: "0", 1: "1"}
+
+
+def test_layout_rows_cover_the_global_batch():
+    layout = BatchLayout(accum=2, micro=4, start=0, stop=4)
+    assert layout.rows().tolist() == [[0, 1, 2, 3], [4, 5, 6, 7]]
