@@ -101,3 +101,40 @@ def test_learning_rate_schedule():
 
     s = learning_rate_schedule(train_cfg(learning_rate=1.0, warmup_steps=4), 12)
     assert [round(float(s(i)), 3) for i in (0, 2, 4, 8, 12)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+
+
+def test_frozen_parameters_get_no_update_and_no_state(tiny_model_cfg):
+    batch = mlm_batch(tiny_model_cfg)
+    tcfg = train_cfg(freeze_embeddings=True, freeze_layers=1)
+    before, _ = run_steps(tiny_model_cfg, {"data": 2, "fsdp": 2, "tensor": 2}, batch, n=0)
+    after, _ = run_steps(tiny_model_cfg, {"data": 2, "fsdp": 2, "tensor": 2}, batch, n=3, tcfg=tcfg)
+    emb = "bert", "embeddings", "word_embeddings", "embedding"
+    layer0 = "bert", "encoder", "layer", 0, "output", "dense", "kernel"
+    layer1 = "bert", "encoder", "layer", 1, "output", "dense", "kernel"
+
+    def get(tree, path):
+        for k in path:
+            tree = tree[k]
+        return np.asarray(tree)
+
+    np.testing.assert_array_equal(get(before, emb), get(after, emb))
+    np.testing.assert_array_equal(get(before, layer0), get(after, layer0))
+    assert not np.array_equal(get(before, layer1), get(after, layer1))
+    # No Adam moments exist for frozen parameters.
+    from ptft_jax import optim
+
+    params = jax.tree.map(np.asarray, before)
+    tx, _ = optim.make_optimizer(tcfg, 10)
+    state_leaves = jax.tree.leaves(jax.eval_shape(tx.init, params))
+    trainable = sum(x.size for x in jax.tree.leaves(optim.trainable_mask(params, tcfg)) if x)
+    n_trainable = sum(
+        np.size(p)
+        for p, t in zip(
+            jax.tree.leaves(params),
+            jax.tree.leaves(optim.trainable_mask(params, tcfg)),
+            strict=True,
+        )
+        if t
+    )
+    assert sum(x.size for x in state_leaves if x.ndim) == 2 * n_trainable
+    assert trainable < len(jax.tree.leaves(params))

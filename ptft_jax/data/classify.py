@@ -197,6 +197,12 @@ def splits(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
     if set(records) == {"train"}:
         return split_labeled(records["train"])
+    records = dict(records)
+    if "validation" not in records and "validation_matched" in records:  # GLUE MNLI
+        records["validation"] = records["validation_matched"]
+    test = records.get("test")
+    if test is not None and all(r.get("label", -1) in (-1, None) for r in test):
+        del records["test"]  # hidden test labels (GLUE): nothing to score against
     if "validation" not in records:
         raise DataError(
             "The data has a train split but no validation split; add a validation file or "
