@@ -13,7 +13,7 @@ import pathlib
 
 import ml_collections
 
-from ptft_jax.model import ModelConfig
+from ptft_jax.model import SHAPE_FIELDS, ModelConfig
 
 TASKS = ("mlm", "classification")
 
@@ -195,17 +195,6 @@ def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig(**cfg.model.to_dict(), add_pooling_layer=cfg.task != "mlm")
 
 
-SHAPE_KEYS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
-
-
 def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
     """Write the resolved config as JSON, atomically (readers never see half a file)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -241,7 +230,7 @@ def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) 
             f"The workdir holds a {saved_task!r} run but the config asks for task="
             f"{cfg.task!r}; use a new --workdir."
         )
-    for key in SHAPE_KEYS:
+    for key in SHAPE_FIELDS:
         old, new = saved_model.get(key), cfg.model[key]
         if old != new:
             raise ConfigError(

@@ -14,21 +14,13 @@ import pathlib
 import numpy as np
 
 from ptft_jax.data.builtin import DataError, extract
+from ptft_jax.model import SHAPE_FIELDS
 
 # Buffers HF keeps in state dicts; not parameters.
 _BUFFERS = ("position_ids", "token_type_ids")
 # Tied to the word embeddings / to cls.predictions.bias in HF's BertLMPredictionHead.
 _TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 _TOP = ("bert", "cls", "classifier")
-SHAPE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
-)
 _FIELDS = (*SHAPE_FIELDS, "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
 
 

@@ -56,6 +56,18 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
 
+# The fields that decide parameter shapes (a checkpoint fixes them).
+SHAPE_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+)
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     """Sharding hint for an activation, by logical axis names; a no-op without rules or mesh."""
     rules = spmd.get_logical_axis_rules()
