@@ -27,7 +27,8 @@ class Run:
 
 
 def load(workdir: str | pathlib.Path) -> Run:
-    """The latest checkpoint's parameters (on this machine's devices) and the run's config."""
+    """The run's config and parameters on this machine's devices: the best checkpoint when
+    the run keeps one (classification), else the latest."""
     workdir = pathlib.Path(workdir)
     if not checkpoint.has_checkpoint(workdir) or not (workdir / "config.json").exists():
         raise config.ConfigError(
@@ -45,8 +46,16 @@ def load(workdir: str | pathlib.Path) -> Run:
     step = mgr.latest_step()
     state, _, _ = checkpoint.restore(mgr, step, abstract)
     mgr.close()
+    params = state["params"]
+    if (workdir / "best").is_dir():
+        # Classification keeps its best checkpoint apart: that is the model to use.
+        best = checkpoint.manager(workdir, 1, "best")
+        if best.latest_step() is not None:
+            step = best.latest_step()
+            params = checkpoint.restore_params(best, params)
+        best.close()
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    return Run(cfg, model_cfg, tokenizer, state["params"], int(step), mesh, workdir)
+    return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir)
 
 
 def label_names(run: Run) -> list[str]:

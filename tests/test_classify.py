@@ -109,11 +109,12 @@ def test_finetune_evaluate_predict_export(tmp_path):
     assert len(test["confusion_matrix"]) == 2 and sum(map(sum, test["confusion_matrix"])) > 1000
     assert (w / "best").is_dir()
 
-    # evaluate on test reproduces eval_test.json when the best checkpoint is the last one.
-    best_step = max(evals[1:], key=lambda r: r["accuracy"])["step"]
-    if best_step == evals[-1]["step"]:
-        again = evaluate(str(w), "test")
-        assert again["accuracy"] == pytest.approx(test["accuracy"])
+    # evaluate uses the best checkpoint, so it reproduces eval_test.json exactly.
+    best = max(evals[1:], key=lambda r: r["accuracy"])  # the first of equals wins, as in training
+    again = evaluate(str(w), "test")
+    assert again["step"] == test["step"] == best["step"]
+    assert again["accuracy"] == pytest.approx(test["accuracy"], abs=1e-9)
+    assert again["confusion_matrix"] == test["confusion_matrix"]
 
     # predict, then the transformers export gives the same probabilities.
     loaded = workdir.load(w)
