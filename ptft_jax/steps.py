@@ -34,14 +34,32 @@ def state_specs(model_cfg: ModelConfig, task: str, tx: optax.GradientTransformat
     p_specs = sharding.param_specs(abstract, mesh)
     abstract_params = nnx.to_pure_dict(abstract)
     opt_abstract = jax.eval_shape(tx.init, abstract_params)
-    o_specs = optax.tree_map_params(
-        tx,
-        lambda _, spec: spec,
-        opt_abstract,
-        p_specs,
-        transform_non_params=lambda _: PartitionSpec(),
-        is_leaf=lambda x: isinstance(x, PartitionSpec),
-    )
+    # An optimizer-state leaf that mirrors a parameter (Adam moments) ends in that parameter's
+    # dict path: it takes the parameter's spec. Counts and the like are replicated. (Frozen
+    # parameters have no state at all: optax leaves an empty MaskedNode there.)
+    flat = {
+        tuple(k.key for k in path): spec
+        for path, spec in jax.tree_util.tree_flatten_with_path(
+            p_specs, is_leaf=lambda x: isinstance(x, PartitionSpec)
+        )[0]
+    }
+    shapes = {
+        tuple(k.key for k in path): leaf.shape
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    }
+
+    def spec_of(path, leaf):
+        keys = []
+        for k in reversed(path):
+            if not isinstance(k, jax.tree_util.DictKey):
+                break
+            keys.insert(0, k.key)
+        keys = tuple(keys)
+        if keys in flat and shapes[keys] == leaf.shape:
+            return flat[keys]
+        return PartitionSpec()
+
+    o_specs = jax.tree_util.tree_map_with_path(spec_of, opt_abstract)
     return {"params": p_specs, "opt_state": o_specs, "step": PartitionSpec()}
 
 
