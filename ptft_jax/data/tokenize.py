@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -138,8 +137,3 @@ def special_ids(tokenizer) -> dict[str, int]:
             )
         ids[name] = int(tid)
     return ids
-
-
-def describe(tokenizer) -> str:
-    """One line naming the tokenizer for logs."""
-    return json.dumps({"vocab": len(tokenizer), "class": type(tokenizer).__name__})
