@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_fraction = 0.02  # documents held out when the source has no validation split
     c.data.max_documents = 0  # 0 = all; a cap for quick runs
     c.data.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
+    c.data.length_buckets = 5  # classification: padded lengths (each compiles its own step)
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
     c.data.num_threads = 2  # Grain reader threads
@@ -161,6 +162,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             "data.max_predictions_per_seq and data.prefetch must be at least 1 and "
             "data.num_threads at least 0; fix them."
         )
+    if not 1 <= d.length_buckets <= 64:
+        raise ConfigError(
+            f"data.length_buckets={d.length_buckets} must be between 1 and 64; 4 to 8 pads "
+            "little and compiles few steps."
+        )
     if not 0.0 < d.eval_fraction < 1.0:
         raise ConfigError(f"data.eval_fraction={d.eval_fraction} must be between 0 and 1.")
     if t.batch_size % t.grad_accum_steps:
@@ -209,6 +215,7 @@ DATA_KEYS = (
     "data.max_seq_length",
     "data.max_predictions_per_seq",
     "data.mlm_probability",
+    "data.length_buckets",
     "train.batch_size",
     "train.seed",
 )

@@ -168,14 +168,16 @@ class BertSelfAttention(nnx.Module):
         self.key = dense(cfg, d, d, ("embed", "heads"), rngs)
         self.value = dense(cfg, d, d, ("embed", "heads"), rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, queries: int | None = None):
+        """Attention outputs for the first ``queries`` positions (all when None)."""
         cfg = self.cfg
         b, length, _ = x_BxLxD.shape
-        shape = (b, length, cfg.num_attention_heads, cfg.head_dim)
+        heads = (cfg.num_attention_heads, cfg.head_dim)
         names = ("batch", "length", "act_heads", None)
-        q_BxLxNxH = constrain(self.query(x_BxLxD).reshape(shape), names)
-        k_BxLxNxH = constrain(self.key(x_BxLxD).reshape(shape), names)
-        v_BxLxNxH = constrain(self.value(x_BxLxD).reshape(shape), names)
+        x_BxQxD = x_BxLxD if queries is None else x_BxLxD[:, :queries]
+        q_BxLxNxH = constrain(self.query(x_BxQxD).reshape(*x_BxQxD.shape[:2], *heads), names)
+        k_BxLxNxH = constrain(self.key(x_BxLxD).reshape(b, length, *heads), names)
+        v_BxLxNxH = constrain(self.value(x_BxLxD).reshape(b, length, *heads), names)
         if rngs is None or cfg.attention_probs_dropout_prob == 0.0:
             out_BxLxNxH = jax.nn.dot_product_attention(
                 q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL
@@ -192,7 +194,7 @@ class BertSelfAttention(nnx.Module):
             )
             probs = jnp.where(keep, probs / (1.0 - cfg.attention_probs_dropout_prob), 0.0)
             out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
-        return out_BxLxNxH.reshape(b, length, cfg.hidden_size)
+        return out_BxLxNxH.reshape(*x_BxQxD.shape[:2], cfg.hidden_size)
 
 
 class BertSelfOutput(nnx.Module):
@@ -211,8 +213,9 @@ class BertAttention(nnx.Module):
         self.self = BertSelfAttention(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
-        return self.output(self.self(x_BxLxD, mask_Bx1x1xL, rngs=rngs), x_BxLxD, rngs=rngs)
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, queries=None):
+        h_BxQxD = self.self(x_BxLxD, mask_Bx1x1xL, rngs=rngs, queries=queries)
+        return self.output(h_BxQxD, x_BxLxD[:, : h_BxQxD.shape[1]], rngs=rngs)
 
 
 class BertIntermediate(nnx.Module):
@@ -229,8 +232,9 @@ class BertLayer(nnx.Module):
         self.intermediate = BertIntermediate(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
-        a_BxLxD = self.attention(x_BxLxD, mask_Bx1x1xL, rngs=rngs)
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, queries=None):
+        """Outputs for the first ``queries`` positions (all when None); keys span them all."""
+        a_BxLxD = self.attention(x_BxLxD, mask_Bx1x1xL, rngs=rngs, queries=queries)
         out_BxLxD = self.output(self.intermediate(a_BxLxD), a_BxLxD, rngs=rngs)
         return constrain(out_BxLxD, ("batch", "length", "act_embed"))
 
@@ -239,11 +243,14 @@ class BertEncoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, return_all=False):
+    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, return_all=False, last_queries=None):
+        """``last_queries=1``: the last layer computes the first position only (all a pooled
+        classifier reads), skipping most of that layer's work."""
         hidden = [x_BxLxD]
         # Unrolled on purpose: on one GPU a Python loop over layers measured faster than scan.
-        for layer in self.layer:
-            hidden.append(layer(hidden[-1], mask_Bx1x1xL, rngs=rngs))
+        for i, layer in enumerate(self.layer):
+            queries = last_queries if i == len(self.layer) - 1 else None
+            hidden.append(layer(hidden[-1], mask_Bx1x1xL, rngs=rngs, queries=queries))
         return hidden if return_all else hidden[-1]
 
 
@@ -272,17 +279,26 @@ class BertModel(nnx.Module):
         *,
         rngs: nnx.Rngs | None = None,
         return_all_hidden: bool = False,
+        first_token_only: bool = False,
     ) -> dict[str, Any]:
         """Returns ``last_hidden_state`` (float32), ``pooler_output`` and optionally all layers.
 
         ``rngs`` with a ``dropout`` stream turns dropout on; ``None`` is deterministic.
+        ``first_token_only``: the last layer computes position 0 alone, so
+        ``last_hidden_state`` is ``[B, 1, D]``; the pooler output is unchanged.
         """
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
         mask_Bx1x1xL = attention_mask_BxL.astype(jnp.bool_)[:, None, None, :]
         x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, rngs=rngs)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
-        hidden = self.encoder(x_BxLxD, mask_Bx1x1xL, rngs=rngs, return_all=True)
+        hidden = self.encoder(
+            x_BxLxD,
+            mask_Bx1x1xL,
+            rngs=rngs,
+            return_all=True,
+            last_queries=1 if first_token_only else None,
+        )
         out = {"last_hidden_state": hidden[-1]}
         if self.pooler is not None:
             out["pooler_output"] = self.pooler(hidden[-1])
@@ -364,9 +380,9 @@ class BertForSequenceClassification(nnx.Module):
 
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
         """Logits ``[B, num_labels]`` in float32."""
-        pooled_BxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
-            "pooler_output"
-        ]
+        pooled_BxD = self.bert(
+            input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs, first_token_only=True
+        )["pooler_output"]
         pooled_BxD = self.dropout(pooled_BxD, deterministic=rngs is None, rngs=rngs)
         return self.classifier(pooled_BxD).astype(jnp.float32)
 

@@ -105,24 +105,27 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
     total_weight = jnp.maximum(jnp.sum(batch[WEIGHTS[task]]), 1.0)
     step_key = jax.random.fold_in(jax.random.key(seed), step)
 
-    def microbatch(carry, xs):
-        grads_acc, sums_acc = carry
-        index, mb = xs
+    def grads_of(index, mb):
         key = jax.random.fold_in(step_key, index)
 
         def loss_fn(p):
             sums = _forward(task, graphdef, p, mb, nnx.Rngs(dropout=key))
             return sums["loss_sum"] / total_weight, sums
 
-        grads, sums = jax.grad(loss_fn, has_aux=True)(params)
-        grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-        sums_acc = jax.tree.map(jnp.add, sums_acc, sums)
-        return (grads_acc, sums_acc), None
+        return jax.grad(loss_fn, has_aux=True)(params)
+
+    def microbatch(carry, xs):
+        grads, sums = grads_of(*xs)
+        return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
     num_micro = batch["input_ids"].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
-    (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
+    if num_micro == 1:
+        # No accumulator: the loop's zero-filled gradient buffers cost a pass over the model.
+        grads, sums = grads_of(0, jax.tree.map(lambda x: x[0], batch))
+    else:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
+        (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
     params = optax.apply_updates(params, updates)
     metrics = {

@@ -1,5 +1,6 @@
 """Classification fine-tuning: buckets, labels, subsampling, and an end-to-end run."""
 
+import itertools
 import json
 
 import numpy as np
@@ -18,11 +19,29 @@ from ptft_jax.predict import classify as predict_classify
 from ptft_jax.train import run
 
 
+def test_buckets_minimise_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 80, 500)  # some longer than max_len: truncated, last bucket
+    clipped = np.minimum(lengths, 64)
+
+    def padded(sizes):
+        return int(np.sum(np.asarray(sizes)[classify.bucket_of(clipped, sizes)]))
+
+    for count in (1, 2, 3, 5):
+        sizes = classify.buckets(lengths, 64, count)
+        assert len(sizes) <= count and sizes[-1] == 64 and list(sizes) == sorted(set(sizes))
+        assert all(s % 8 == 0 for s in sizes)
+        # Exhaustive check against every choice of the same number of multiples of 8.
+        others = ((*c, 64) for c in itertools.combinations(range(8, 64, 8), min(count, 8) - 1))
+        assert padded(sizes) == min(padded(o) for o in others)
+    assert classify.buckets(lengths, 64, 1) == (64,)
+    assert classify.buckets(np.array([5, 9, 30]), 30, 8) == (8, 16, 30)
+
+
 def test_buckets_and_epoch_plans():
-    sizes = classify.buckets(64)
-    assert sizes == (8, 16, 32, 64)
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 65, 203)
+    sizes = classify.buckets(lengths, 64, 4)
     plan = classify.epoch_plan(lengths, sizes, 16, seed=1, epoch=0)
     assert len(plan) == classify.steps_per_epoch(lengths, sizes, 16)
     seen = np.concatenate([idx[idx >= 0] for _, idx in plan])

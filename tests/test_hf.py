@@ -97,9 +97,11 @@ def _load(folder, task: str, **overrides) -> tuple[ModelConfig, dict, list[str]]
     return cfg, params, fresh_paths
 
 
-@nnx.jit(static_argnames="return_all_hidden")
-def _bert_forward(bert, ids, mask, types, return_all_hidden=False):
-    return bert(ids, mask, types, return_all_hidden=return_all_hidden)
+@nnx.jit(static_argnames=("return_all_hidden", "first_token_only"))
+def _bert_forward(bert, ids, mask, types, return_all_hidden=False, first_token_only=False):
+    return bert(
+        ids, mask, types, return_all_hidden=return_all_hidden, first_token_only=first_token_only
+    )
 
 
 @nnx.jit
@@ -215,6 +217,11 @@ def test_loaded_checkpoint_matches_hf(saved, batch, task):
             pooled = hf_model.bert(**_torch_inputs(batch)).pooler_output.numpy()
         diff = _max_diff(out["pooler_output"], pooled)
         assert diff < ATOL, f"pooler_output: max abs diff {diff}"
+        # The classifier's path computes only position 0 in the last layer: same pooled output.
+        first = _bert_forward(model.bert, *_arrays(batch), first_token_only=True)
+        assert first["last_hidden_state"].shape[1] == 1
+        diff = _max_diff(first["pooler_output"], pooled)
+        assert diff < ATOL, f"first-token-only pooler_output: max abs diff {diff}"
 
 
 def test_mlm_logits_at_masked_positions_are_gathered_rows(saved, batch):

@@ -103,10 +103,32 @@ def encode(records, data_cfg, tokenizer, num_labels: int, names, split: str) -> 
     return Examples(ids=ids, type_ids=types, labels=labels)
 
 
-def buckets(max_len: int, count: int = 4) -> tuple[int, ...]:
-    """Bucket lengths: max_len / 2^k for k < count, multiples of 8, ascending."""
-    out = sorted({max(8, -(-(max_len >> k) // 8) * 8) for k in range(count)} | {max_len})
-    return tuple(b for b in out if b <= max_len)
+def buckets(lengths: np.ndarray, max_len: int, count: int) -> tuple[int, ...]:
+    """At most ``count`` bucket lengths (multiples of 8, the last ``max_len``), ascending, that
+    pad ``lengths`` (clipped to ``max_len``) least: an exact dynamic program over the length
+    histogram, so each bucket's step compiles once and short texts are padded little."""
+    cands = sorted({min(max_len, c) for c in range(8, max_len + 8, 8)})
+    counts = np.bincount(np.minimum(lengths, max_len), minlength=max_len + 1)
+    below = np.concatenate([[0], np.cumsum(counts)])  # below[n]: examples of length < n
+
+    def cost(lo: int, hi: int) -> int:  # examples longer than lo, up to hi, padded to hi
+        return int(below[hi + 1] - below[lo + 1]) * hi
+
+    # best[i]: (padded tokens, buckets, sizes) covering lengths <= cands[i].
+    # Ties go to fewer buckets (fewer compilations), so a bucket never stays empty.
+    best = [(cost(0, c), 1, (c,)) for c in cands]
+    for _ in range(1, min(count, len(cands))):
+        best = [
+            min(
+                [best[i]]
+                + [
+                    (best[p][0] + cost(cands[p], c), best[p][1] + 1, best[p][2] + (c,))
+                    for p in range(i)
+                ]
+            )
+            for i, c in enumerate(cands)
+        ]
+    return best[-1][2]
 
 
 def bucket_of(lengths: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:

@@ -60,7 +60,8 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
         if name == "train" or name in split
     }
     pad = special_ids(tokenizer)["pad"]
-    sizes = classify.buckets(d.max_seq_length)
+    lengths = np.array([len(x) for x in encoded["train"].ids])
+    sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
     dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
 
     def batches(name):
