@@ -134,10 +134,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
-    if cfg.init_from and not cfg.init_from.startswith(("hf:", "builtin:")):
+    if (
+        cfg.init_from
+        and not cfg.init_from.startswith(("hf:", "builtin:"))
+        and not is_workdir(cfg.init_from)
+    ):
         raise ConfigError(
             f"init_from={cfg.init_from!r} is not supported; use hf:<folder or hub id>, "
-            "builtin:minilm_l6, or leave it empty for random initialisation."
+            "builtin:minilm_l6, a ptft_jax workdir (with config.json and checkpoints), or "
+            "leave it empty for random initialisation."
         )
     minimum = {"steps": 0, "stop_at_step": 0, "seed": 0, "eval_batches": 0}
     for key in (
@@ -178,21 +183,27 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
 
 
+def is_workdir(path: str | pathlib.Path) -> bool:
+    """Whether ``path`` is a ptft_jax workdir with a config and at least one checkpoint."""
+    path = pathlib.Path(path).expanduser()
+    return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
+
+
 def apply_checkpoint_model(
-    cfg: ml_collections.ConfigDict, fields: dict, folder, cli_keys=()
+    cfg: ml_collections.ConfigDict, fields: dict, tokenizer, cli_keys=()
 ) -> ml_collections.ConfigDict:
     """A copy of ``cfg`` whose model shape is the checkpoint's; command-line ``model.*`` values
-    that contradict it stop the run. Its tokenizer defaults to the checkpoint's folder."""
+    that contradict it stop the run. Its tokenizer defaults to the checkpoint's (``tokenizer``)."""
     for key in cli_keys:
         if key in fields and cfg.model[key] != fields[key]:
             raise ConfigError(
-                f"--config.model.{key}={cfg.model[key]} contradicts the checkpoint in {folder} "
+                f"--config.model.{key}={cfg.model[key]} contradicts init_from={cfg.init_from} "
                 f"({key}={fields[key]}); drop the override or use another init_from."
             )
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.model.update(fields)
     if not cfg.data.tokenizer:
-        cfg.data.tokenizer = str(folder)
+        cfg.data.tokenizer = str(tokenizer)
     return cfg
 
 

@@ -21,7 +21,12 @@ _BUFFERS = ("position_ids", "token_type_ids")
 # Tied to the word embeddings / to cls.predictions.bias in HF's BertLMPredictionHead.
 _TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 _TOP = ("bert", "cls", "classifier")
-_FIELDS = (*SHAPE_FIELDS, "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+CONFIG_FIELDS = (
+    *SHAPE_FIELDS,
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "layer_norm_eps",
+)
 
 
 def resolve(init_from: str) -> pathlib.Path:
@@ -74,7 +79,7 @@ def read_config(folder: pathlib.Path) -> dict:
         raise DataError(
             f"{folder} uses relative position embeddings; only absolute ones are supported."
         )
-    return {k: hf[k] for k in _FIELDS if k in hf}
+    return {k: hf[k] for k in CONFIG_FIELDS if k in hf}
 
 
 def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[str, np.ndarray]:
@@ -144,6 +149,16 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
+def to_hf_tensors(params: dict) -> dict[str, np.ndarray]:
+    """Our (host) parameter tree as HF-named float32 tensors."""
+    tensors = {}
+    for path, value in _flatten(params):
+        name, transpose = to_hf(path)
+        arr = np.asarray(value, np.float32)
+        tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
+    return tensors
+
+
 def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list[str]]:
     """Our parameter tree with every tensor HF has, the rest (heads) left as in ``fresh``.
 
@@ -206,15 +221,11 @@ def export(
     from safetensors.numpy import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {}
-    for path, value in _flatten(params):
-        name, transpose = to_hf(path)
-        arr = np.asarray(value, np.float32)
-        tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
+    tensors = to_hf_tensors(params)
     hf_config = {
         "architectures": [architecture],
         "model_type": "bert",
-        **{k: model_fields[k] for k in _FIELDS},
+        **{k: model_fields[k] for k in CONFIG_FIELDS},
         "hidden_act": "gelu",
         "initializer_range": model_fields.get("initializer_range", 0.02),
         "position_embedding_type": "absolute",

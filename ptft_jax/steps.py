@@ -7,7 +7,9 @@ Batches are ``[A, B, ...]``: A gradient-accumulation microbatches of B rows each
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -166,3 +168,23 @@ def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed:
         out_shardings=replicated,
     )
     return train, evaluate, state_sh
+
+
+def compile_ahead(jobs: dict, threads: int | None = None) -> dict:
+    """``{key: (jitted, args)}`` -> ``{key: jitted.lower(*args).compile()}``; lowering runs
+    here, XLA compiles in parallel threads."""
+    lowered = {key: fn.lower(*args) for key, (fn, args) in jobs.items()}
+    threads = threads or max(1, min(len(lowered), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        futures = {key: pool.submit(low.compile) for key, low in lowered.items()}
+        return {key: future.result() for key, future in futures.items()}
+
+
+class ByLength:
+    """Calls the executable compiled for the batch's sequence length (``fn`` for others)."""
+
+    def __init__(self, compiled: dict, fn: Callable):
+        self.compiled, self.fn = compiled, fn
+
+    def __call__(self, first, batch: dict):
+        return self.compiled.get(batch["input_ids"].shape[-1], self.fn)(first, batch)

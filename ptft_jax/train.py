@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ptft_jax import checkpoint, config, evaluation, hf, metrics, optim, sharding, steps
+from ptft_jax import workdir as workdir_lib
 from ptft_jax.data import pipeline, prepare, sources, tokenize
 
 USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
@@ -52,10 +53,9 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
-    init_folder = hf.resolve(cfg.init_from) if cfg.init_from else None
-    if init_folder is not None:
-        fields = hf.read_config(init_folder)
-        cfg = config.apply_checkpoint_model(cfg, fields, init_folder, cli_model_keys)
+    source = workdir_lib.pretrained(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
+    if source is not None:
+        cfg = config.apply_checkpoint_model(cfg, source.fields, source.tokenizer, cli_model_keys)
         config.validate(cfg)
     resuming = checkpoint.has_checkpoint(workdir)
     if resuming:
@@ -94,12 +94,11 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
     init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
     pretrained = None
-    if init_folder is not None and not resuming:
-        tensors = hf.read_tensors(init_folder, cfg.allow_pytorch_bin)
-        pretrained, fresh = hf.load_params(tensors, jax.eval_shape(init_fn)["params"])
+    if source is not None and not resuming:
+        pretrained, fresh = hf.load_params(source.tensors(), jax.eval_shape(init_fn)["params"])
         heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
         note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
-        logging.warning("loaded %s from %s%s", cfg.init_from, init_folder, note)
+        logging.warning("loaded %s%s", cfg.init_from, note)
 
     # --- Everything checked: only now does the workdir get written.
     if jax.process_index() == 0:
@@ -173,8 +172,9 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             "accuracy" if model_cfg.num_labels > 1 else "pearson"
         )
 
-        # --- Compile MLM's one shape ahead of the loop, so compile time is measured on its
-        # own (classification compiles once per length bucket as the buckets first appear).
+        # --- Compile ahead of the loop, so compile time is measured on its own: MLM's one
+        # shape; for classification, the train and eval steps of every length bucket, in
+        # parallel threads.
         local, batch, compile_s, ev = None, None, 0.0, {}
         if step < stop_at and cfg.task == "mlm":
             t0 = time.time()
@@ -183,6 +183,26 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             train_step = train_step.lower(state, batch).compile()
             compile_s = time.time() - t0
             writer.print(f"compiled the train step in {compile_s:.1f}s")
+        elif step < stop_at:
+            t0 = time.time()
+
+            def shapes(accum: int, length: int) -> dict:
+                return {
+                    k: jax.ShapeDtypeStruct((accum, layout.micro, *[length][: v.ndim - 2]), v.dtype)
+                    for k, v in first.items()
+                }
+
+            jobs = {("train", n): (train_step, (state, shapes(accum, n))) for n in data.lengths}
+            jobs |= {
+                ("eval", n): (eval_step, (state["params"], shapes(1, n))) for n in data.lengths
+            }
+            done = steps.compile_ahead(jobs)
+            train_step = steps.ByLength({n: done["train", n] for n in data.lengths}, train_step)
+            eval_step = steps.ByLength({n: done["eval", n] for n in data.lengths}, eval_step)
+            compile_s = time.time() - t0
+            writer.print(
+                f"compiled the train and eval steps for lengths {data.lengths} in {compile_s:.1f}s"
+            )
         if step == 0 and total_steps:
             ev = evaluate(state["params"])
             writer.write(0, "validation", evaluation.scalars(ev))

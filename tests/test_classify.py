@@ -3,6 +3,7 @@
 import itertools
 import json
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -17,6 +18,7 @@ from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
 from ptft_jax.predict import classify as predict_classify
 from ptft_jax.train import run
+from test_train import tiny_config
 
 
 def test_buckets_minimise_padding():
@@ -149,6 +151,40 @@ def test_finetune_evaluate_predict_export(tmp_path):
     for row, p in zip(ours, probs, strict=True):
         np.testing.assert_allclose([row["probs"]["0"], row["probs"]["1"]], p, atol=1e-5)
     assert model.config.id2label == {0: "0", 1: "1"}
+
+
+@pytest.mark.slow
+def test_init_from_an_mlm_workdir(tmp_path):
+    """Fine-tuning starts from an MLM workdir's encoder and tokenizer; its MLM head is dropped."""
+    mlm = tmp_path / "mlm"
+    run(tiny_config(steps=3, eval_every=3, checkpoint_every=3, eval_batches=0), mlm)
+    c = tiny_classifier(epochs=0, steps=0)
+    c.init_from = str(mlm)
+    c.model.update(vocab_size=8, hidden_size=8)  # the workdir's shape wins over the config's
+    run(c, tmp_path / "cls")
+    source, tuned = workdir.load(mlm), workdir.load(tmp_path / "cls")
+    assert tuned.model_cfg.hidden_size == 32 and tuned.model_cfg.vocab_size == 1024
+    assert tuned.tokenizer.get_vocab() == source.tokenizer.get_vocab()
+    assert "cls" in source.params and "cls" not in tuned.params and "classifier" in tuned.params
+    encoder = jax.tree.leaves(jax.device_get(source.params["bert"]))
+    assert len(encoder) == len(jax.tree.leaves(tuned.params["bert"]["embeddings"])) + len(
+        jax.tree.leaves(tuned.params["bert"]["encoder"])
+    )
+    for a, b in zip(
+        encoder,
+        jax.tree.leaves(
+            jax.device_get({k: tuned.params["bert"][k] for k in ("embeddings", "encoder")})
+        ),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_init_from_must_be_a_known_kind(tmp_path):
+    c = tiny_classifier()
+    c.init_from = str(tmp_path)  # a folder, but not a workdir
+    with pytest.raises(config_lib.ConfigError, match="ptft_jax workdir"):
+        config_lib.validate(c)
 
 
 def test_layout_rows_cover_the_global_batch():

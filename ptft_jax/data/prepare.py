@@ -26,6 +26,7 @@ class TaskData:
     eval_labels: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     label_names: list[str] | None = None
+    lengths: tuple[int, ...] = ()  # classification: the padded lengths (buckets) batches take
     summary: str = ""
 
 
@@ -83,6 +84,7 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
         eval_labels=eval_labels,
         test_labels=test_labels,
         label_names=names,
+        lengths=sizes,
         summary=f"examples: {counts}; length buckets {sizes}",
     )
 
