@@ -312,13 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = [drivers[s](args.task, args.max_train, workdir) for s in systems]
 
     by_name = {r["system"]: r for r in runs if "error" not in r}
-    speedup = None
+    speedup = speedup_total = None
     if "hf_trainer" in by_name and "ptft_jax" in by_name:
         speedup = by_name["hf_trainer"]["train_wall_s"] / by_name["ptft_jax"]["train_wall_s"]
+        speedup_total = by_name["hf_trainer"]["total_wall_s"] / by_name["ptft_jax"]["total_wall_s"]
     result = {
         "task": args.task,
         "runs": runs,
         "speedup_train_wall": speedup,
+        "speedup_total_wall": speedup_total,
         "max_train": args.max_train,
         "hparams": HPARAMS[args.task],
         "model": MODEL,
@@ -326,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table(runs))
     if speedup is not None:
         print(f"speedup_train_wall (hf / ptft_jax): {speedup:.2f}x")
+        print(f"speedup_total_wall (hf / ptft_jax): {speedup_total:.2f}x")
     print(json.dumps(result))  # one line, the last on stdout
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

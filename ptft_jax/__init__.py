@@ -1,3 +1,7 @@
 """ptft_jax: pretrain and fine-tune BERT-style encoders with JAX and Flax NNX."""
 
+from ptft_jax import malloc
+
 __version__ = "0.1.0"
+
+malloc.use_tcmalloc()  # only for ``python -m ptft_jax.<command>``; see malloc.py

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_train import tiny_config
 
 from ptft_jax import config as config_lib
 from ptft_jax import workdir
@@ -18,7 +19,6 @@ from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
 from ptft_jax.predict import classify as predict_classify
 from ptft_jax.train import run
-from test_train import tiny_config
 
 
 def test_buckets_minimise_padding():
@@ -30,14 +30,18 @@ def test_buckets_minimise_padding():
         return int(np.sum(np.asarray(sizes)[classify.bucket_of(clipped, sizes)]))
 
     for count in (1, 2, 3, 5):
-        sizes = classify.buckets(lengths, 64, count)
+        sizes = classify.buckets(lengths, 64, count, slack=0.0)
         assert len(sizes) <= count and sizes[-1] == 64 and list(sizes) == sorted(set(sizes))
         assert all(s % 8 == 0 for s in sizes)
         # Exhaustive check against every choice of the same number of multiples of 8.
         others = ((*c, 64) for c in itertools.combinations(range(8, 64, 8), min(count, 8) - 1))
         assert padded(sizes) == min(padded(o) for o in others)
     assert classify.buckets(lengths, 64, 1) == (64,)
-    assert classify.buckets(np.array([5, 9, 30]), 30, 8) == (8, 16, 30)
+    assert classify.buckets(np.array([5, 9, 30]), 30, 8, slack=0.0) == (8, 16, 30)
+    # Nearly all at the maximum (long documents): extra buckets would save little padding.
+    long = np.concatenate([np.full(200, 256), rng.integers(180, 256, 10)])
+    assert classify.buckets(long, 256, 5) == (256,)
+    assert len(classify.buckets(long, 256, 5, slack=0.0)) > 1
 
 
 def test_buckets_and_epoch_plans():

@@ -103,10 +103,11 @@ def encode(records, data_cfg, tokenizer, num_labels: int, names, split: str) -> 
     return Examples(ids=ids, type_ids=types, labels=labels)
 
 
-def buckets(lengths: np.ndarray, max_len: int, count: int) -> tuple[int, ...]:
-    """At most ``count`` bucket lengths (multiples of 8, the last ``max_len``), ascending, that
-    pad ``lengths`` (clipped to ``max_len``) least: an exact dynamic program over the length
-    histogram, so each bucket's step compiles once and short texts are padded little."""
+def buckets(lengths: np.ndarray, max_len: int, count: int, slack: float = 0.02) -> tuple[int, ...]:
+    """Bucket lengths (multiples of 8, the last ``max_len``), ascending, that pad ``lengths``
+    (clipped to ``max_len``) least with at most ``count`` buckets: an exact dynamic program over
+    the length histogram. Fewer buckets win when they pad at most ``slack`` more (each bucket
+    compiles its own train and eval step)."""
     cands = sorted({min(max_len, c) for c in range(8, max_len + 8, 8)})
     counts = np.bincount(np.minimum(lengths, max_len), minlength=max_len + 1)
     below = np.concatenate([[0], np.cumsum(counts)])  # below[n]: examples of length < n
@@ -114,9 +115,10 @@ def buckets(lengths: np.ndarray, max_len: int, count: int) -> tuple[int, ...]:
     def cost(lo: int, hi: int) -> int:  # examples longer than lo, up to hi, padded to hi
         return int(below[hi + 1] - below[lo + 1]) * hi
 
-    # best[i]: (padded tokens, buckets, sizes) covering lengths <= cands[i].
-    # Ties go to fewer buckets (fewer compilations), so a bucket never stays empty.
+    # best[i]: (padded tokens, buckets, sizes) covering lengths <= cands[i] with the buckets
+    # allowed so far; ties go to fewer buckets, so a bucket never stays empty.
     best = [(cost(0, c), 1, (c,)) for c in cands]
+    by_count = [best[-1]]
     for _ in range(1, min(count, len(cands))):
         best = [
             min(
@@ -128,7 +130,8 @@ def buckets(lengths: np.ndarray, max_len: int, count: int) -> tuple[int, ...]:
             )
             for i, c in enumerate(cands)
         ]
-    return best[-1][2]
+        by_count.append(best[-1])
+    return next(b for b in by_count if b[0] <= (1 + slack) * by_count[-1][0])[2]
 
 
 def bucket_of(lengths: np.ndarray, sizes: tuple[int, ...]) -> np.ndarray:
