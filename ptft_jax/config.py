@@ -57,6 +57,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.steps = 1000  # the schedule's length
     c.train.epochs = 0  # > 0 wins over steps (classification)
     c.train.stop_at_step = 0  # > 0: checkpoint and stop there (time-boxed jobs); resume later
+    # A step whose loss or gradient is NaN/Inf never updates the state; then "stop" (save the
+    # last good state, exit non-zero) or "skip" (count it and go on).
+    c.train.on_nonfinite = "stop"
     c.train.batch_size = 256  # global, across all devices and hosts
     c.train.grad_accum_steps = 1
     c.train.learning_rate = 1e-4
@@ -166,6 +169,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             "data.max_predictions_per_seq and data.prefetch must be at least 1 and "
             "data.num_threads at least 0; fix them."
+        )
+    if t.on_nonfinite not in ("stop", "skip"):
+        raise ConfigError(
+            f"train.on_nonfinite={t.on_nonfinite!r} is unknown; use 'stop' or 'skip'."
         )
     if not 1 <= d.length_buckets <= 64:
         raise ConfigError(

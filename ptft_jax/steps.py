@@ -129,12 +129,21 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
         sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
         (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    params = optax.apply_updates(params, updates)
+    loss, grad_norm = sums["loss_sum"] / total_weight, optax.global_norm(grads)
+    # A non-finite loss or gradient never reaches the state: that update is dropped (and
+    # counted), so every checkpoint holds finite parameters.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params, opt_state = jax.tree.map(
+        lambda new, old: jnp.where(finite, new, old),
+        (optax.apply_updates(params, updates), opt_state),
+        (params, state["opt_state"]),
+    )
     metrics = {
-        "loss": sums["loss_sum"] / total_weight,
+        "loss": loss,
         ACCURACY[task]: sums["correct_sum"] / total_weight,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": grad_norm,
         "learning_rate": schedule(step),
+        "nonfinite": 1 - finite.astype(jnp.int32),
     }
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 

@@ -19,7 +19,18 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
-from ptft_jax import checkpoint, config, evaluation, hf, metrics, optim, sharding, steps
+from ptft_jax import (
+    checkpoint,
+    config,
+    distributed,
+    evaluation,
+    hf,
+    metrics,
+    optim,
+    sharding,
+    steps,
+    stopping,
+)
 from ptft_jax import workdir as workdir_lib
 from ptft_jax.data import pipeline, prepare, sources, tokenize
 
@@ -53,6 +64,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
+    distributed.preflight(cfg)
     source = workdir_lib.pretrained(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
     if source is not None:
         cfg = config.apply_checkpoint_model(cfg, source.fields, source.tokenizer, cli_model_keys)
@@ -209,6 +221,8 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
 
         # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
         pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
+        skipped, nonfinite_at, stop_now = 0, None, False
+        preemption = stopping.Preemption()
         train_s, trained_steps, trained_tokens = 0.0, 0, 0
         if step >= stop_at:  # nothing to train: report where the checkpoint stands
             ev = evaluate(state["params"])
@@ -224,14 +238,20 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             pending.append(step_metrics)
             writer.advance()
             last = step == stop_at
-            if step % cfg.train.log_every == 0 or last:
+            stop_now = preemption.reached(step)  # SIGTERM: checkpoint this step and exit 0
+            if step % cfg.train.log_every == 0 or last or stop_now:
                 host = jax.device_get(pending)
+                bad = [step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"]]
+                skipped += len(bad)
+                if bad and cfg.train.on_nonfinite == "stop":
+                    nonfinite_at, stop_now = bad[0], True
                 dt = time.time() - t_log
                 tok_s = tokens_since_log / max(dt, 1e-9)
                 train_s, trained_steps = train_s + dt, trained_steps + steps_since_log
                 trained_tokens += tokens_since_log
                 row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
                 row.update(
+                    nonfinite=len(bad),
                     tokens_per_s=tok_s,
                     examples_per_s=cfg.train.batch_size * steps_since_log / max(dt, 1e-9),
                     step_time_s=dt / steps_since_log,
@@ -251,7 +271,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                         tracker["since_best"] += 1
                     stop_early = 0 < cfg.train.patience <= tracker["since_best"]
                 t_log = time.time()  # evaluation time is not training throughput
-            if step % cfg.train.checkpoint_every == 0 or last or stop_early:
+            if step % cfg.train.checkpoint_every == 0 or last or stop_early or stop_now:
                 meta = {
                     "step": step,
                     "tracker": tracker,
@@ -265,6 +285,9 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                     f"{tracker['best_step']})"
                 )
                 break
+            if stop_now:
+                break
+        preemption.close()
         if total_steps == 0 and latest is None:
             # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
             meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
@@ -273,6 +296,28 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         # --- Done: the best checkpoint on the test split (classification), the summary.
         ckpt.wait_until_finished()
         ckpt.close()
+        if nonfinite_at is not None:
+            if best_ckpt is not None:
+                best_ckpt.wait_until_finished()
+                best_ckpt.close()
+            writer.close()
+            raise stopping.NonFiniteError(
+                f"The loss or gradient was not finite at step {nonfinite_at}; that update was "
+                f"dropped and the last good state is saved at step {step}. Lower "
+                "train.learning_rate, check the data, or set train.on_nonfinite=skip."
+            )
+        if stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
+            if best_ckpt is not None:
+                best_ckpt.wait_until_finished()
+                best_ckpt.close()
+            writer.close()
+            if jax.process_index() == 0:
+                print(
+                    f"preempted: saved a checkpoint at step {step}; run the same command to "
+                    "resume.",
+                    flush=True,
+                )
+            return {"step": step, "preempted": True, "state": state}
         test = {}
         if best_ckpt is not None:
             best_ckpt.wait_until_finished()
@@ -288,6 +333,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         tok_s = trained_tokens / train_s if train_s else 0.0
         summary = {
             "step": step,
+            "skipped_steps": skipped,
             "eval_loss": ev.get("loss", float("nan")),
             "eval_accuracy": ev.get(steps.ACCURACY[cfg.task], float("nan")),
             "test": test,
@@ -318,6 +364,8 @@ def main(argv) -> None:
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
     try:
+        f = flags.FLAGS
+        distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
         model_keys = tuple(
             a.split("=", 1)[0].removeprefix("--config.model.")
             for a in sys.argv[1:]
@@ -327,6 +375,9 @@ def main(argv) -> None:
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except stopping.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -349,4 +400,7 @@ if __name__ == "__main__":
     # Flags are defined only when run as a program, so entry points import each other freely.
     config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
     flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, tokenizer.")
+    flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
+    flags.DEFINE_integer("num_processes", 0, "Multi-process: how many processes in all.")
+    flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
     app.run(main, flags_parser=parse_flags)

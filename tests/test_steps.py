@@ -130,3 +130,15 @@ def test_frozen_parameters_get_no_update_and_no_state(tiny_model_cfg):
     n_trainable = sum(np.size(p) for p, t in zip(jax.tree.leaves(params), mask, strict=True) if t)
     assert 0 < n_trainable < sum(np.size(p) for p in jax.tree.leaves(params))
     assert sum(x.size for x in state_leaves if x.ndim) == 2 * n_trainable  # mu and nu only
+
+
+def test_nonfinite_update_is_dropped(tiny_model_cfg):
+    """A NaN loss leaves parameters and optimizer state as they were, and is reported."""
+    batch = mlm_batch(tiny_model_cfg)
+    batch["masked_weights"][0, 0, 0] = np.nan
+    one = jax.devices()[:1]
+    before, _ = run_steps(tiny_model_cfg, ONE_DEVICE, batch, n=0, devices=one)
+    after, history = run_steps(tiny_model_cfg, ONE_DEVICE, batch, n=2, devices=one)
+    assert [int(m["nonfinite"]) for m in history] == [1, 1]
+    for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
+        np.testing.assert_array_equal(x, y)

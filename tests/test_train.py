@@ -1,14 +1,17 @@
 """End-to-end runs of ``ptft_jax.train`` on real text (builtin:wiki_en, a few hundred docs)."""
 
 import json
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from ptft_jax import config as config_lib
+from ptft_jax import stopping
 from ptft_jax.train import run
 
 
@@ -106,3 +109,61 @@ def test_bad_input_is_one_clear_sentence(tmp_path, args, message):
     assert lines[-1].startswith("error: ") and message in lines[-1], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "w").exists(), "a failed start must leave no workdir behind"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_never_reaches_the_state(tmp_path, mode):
+    """A huge learning rate overflows the model after the first update: every later update is
+    dropped; "stop" saves the last good state and raises, "skip" counts and carries on."""
+    cfg = tiny_config(learning_rate=1e30, warmup_steps=0, on_nonfinite=mode)
+    w = tmp_path / "w"
+    if mode == "stop":
+        # Seen at the next host sync (log_every=3); steps 2 and 3 were dropped.
+        with pytest.raises(stopping.NonFiniteError, match="at step 2; .* saved at step 3"):
+            run(cfg, w)
+        assert sorted(p.name for p in (w / "checkpoints").iterdir()) == ["3"]
+    else:
+        summary = run(cfg, w)
+        assert summary["step"] == 12 and summary["skipped_steps"] == 11
+        rows = [json.loads(line) for line in (w / "metrics.jsonl").read_text().splitlines()]
+        assert sum(r.get("nonfinite", 0) for r in rows if r["split"] == "train") == 11
+    from ptft_jax import workdir
+
+    params = workdir.load(w).params
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path):
+    w = tmp_path / "w"
+    base = [sys.executable, "-m", "ptft_jax.train", "--config", "configs/bert_tiny_mlm.py"]
+    base += ["--workdir", str(w), "--config.train.log_every=1"]
+    cmd = [*base, "--config.train.steps=100000", "--config.train.eval_every=100000"]
+    cmd += ["--config.train.checkpoint_every=100000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics_file = w / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics_file.exists() and '"split": "train"' in metrics_file.read_text():
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    t0 = time.time()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert time.time() - t0 < 30, "must finish within the usual 30 s grace period"
+    saved = [int(p.name) for p in (w / "checkpoints").iterdir()]
+    assert len(saved) == 1 and saved[0] >= 1
+    assert f"preempted: saved a checkpoint at step {saved[0]}" in out
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
+    assert max(r["step"] for r in rows if r["split"] == "train") == saved[0]
+
+    again = subprocess.run(
+        [*base, f"--config.train.steps={saved[0] + 2}"],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming from step {saved[0]}" in again.stdout + again.stderr
