@@ -236,6 +236,10 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             step += 1
             steps_since_log += 1
             pending.append(step_metrics)
+            if len(pending) > 2:
+                # At most two steps in flight: the host still never idles the device, and a
+                # SIGTERM is seen within about two steps, not log_every of them.
+                jax.block_until_ready(pending[-3])
             writer.advance()
             last = step == stop_at
             stop_now = preemption.reached(step)  # SIGTERM: checkpoint this step and exit 0
