@@ -1,7 +1,7 @@
 """Fine-tune MiniLM-L6 on a classification task with ptft_jax and with HF ``Trainer``, side by side.
 
     python benchmarks/finetune_vs_hf.py --task mr|bbc [--systems ptft_jax,hf_trainer]
-        [--max_train N] [--out results.json] [--workdir DIR]
+        [--max_train N] [--seed S] [--out results.json] [--workdir DIR]
 
 Both systems start from ``builtin:minilm_l6`` (sentence-transformers/all-MiniLM-L6-v2, a bare
 ``BertModel``; the classifier head starts fresh) and use the same hyperparameters (``HPARAMS``):
@@ -24,7 +24,8 @@ total wall time (``train_wall_is_total``), which includes JAX compilation. ``spe
 
 Metrics are computed here with numpy: accuracy, and F1 of class 1 for two labels or the
 unweighted mean of per-class F1 over all labels otherwise (F1 = 2TP / (2TP + FP + FN), 0 when
-that is 0/0). ``--max_train N`` keeps the first N training records (for smoke runs).
+that is 0/0). ``--max_train N`` keeps the first N training records (for smoke runs); ``--seed S``
+sets both systems' seed (data order, dropout, the fresh head), for comparisons over seeds.
 Subprocess logs go to stderr; stdout carries only the table and the JSON result.
 """
 
@@ -224,6 +225,7 @@ def drive_hf_trainer(task: str, max_train: int | None, workdir: pathlib.Path) ->
     cmd += ["--_run", "hf_trainer", "--workdir", str(run_dir)]
     if max_train is not None:
         cmd += ["--max_train", str(max_train)]
+    cmd += ["--seed", str(HPARAMS[task]["seed"])]
     rc, wall, _ = _stream(cmd)
     if rc != 0 or not result_file.exists():
         return {"system": "hf_trainer", "error": f"exit status {rc}, no {result_file}"}
@@ -239,6 +241,7 @@ def drive_ptft_jax(task: str, max_train: int | None, workdir: pathlib.Path) -> d
     cmd += ["--workdir", str(run_dir)]
     if max_train is not None:
         cmd.append(f"--config.data.max_train_examples={max_train}")
+    cmd.append(f"--config.train.seed={HPARAMS[task]['seed']}")
     rc, wall, done = _stream(cmd)
     eval_file = run_dir / "eval_test.json"
     if rc != 0 or not eval_file.exists():
@@ -291,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", choices=sorted(HPARAMS), required=True)
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--max_train", type=int, default=None, help="keep the first N train rows")
+    parser.add_argument("--seed", type=int, default=0, help="both systems' seed")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="also write the JSON here")
     parser.add_argument("--workdir", type=pathlib.Path, default=ROOT / "runs" / "finetune_vs_hf")
     parser.add_argument("--_run", choices=["hf_trainer"], default=None, help=argparse.SUPPRESS)
@@ -298,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_train is not None and args.max_train < 1:
         parser.error("--max_train must be at least 1")
     workdir = args.workdir.resolve()
+    HPARAMS[args.task]["seed"] = args.seed
 
     if args._run == "hf_trainer":  # the child process
         result = run_hf_trainer(args.task, args.max_train, workdir)
