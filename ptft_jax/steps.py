@@ -189,6 +189,25 @@ def compile_ahead(jobs: dict, threads: int | None = None) -> dict:
         return {key: future.result() for key, future in futures.items()}
 
 
+def compile_lengths(train, evaluate, state, example: dict, lengths, accum: int, rows: int):
+    """Train and eval steps compiled for every padded length ahead of the loop, each wrapped
+    to dispatch on the batch's length. ``example`` is any batch (for keys and dtypes)."""
+
+    def shapes(micro: int, length: int) -> dict:
+        return {
+            k: jax.ShapeDtypeStruct((micro, rows, *[length][: v.ndim - 2]), v.dtype)
+            for k, v in example.items()
+        }
+
+    jobs = {("train", n): (train, (state, shapes(accum, n))) for n in lengths}
+    jobs |= {("eval", n): (evaluate, (state["params"], shapes(1, n))) for n in lengths}
+    done = compile_ahead(jobs)
+    return (
+        ByLength({n: done["train", n] for n in lengths}, train),
+        ByLength({n: done["eval", n] for n in lengths}, evaluate),
+    )
+
+
 class ByLength:
     """Calls the executable compiled for the batch's sequence length (``fn`` for others)."""
 

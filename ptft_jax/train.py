@@ -198,19 +198,9 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         elif step < stop_at:
             t0 = time.time()
 
-            def shapes(accum: int, length: int) -> dict:
-                return {
-                    k: jax.ShapeDtypeStruct((accum, layout.micro, *[length][: v.ndim - 2]), v.dtype)
-                    for k, v in first.items()
-                }
-
-            jobs = {("train", n): (train_step, (state, shapes(accum, n))) for n in data.lengths}
-            jobs |= {
-                ("eval", n): (eval_step, (state["params"], shapes(1, n))) for n in data.lengths
-            }
-            done = steps.compile_ahead(jobs)
-            train_step = steps.ByLength({n: done["train", n] for n in data.lengths}, train_step)
-            eval_step = steps.ByLength({n: done["eval", n] for n in data.lengths}, eval_step)
+            train_step, eval_step = steps.compile_lengths(
+                train_step, eval_step, state, first, data.lengths, accum, layout.micro
+            )
             compile_s = time.time() - t0
             writer.print(
                 f"compiled the train and eval steps for lengths {data.lengths} in {compile_s:.1f}s"
