@@ -209,7 +209,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             ev = evaluate(state["params"])
             writer.write(0, "validation", evaluation.scalars(ev))
 
-        # --- The loop. The host waits for the device only at log, eval and checkpoint steps.
+        # --- The loop. The host runs at most two steps ahead and reads metrics at log steps.
         pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
         skipped, nonfinite_at, stop_now = 0, None, False
         preemption = stopping.Preemption()
