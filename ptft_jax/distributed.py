@@ -22,11 +22,9 @@ import numpy as np
 from ptft_jax import __version__
 from ptft_jax.config import ConfigError
 
-# Environment variables that mean "this process is one of several" (SLURM, Open MPI, TPU pod).
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES")
-
 
 def _in_cluster() -> bool:
+    """Whether SLURM, Open MPI or a TPU pod started this process as one of several."""
     if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         return True
     if int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:

@@ -30,7 +30,7 @@ def get_config():
 
 def _launch(tmp_path, w, *args) -> subprocess.CompletedProcess:
     cmd = ["bash", str(LAUNCH), "2", "4", "--config", str(tmp_path / "tiny.py")]
-    proc = subprocess.run(
+    return subprocess.run(
         [*cmd, "--workdir", str(w), *args],
         capture_output=True,
         text=True,
@@ -38,7 +38,6 @@ def _launch(tmp_path, w, *args) -> subprocess.CompletedProcess:
         cwd=ROOT,
         env={**os.environ, "PYTHON": sys.executable},
     )
-    return proc
 
 
 def _params(path) -> list[np.ndarray]:
