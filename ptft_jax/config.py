@@ -10,6 +10,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 
 import ml_collections
 
@@ -98,6 +99,26 @@ def unknown_override(argv: list[str]) -> str | None:
                 return arg.split("=", 1)[0][len("--config.") :]
             node = node[part]
     return None
+
+
+def flag_problem(argv: list[str], error: Exception | None = None) -> str | None:
+    """One sentence for a command line absl rejects (or would run with an unknown key)."""
+    bad = unknown_override(argv)
+    if bad:
+        return f"unknown config key {bad!r}; check its spelling against ptft_jax/config.py."
+    if error is None:
+        return None
+    m = re.match(r"flag --config\.([\w.]+)=(.*?): ", str(error))
+    if m is None:
+        return str(error)
+    key, value = m.groups()
+    default = base_config()
+    for part in key.split("."):
+        default = default[part]
+    kind = {bool: "True or False", int: "an integer", float: "a number", str: "text"}.get(
+        type(default), type(default).__name__
+    )
+    return f"--config.{key}={value} is not {kind}; pass {kind} (the default is {default!r})."
 
 
 def _unknown_keys(cfg, ref, prefix="") -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 
 import jax
@@ -30,6 +31,17 @@ def mlm_eval_metrics(sums: dict) -> dict:
     }
 
 
+def _rows(path: pathlib.Path) -> list[dict]:
+    """The complete rows of a metrics file (a line cut short by a crash is skipped)."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
 class Writer:
     """Appends metric rows to JSONL and TensorBoard and drives the progress bar."""
 
@@ -42,10 +54,14 @@ class Writer:
         from tqdm import tqdm
 
         path = workdir / "metrics.jsonl"
-        if resumed and path.exists():
-            # Rows logged after the restored checkpoint will be logged again: drop them.
-            rows = path.read_text(encoding="utf-8").splitlines(keepends=True)
-            path.write_text("".join(r for r in rows if json.loads(r)["step"] <= start_step))
+        if path.exists():
+            # Rows logged after the restored checkpoint (all rows of an attempt that died before
+            # its first checkpoint) will be logged again: drop them, and a line a kill cut
+            # short. The new file replaces the old in one rename, so a kill here loses nothing.
+            kept = [r for r in _rows(path) if resumed and r["step"] <= start_step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+            os.replace(tmp, path)
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
         self._bar = tqdm(
@@ -77,8 +93,9 @@ class Writer:
             self._bar.write(line)
 
     def close(self) -> None:
-        """Flush and close everything."""
+        """Flush and close everything (again: nothing)."""
         if self.active:
+            self.active = False
             self._bar.close()
             self._jsonl.close()
             self._tb.close()

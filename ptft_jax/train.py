@@ -6,6 +6,8 @@ The loop below is the whole training procedure, in commented sections.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import pathlib
@@ -16,7 +18,6 @@ import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
-from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from ptft_jax import (
@@ -34,23 +35,12 @@ from ptft_jax import (
 from ptft_jax import workdir as workdir_lib
 from ptft_jax.data import pipeline, prepare, sources, tokenize
 
-USER_ERRORS = (config.ConfigError, sources.DataError, sharding.MeshError)
-
-
-def _tokenizer_factory(cfg, workdir, vocab_size, resuming):
-    """``texts -> tokenizer``: W's on resume, else the given one, else WordPiece on ``texts``."""
-
-    def get(texts):
-        tokenizer = tokenize.get_tokenizer(cfg.data, workdir, texts, vocab_size, resuming)
-        if jax.process_count() > 1 and not resuming and not cfg.data.tokenizer:
-            # Every host must use process 0's tokenizer (training may break ties differently).
-            if jax.process_index() == 0:
-                tokenize.save_tokenizer(tokenizer, workdir / "tokenizer")
-            multihost_utils.sync_global_devices("ptft_jax:tokenizer")
-            tokenizer = tokenize.load_tokenizer(str(workdir / "tokenizer"))
-        return tokenizer
-
-    return get
+USER_ERRORS = (
+    config.ConfigError,
+    sources.DataError,
+    sharding.MeshError,
+    checkpoint.DiskFullError,
+)
 
 
 def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
@@ -92,7 +82,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
 
     # --- Data: records, tokenizer, the train dataset, the evaluation batches.
-    get_tokenizer = _tokenizer_factory(cfg, workdir, model_cfg.vocab_size, resuming)
+    get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
     if cfg.task == "classification":
         data = prepare.classification(
             cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json"
@@ -123,7 +113,11 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             config.save(cfg, workdir / "config.json")
     logging.info("data: %s", data.summary)
 
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+    with (
+        jax.set_mesh(mesh),
+        nnx.logical_axis_rules(sharding.LOGICAL_RULES),
+        contextlib.ExitStack() as on_exit,
+    ):
         # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
         first = data.eval[0][0] if cfg.task == "classification" else data.eval[0]
         train_step, eval_step, state_sh = steps.jit_steps(
@@ -158,6 +152,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 )
         step = int(jax.device_get(state["step"]))
         writer = metrics.Writer(workdir, total_steps, step, resumed=latest is not None)
+        on_exit.callback(writer.close)  # also when an error stops the run: the bar goes first
         if latest is not None:
             writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
         stop_at = min(cfg.train.stop_at_step or total_steps, total_steps)
@@ -288,23 +283,18 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             checkpoint.save(ckpt, 0, state, data_iter.get_state(), meta)
 
         # --- Done: the best checkpoint on the test split (classification), the summary.
-        ckpt.wait_until_finished()
-        ckpt.close()
-        if nonfinite_at is not None:
-            if best_ckpt is not None:
-                best_ckpt.wait_until_finished()
-                best_ckpt.close()
+        checkpoint.finish(ckpt)
+        checkpoint.finish(best_ckpt, close=False)
+        if nonfinite_at is not None or stop_now:
+            checkpoint.finish(best_ckpt)
             writer.close()
+        if nonfinite_at is not None:
             raise stopping.NonFiniteError(
                 f"The loss or gradient was not finite at step {nonfinite_at}; that update was "
                 f"dropped and the last good state is saved at step {step}. Lower "
                 "train.learning_rate, check the data, or set train.on_nonfinite=skip."
             )
         if stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
-            if best_ckpt is not None:
-                best_ckpt.wait_until_finished()
-                best_ckpt.close()
-            writer.close()
             if jax.process_index() == 0:
                 print(
                     f"preempted: saved a checkpoint at step {step}; run the same command to "
@@ -314,7 +304,6 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             return {"step": step, "preempted": True, "state": state}
         test = {}
         if best_ckpt is not None:
-            best_ckpt.wait_until_finished()
             best_params = state["params"]
             if best_ckpt.latest_step() is not None:
                 best_params = checkpoint.restore_params(best_ckpt, state["params"])
@@ -372,22 +361,27 @@ def main(argv) -> None:
     except stopping.NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(
+            f"error: The disk is full ({e.filename or workdir}); free space there or move "
+            "--workdir to a bigger disk, then run the same command to resume.",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config mistakes reported in one sentence instead of a traceback."""
-    bad = config.unknown_override(argv[1:])
-    if bad:
-        print(
-            f"error: unknown config key {bad!r}; check its spelling against ptft_jax/config.py.",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    problem = config.flag_problem(argv[1:])
+    if problem is None:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            problem = config.flag_problem(argv[1:], e)
+    print(f"error: {problem}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,10 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
     names = _label_names(labels_file, train, d.label_field, num_labels)
     encoded = {
         name: classify.encode(rows, d, tokenizer, num_labels, names, name)
-        for name, rows in (("train", train), *((k, split[k]) for k in ("validation", "test")))
-        if name == "train" or name in split
+        for name, rows in [
+            ("train", train),
+            *((k, split[k]) for k in ("validation", "test") if k in split),
+        ]
     }
     pad = special_ids(tokenizer)["pad"]
     lengths = np.array([len(x) for x in encoded["train"].ids])

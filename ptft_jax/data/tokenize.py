@@ -9,7 +9,9 @@ import pathlib
 import shutil
 import tempfile
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from ptft_jax.data.sources import DataError
 
@@ -95,6 +97,23 @@ def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size:
             f"set --config.model.vocab_size={len(tokenizer)}."
         )
     return tokenizer
+
+
+def factory(data_cfg, workdir: pathlib.Path, vocab_size: int, resuming: bool):
+    """``texts -> tokenizer``: W's on resume, else the given one, else WordPiece on ``texts``."""
+
+    def get(texts):
+        tokenizer = get_tokenizer(data_cfg, workdir, texts, vocab_size, resuming)
+        if jax.process_count() > 1 and not resuming and not data_cfg.tokenizer:
+            # Every host must use process 0's tokenizer (training may break ties differently).
+            # Only then is W written before every check ran: the processes must agree.
+            if jax.process_index() == 0:
+                save_tokenizer(tokenizer, workdir / "tokenizer")
+            multihost_utils.sync_global_devices("ptft_jax:tokenizer")
+            tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+        return tokenizer
+
+    return get
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -1,0 +1,221 @@
+"""Every row of README's "When something is wrong" table: the command stops with one sentence
+naming the fix, exits with status 2, and leaves the workdir as it was (absent stays absent)."""
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from test_train import tiny_config
+
+from ptft_jax import hf
+from ptft_jax.train import run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+
+def get_config():
+    c = tiny_config(steps=4, checkpoint_every=2, eval_every=2, log_every=2)
+    if {classify!r}:
+        c.task = "classification"
+        c.model.num_labels = 2
+        c.data.update(source={data!r}, max_seq_length=32, length_buckets=1)
+        c.train.update(batch_size=8, eval_batches=0)
+    return c
+"""
+TRAIN = "text,label\n" + "".join(f"good film {i},1\nbad film {i},0\n" for i in range(8))
+STRING_LABELS = TRAIN.replace(",1\n", ",pos\n").replace(",0\n", ",neg\n")
+
+
+def _snapshot(w: pathlib.Path) -> dict | None:
+    """Every file under ``w`` with its size, modification time and content hash."""
+    if not w.exists():
+        return None
+    return {
+        str(p.relative_to(w)): (p.stat().st_size, p.stat().st_mtime_ns, _sha(p))
+        for p in sorted(w.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _sha(p: pathlib.Path) -> str:
+    return hashlib.sha1(p.read_bytes()).hexdigest()
+
+
+def _cli(args, workdir, env=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ptft_jax.train", *args, "--workdir", str(workdir)]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, **(env or {})}
+    )
+
+
+def _folder(root: pathlib.Path, train: str, validation: str) -> pathlib.Path:
+    root.mkdir()
+    (root / "train.csv").write_text(train)
+    (root / "validation.csv").write_text(validation)
+    return root
+
+
+def _case(name: str, tmp: pathlib.Path) -> tuple[list[str], dict]:
+    """The arguments (after --config) and extra environment that cause error ``name``."""
+    mlm = tmp / "mlm.py"
+    mlm.write_text(CONFIG.format(tests=str(ROOT / "tests"), classify=False, data=""))
+
+    def classify(data: pathlib.Path) -> list[str]:
+        cfg = tmp / "classify.py"
+        cfg.write_text(CONFIG.format(tests=str(ROOT / "tests"), classify=True, data=str(data)))
+        return ["--config", str(cfg)]
+
+    if name == "unknown key":
+        return ["--config", str(mlm), "--config.train.lerning_rate=1e-3"], {}
+    if name == "wrong type":
+        return ["--config", str(mlm), "--config.train.steps=ten"], {}
+    if name == "missing data":
+        return ["--config", str(mlm), "--config.data.source=/no/such/file.txt"], {}
+    if name == "empty data":
+        (tmp / "empty.txt").write_text("\n\n")
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'empty.txt'}"], {}
+    if name == "non-UTF-8 data":
+        (tmp / "latin1.txt").write_bytes("Un café à Paris.\n".encode("latin-1") * 20)
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'latin1.txt'}"], {}
+    if name == "label outside num_labels":
+        return classify(_folder(tmp / "d", TRAIN, "text,label\ngood,1\nodd,5\n")), {}
+    if name == "label unseen in training":
+        folder = _folder(tmp / "d", STRING_LABELS, "text,label\ngood,pos\nmeh,neutral\n")
+        return classify(folder), {}
+    if name == "tokenizer larger than the model's vocabulary":
+        tokenizer = hf.resolve("builtin:minilm_l6")  # 30,522 tokens; the model has 1,024
+        return ["--config", str(mlm), f"--config.data.tokenizer={tokenizer}"], {}
+    if name == "sequence longer than the position table":
+        return ["--config", str(mlm), "--config.data.max_seq_length=1024"], {}
+    if name == "unreachable hub id":
+        args = ["--config", str(mlm), "--config.init_from=hf:nobody-here/no-such-bert"]
+        return args, {"HF_HUB_OFFLINE": "1"}
+    if name == "workdir of another model":
+        return ["--config", str(mlm), "--config.model.hidden_size=64"], {}
+    if name == "workdir of another task":
+        return classify(_folder(tmp / "d", TRAIN, TRAIN)), {}
+    raise AssertionError(name)
+
+
+# name, the words the one sentence must contain, whether an MLM run already fills the workdir
+CASES = [
+    ("unknown key", "unknown config key 'train.lerning_rate'; check its spelling", False),
+    ("wrong type", "--config.train.steps=ten is not an integer; pass an integer", False),
+    ("missing data", "does not exist; set --config.data.source", False),
+    ("empty data", "has only empty texts in its train split; fill in the text field", False),
+    ("non-UTF-8 data", "is not valid UTF-8 (byte 6); re-encode it as UTF-8", False),
+    ("label outside num_labels", "has label 5, outside 0..1; set --config.model.num_labels", False),
+    ("label unseen in training", "labels never seen in training (neutral)", False),
+    (
+        "tokenizer larger than the model's vocabulary",
+        "has 30522 tokens but model.vocab_size is 1024; set --config.model.vocab_size=30522",
+        False,
+    ),
+    ("sequence longer than the position table", "lower data.max_seq_length", False),
+    ("unreachable hub id", "Could not download 'nobody-here/no-such-bert'", False),
+    (
+        "workdir of another model",
+        "has model.hidden_size=32 but the config says 64; use a new --workdir",
+        True,
+    ),
+    ("workdir of another task", "holds a 'mlm' run but the config asks for task=", True),
+]
+
+
+@pytest.fixture(scope="module")
+def mlm_workdir(tmp_path_factory) -> pathlib.Path:
+    w = tmp_path_factory.mktemp("mlm") / "w"
+    run(tiny_config(steps=4, checkpoint_every=2, eval_every=2, log_every=2), w)
+    return w
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,message,existing", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_stops_with_one_sentence(tmp_path, mlm_workdir, name, message, existing):
+    w = tmp_path / "w"
+    if existing:
+        subprocess.run(["cp", "-a", str(mlm_workdir), str(w)], check=True)
+    before = _snapshot(w)
+    args, env = _case(name, tmp_path)
+    proc = _cli(args, w, env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last, proc.stderr[-3000:]
+    assert last.count(". ") == 0 and last.endswith("."), f"one sentence: {last}"
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert _snapshot(w) == before, "a failed start must leave the workdir as it was"
+
+
+DISK_FULL = """
+set -e
+mount -t tmpfs -o size=16m ptft-test {mnt}
+{train} --config.train.stop_at_step=2 > {out}/first.log 2>&1
+ls -R {mnt}/w/checkpoints > {out}/before.txt
+free=$(df -k --output=avail {mnt} | tail -1)
+dd if=/dev/zero of={mnt}/filler bs=1k count=$((free - 300)) 2>/dev/null
+set +e
+{train} > {out}/full.log 2>&1
+echo $? > {out}/full.rc
+ls -R {mnt}/w/checkpoints > {out}/after.txt
+rm {mnt}/filler
+{train} > {out}/resume.log 2>&1
+echo $? > {out}/resume.rc
+"""
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_save(tmp_path):
+    """A real full disk: a 16 MB tmpfs in a private mount namespace (``unshare``), filled up
+    after the first checkpoint; the next save stops the run and the checkpoints stay as they
+    were; once space is freed, the same command resumes."""
+    mnt, out = tmp_path / "mnt", tmp_path / "out"
+    mnt.mkdir()
+    out.mkdir()
+    cfg = tmp_path / "mlm.py"
+    cfg.write_text(CONFIG.format(tests=str(ROOT / "tests"), classify=False, data=""))
+    train = f"{sys.executable} -m ptft_jax.train --config {cfg} --workdir {mnt / 'w'}"
+    script = DISK_FULL.format(mnt=mnt, out=out, train=train)
+    done = subprocess.run(
+        ["unshare", "--map-root-user", "--mount", "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, f"{done.stderr}\n{(out / 'first.log').read_text()[-2000:]}"
+    log = (out / "full.log").read_text()
+    assert (out / "full.rc").read_text().strip() == "2", log[-3000:]
+    last = log.strip().splitlines()[-1]
+    assert last.startswith("error: The disk holding"), log[-3000:]
+    assert "(the one of step 2 is intact); free space there" in last
+    assert "Traceback" not in log
+    assert (out / "after.txt").read_text() == (out / "before.txt").read_text()
+    assert (out / "resume.rc").read_text().strip() == "0", (out / "resume.log").read_text()[-3000:]
+    assert "resuming from step 2" in (out / "resume.log").read_text()
+
+
+def test_a_disk_that_fills_up_mid_save_loses_only_that_save(tmp_path):
+    """The race the free-space check cannot see: the partial step goes, the committed stay."""
+    import errno
+
+    from ptft_jax import checkpoint
+
+    mgr = checkpoint.manager(tmp_path, keep=2)
+    folder = tmp_path / "checkpoints"
+    (folder / "4").mkdir()
+    (folder / "6.orbax-checkpoint-tmp").mkdir()
+    with pytest.raises(checkpoint.DiskFullError, match=r"the one of step 4 is intact\); free"):
+        with checkpoint._filling_up(mgr):
+            raise ValueError("RESOURCE_EXHAUSTED: Error writing local file") from OSError(
+                errno.ENOSPC, "No space left on device"
+            )
+    assert sorted(p.name for p in folder.iterdir()) == ["4"]
+    with pytest.raises(KeyError):  # anything else passes through untouched
+        with checkpoint._filling_up(mgr):
+            raise KeyError("x")
+    mgr.close()
