@@ -25,6 +25,6 @@ gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" "${project[@]}" --worker=al
   if [[ ! -d ptft_jax ]]; then git clone -q '$remote_url' ptft_jax; fi
   cd ptft_jax && git fetch -q origin && git checkout -q '$revision'
   python3 -m venv .venv && . .venv/bin/activate
-  pip install -q -e . 'jax[tpu]'
+  pip install -q -e '.[tpu]'
   python -m ptft_jax.train $train_args
 "

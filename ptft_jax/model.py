@@ -46,6 +46,9 @@ class ModelConfig:
     initializer_range: float = 0.02
     # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
     dtype: str = "float32"
+    remat: bool = (
+        False  # keep only layer inputs for the backward pass: less memory, ~1/3 more FLOPs
+    )
     add_pooling_layer: bool = False
     num_labels: int = 2  # classification head outputs (1 = regression)
 
@@ -59,14 +62,9 @@ class ModelConfig:
 
 
 # The fields that decide parameter shapes (a checkpoint fixes them).
-SHAPE_FIELDS = (
-    "vocab_size",
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "intermediate_size",
-    "max_position_embeddings",
-    "type_vocab_size",
+SHAPE_FIELDS = tuple(
+    "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
+    "max_position_embeddings type_vocab_size".split()
 )
 
 
@@ -241,6 +239,7 @@ class BertLayer(nnx.Module):
 class BertEncoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
+        self.remat = cfg.remat
 
     def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, return_all=False, last_queries=None):
         """``last_queries=1``: the last layer computes the first position only (all a pooled
@@ -248,8 +247,13 @@ class BertEncoder(nnx.Module):
         hidden = [x_BxLxD]
         # Unrolled on purpose: on one GPU a Python loop over layers measured faster than scan.
         for i, layer in enumerate(self.layer):
-            queries = last_queries if i == len(self.layer) - 1 else None
-            hidden.append(layer(hidden[-1], mask_Bx1x1xL, rngs=rngs, queries=queries))
+            q = last_queries if i == len(self.layer) - 1 else None
+
+            def call(m, x, mask, r, q=q):
+                return m(x, mask, rngs=r, queries=q)
+
+            call = nnx.remat(call) if self.remat else call  # recompute in the backward pass
+            hidden.append(call(layer, hidden[-1], mask_Bx1x1xL, rngs))
         return hidden if return_all else hidden[-1]
 
 

@@ -125,6 +125,16 @@ def to_global(batch: Mapping[str, np.ndarray], mesh: Mesh, global_rows: int) -> 
     return out
 
 
+def check_rows(mesh: Mesh, micro: int) -> None:
+    """Stop unless a microbatch of ``micro`` rows splits evenly over the batch axes."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if micro % shards:
+        raise MeshError(
+            f"The microbatch (train.batch_size / grad_accum_steps = {micro}) is not divisible by "
+            f"the data x fsdp mesh size {shards}; change train.batch_size or mesh.*."
+        )
+
+
 def process_rows(mesh: Mesh, rows: int) -> tuple[int, int]:
     """The contiguous range ``[start, stop)`` of a batch's ``rows`` that this process feeds."""
     spec = NamedSharding(mesh, PartitionSpec(BATCH_AXES))

@@ -21,6 +21,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from ptft_jax import (
+    aot,
     checkpoint,
     config,
     distributed,
@@ -71,12 +72,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     mesh = sharding.make_mesh(cfg.mesh)
     accum = cfg.train.grad_accum_steps
     micro = cfg.train.batch_size // accum
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if micro % shards:
-        raise config.ConfigError(
-            f"The microbatch (train.batch_size / grad_accum_steps = {micro}) is not divisible by "
-            f"the data x fsdp mesh size {shards}; change train.batch_size or mesh.*."
-        )
+    sharding.check_rows(mesh, micro)
     start, stop = sharding.process_rows(mesh, micro)
     layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
     eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
@@ -343,6 +339,13 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     metrics.quiet_logs()
     cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+    if flags.FLAGS.compile_only:  # pods on paper: no workdir, no data, no local devices
+        try:
+            print(aot.describe(aot.compile_report(cfg, flags.FLAGS.topology), cfg), flush=True)
+        except USER_ERRORS as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+        return
     if cfg is None or not workdir:
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
@@ -391,4 +394,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("coordinator_address", "", "Multi-process: host:port of process 0.")
     flags.DEFINE_integer("num_processes", 0, "Multi-process: how many processes in all.")
     flags.DEFINE_integer("process_id", -1, "Multi-process: this process's index.")
+    flags.DEFINE_bool("compile_only", False, "Compile the train step for --topology and report.")
+    flags.DEFINE_string(
+        "topology", "v5p:2x2x1", "With --compile_only: a TPU slice, e.g. v5p:4x4x4."
+    )
     app.run(main, flags_parser=parse_flags)

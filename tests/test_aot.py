@@ -1,0 +1,62 @@
+"""Pods on paper: the real train step compiled by the TPU compiler (libtpu) for TPU slices that
+this CPU machine does not have."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ptft_jax import aot, config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _bert_base_flops(batch: int, seq: int, preds: int) -> float:
+    """6 x matmul parameters per token for the encoder, the MLM head at its masked positions,
+    and 12 x layers x hidden x seq per token for attention scores and values."""
+    hidden, layers, inter, vocab = 768, 12, 3072, 30522
+    encoder = layers * (4 * hidden * hidden + 2 * hidden * inter)
+    head = hidden * hidden + hidden * vocab
+    tokens = batch * seq
+    return 6 * encoder * tokens + 6 * head * batch * preds + 12 * layers * hidden * seq * tokens
+
+
+@pytest.mark.slow
+def test_bert_base_compiles_for_a_v5p_slice():
+    cmd = [sys.executable, "-m", "ptft_jax.train", "--config", "configs/bert_base_mlm.py"]
+    cmd += ["--compile_only", "--topology", "v5p:2x2x1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "for v5p:2x2x1 (4 chips; mesh data=4, fsdp=1, tensor=1)" in out, out
+    total, hbm = map(float, re.search(r"= ([\d.]+) GiB of (\d+) GiB HBM", out).groups())
+    assert 0 < total < hbm == 95
+    # Parameters and AdamW moments (3 x 110M float32) are replicated on every chip: 1.2 GiB.
+    arguments = float(re.search(r"arguments ([\d.]+) GiB", out)[1])
+    assert 1.1 < arguments < 1.4, out
+    flops = float(re.search(r"FLOPs per step: ([\d.e+]+)", out)[1])
+    assert flops == pytest.approx(_bert_base_flops(256, 128, 20), rel=0.1), out
+
+
+def _tiny(**model):
+    c = config.base_config()
+    c.model.update(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=2)
+    c.model.update(intermediate_size=512, max_position_embeddings=128, **model)
+    c.data.max_seq_length = 128
+    c.train.batch_size = 64
+    return c
+
+
+@pytest.mark.slow
+def test_a_step_that_does_not_fit_names_the_knobs():
+    cfg = _tiny()
+    cfg.train.batch_size = 2**16
+    with pytest.raises(config.ConfigError, match=r"One v5e chip would need [\d.]+ GiB .* has 16"):
+        aot.compile_report(cfg, "v5e:2x2")
+
+
+def test_unknown_topology_is_one_sentence():
+    with pytest.raises(config.ConfigError, match="use <chip>:<shape>"):
+        aot.compile_report(_tiny(), "v9z:2x2")
