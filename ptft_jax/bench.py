@@ -1,0 +1,401 @@
+"""Training speed side by side: ptft_jax's train step against transformers on PyTorch.
+
+    python -m ptft_jax.bench --preset cpu   # BERT-mini class, 32 x 128, fp32 (2 cores: ~4 min)
+    python -m ptft_jax.bench --preset gpu   # BERT-base, 256 x 128 and 64 x 512, bf16
+    python -m ptft_jax.bench --preset cpu --model bert-tiny --batch 16 --seq 64 --peers hf_eager
+
+The same model (shapes, vocabulary, random init, 15% of positions labelled, dropout 0.1,
+AdamW with clipping) is trained on the same random batch by each system, each in its own
+subprocess: ptft_jax through the train step ``train.py`` uses (``steps.jit_steps``), and
+``BertForMaskedLM`` (SDPA attention; bf16 autocast and fused AdamW on GPU) eagerly
+(``hf_eager``) or under ``torch.compile`` (``hf_compile``). After warm-up steps, a number of
+timed steps give tokens/s (every position of every row is a real token: no padding).
+
+Model FLOPs per step (printed with the results):
+    tokens x (6 x encoder matmul parameters + 12 x layers x hidden x seq)
+    + 6 x (hidden^2 + hidden x vocab) x (rows the MLM head runs on)
+where the MLM head runs on the masked positions only in ptft_jax and on every position in
+``BertForMaskedLM``. ``mfu`` counts the FLOPs each system computes; ``mfu_common`` counts both
+on one basis, the head at masked positions (the work the loss needs). MFU divides by the chip's
+dense peak (bf16 on GPUs, from the vendor's table) or, on CPUs, by the peak that a large fp32
+matmul reaches in JAX on the same machine (measured at start, in its own subprocess).
+
+The data stack (datasets, grain, ml_collections) is never imported here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+# layers, hidden, heads, intermediate
+MODELS = {
+    "bert-tiny": (2, 128, 2, 512),
+    "bert-mini": (4, 256, 4, 1024),
+    "bert-small": (4, 512, 8, 2048),
+    "bert-base": (12, 768, 12, 3072),
+    "bert-large": (24, 1024, 16, 4096),
+}
+VOCAB = 30522
+PRESETS = {
+    "cpu": {
+        "model": "bert-mini",
+        "shapes": [(32, 128)],
+        "dtype": "float32",
+        "peers": ["hf_eager"],
+        "warmup": 2,
+        "steps": 10,
+    },
+    "gpu": {
+        "model": "bert-base",
+        "shapes": [(256, 128), (64, 512)],
+        "dtype": "bfloat16",
+        "peers": ["hf_eager", "hf_compile"],
+        "warmup": 5,
+        "steps": 30,
+    },
+}
+# Dense bf16 peak FLOP/s per chip, as the vendors publish them (no sparsity).
+GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
+MASK_RATE = 0.15
+
+
+def masked_per_row(seq: int) -> int:
+    return max(1, round(MASK_RATE * seq))
+
+
+def model_flops(model: str, batch: int, seq: int, head_rows: int) -> float:
+    """Training FLOPs of one step (see the module doc); ``head_rows``: MLM head positions."""
+    layers, hidden, _, inter = MODELS[model]
+    encoder = layers * (4 * hidden * hidden + 2 * hidden * inter)
+    tokens = batch * seq
+    attention = 12 * layers * hidden * seq
+    return tokens * (6 * encoder + attention) + 6 * (hidden * hidden + hidden * VOCAB) * head_rows
+
+
+def random_batch(batch: int, seq: int, seed: int = 0) -> dict:
+    """Token ids, and ``masked_per_row(seq)`` distinct labelled positions per row (numpy)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    k = masked_per_row(seq)
+    ids = rng.integers(5, VOCAB, (batch, seq), dtype=np.int32)
+    positions = np.sort(np.argsort(rng.random((batch, seq - 2)), axis=1)[:, :k] + 1, axis=1)
+    return {
+        "input_ids": ids,
+        "masked_positions": positions.astype(np.int32),
+        "masked_ids": rng.integers(5, VOCAB, (batch, k), dtype=np.int32),
+    }
+
+
+class _TrainCfg(dict):
+    """The optimizer settings ``optim.make_optimizer`` reads, without ml_collections."""
+
+    __getattr__ = dict.__getitem__
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_ptft_jax(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int) -> dict:
+    """Time ``steps`` train steps of ptft_jax's real MLM train step on all local devices."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from ptft_jax import optim, sharding
+    from ptft_jax import steps as steps_lib
+    from ptft_jax.model import ModelConfig
+
+    layers, hidden, heads, inter = MODELS[model]
+    model_cfg = ModelConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=max(512, seq),
+        dtype=dtype,
+    )
+    tcfg = _TrainCfg(
+        learning_rate=1e-4,
+        warmup_steps=10,
+        weight_decay=0.01,
+        max_grad_norm=1.0,
+        adam_b1=0.9,
+        adam_b2=0.999,
+        adam_eps=1e-6,
+    )
+    tx, schedule = optim.make_optimizer(tcfg, 10_000)
+    mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
+    raw = random_batch(batch, seq)
+    host = {
+        "input_ids": raw["input_ids"],
+        "attention_mask": np.ones((batch, seq), np.int32),
+        "token_type_ids": np.zeros((batch, seq), np.int32),
+        "masked_positions": raw["masked_positions"],
+        "masked_ids": raw["masked_ids"],
+        "masked_weights": np.ones(raw["masked_ids"].shape, np.float32),
+    }
+    host = {k: v[None] for k, v in host.items()}  # one microbatch
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
+        train, _, _ = steps_lib.jit_steps(
+            model_cfg, "mlm", tx, schedule, mesh, 0, {k: v.ndim for k, v in host.items()}
+        )
+        state = steps_lib.make_init_fn(model_cfg, "mlm", tx, mesh, 0)()
+        device_batch = sharding.to_global(host, mesh, batch)
+        t0 = time.perf_counter()
+        step = train.lower(state, device_batch).compile()
+        compile_s = time.perf_counter() - t0
+        for _ in range(warmup):
+            state, metrics = step(state, device_batch)
+        jax.block_until_ready(state)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, device_batch)
+        jax.block_until_ready((state, metrics))
+        elapsed = time.perf_counter() - t0
+    stats = jax.local_devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return {
+        "step_s": elapsed / steps,
+        "compile_s": compile_s,
+        "loss": float(metrics["loss"]),
+        "peak_memory_bytes": int(peak) if peak else _peak_rss(),
+        "peak_memory_kind": "device" if peak else "host RSS",
+        "head_rows": batch * masked_per_row(seq),
+        "device": jax.local_devices()[0].device_kind,
+        "devices": jax.local_device_count(),
+        "versions": {"jax": jax.__version__},
+    }
+
+
+def run_hf(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int, compiled: bool):
+    """Time ``steps`` training steps of transformers' BertForMaskedLM on PyTorch."""
+    import torch
+    import transformers
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    layers, hidden, heads, inter = MODELS[model]
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=inter,
+        max_position_embeddings=max(512, seq),
+        attn_implementation="sdpa",
+    )
+    net = transformers.BertForMaskedLM(config).to(device).train()
+    opt_kwargs = {"fused": True} if cuda else {"foreach": True}
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6, **opt_kwargs)
+    forward = torch.compile(net) if compiled else net
+    raw = random_batch(batch, seq)
+    ids = torch.from_numpy(raw["input_ids"]).long().to(device)
+    labels = torch.full_like(ids, -100)
+    rows = torch.arange(batch)[:, None]
+    labels[rows, torch.from_numpy(raw["masked_positions"]).long()] = (
+        torch.from_numpy(raw["masked_ids"]).long().to(device)
+    )
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def one_step():
+        with autocast:
+            loss = forward(
+                input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels
+            ).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t0 = time.perf_counter()
+    one_step()
+    sync()
+    first_s = time.perf_counter() - t0
+    for _ in range(max(warmup - 1, 0)):
+        one_step()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = one_step()
+    sync()
+    step_s = (time.perf_counter() - t0) / steps
+    peak = torch.cuda.max_memory_allocated() if cuda else None
+    return {
+        "step_s": step_s,
+        "compile_s": max(first_s - step_s, 0.0) if compiled else 0.0,
+        "loss": float(loss),
+        "peak_memory_bytes": int(peak) if peak else _peak_rss(),
+        "peak_memory_kind": "device" if peak else "host RSS",
+        "head_rows": batch * seq,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "devices": 1,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+    }
+
+
+def measure_peak(dtype: str) -> tuple[float, str]:
+    """The chip's peak FLOP/s: the vendor's bf16 figure for known GPUs, else a measured one."""
+    import jax
+    import jax.numpy as jnp
+
+    kind = jax.local_devices()[0].device_kind
+    if dtype == "bfloat16":
+        for name, peak in GPU_PEAKS.items():
+            if name in kind:
+                return peak * jax.local_device_count(), f"{kind} dense bf16 spec"
+    n = 2048 if jax.default_backend() == "cpu" else 8192
+    a = jnp.ones((n, n), jnp.dtype(dtype))
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = math.inf
+    for _ in range(10):  # the fastest of ten: the peak, not the average under interference
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best, f"measured {n}x{n} {dtype} matmul in JAX on {kind}"
+
+
+def _worker(args) -> None:
+    if args.worker == "peak":
+        peak, source = measure_peak(args.dtype)
+        print(json.dumps({"peak_flops": peak, "peak_source": source}))
+        return
+    common = (args.model, args.batch, args.seq, args.dtype, args.warmup, args.steps)
+    if args.worker == "ptft_jax":
+        out = run_ptft_jax(*common)
+    else:
+        out = run_hf(*common, compiled=args.worker == "hf_compile")
+    print(json.dumps(out))
+
+
+def _spawn(system: str, model: str, batch: int, seq: int, args) -> dict:
+    cmd = [sys.executable, "-m", "ptft_jax.bench", "--worker", system, "--model", model]
+    cmd += ["--batch", str(batch), "--seq", str(seq), "--dtype", args.dtype]
+    cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
+    env = dict(os.environ)
+    if system.startswith("hf"):
+        # The peers run as their users run them: without the tcmalloc preload ptft_jax's
+        # commands give themselves (see ptft_jax/malloc.py).
+        env["LD_PRELOAD"] = " ".join(
+            x for x in env.get("LD_PRELOAD", "").split() if "tcmalloc" not in x
+        )
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise SystemExit(f"error: the {system} run at {batch} x {seq} failed:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _parse(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m ptft_jax.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--model", choices=sorted(MODELS))
+    p.add_argument("--batch", type=int, help="rows per step (with --seq: one shape)")
+    p.add_argument("--seq", type=int, help="sequence length (with --batch: one shape)")
+    p.add_argument("--peers", help="comma-separated: hf_eager, hf_compile ('' for none)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--steps", type=int, help="timed steps per system and shape")
+    p.add_argument("--out", help="also write the JSON here")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    for key in ("model", "dtype", "warmup", "steps"):
+        if getattr(args, key) is None:
+            setattr(args, key, preset[key])
+    args.peers = preset["peers"] if args.peers is None else [x for x in args.peers.split(",") if x]
+    unknown = sorted(set(args.peers) - {"hf_eager", "hf_compile"})
+    if unknown:
+        p.error(f"unknown peer {unknown[0]!r}; use hf_eager and/or hf_compile.")
+    if (args.batch is None) != (args.seq is None):
+        p.error("give --batch and --seq together (one shape), or neither (the preset's shapes).")
+    args.shapes = [(args.batch, args.seq)] if args.batch else preset["shapes"]
+    if min(args.warmup, args.steps) < 1:
+        p.error("--warmup and --steps must be at least 1.")
+    return args
+
+
+def main(argv=None) -> dict | None:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if args.worker:
+        _worker(args)
+        return None
+    peak = _spawn("peak", args.model, 1, 1, args)
+    runs, ratios = [], {}
+    for batch, seq in args.shapes:
+        shape_runs = {}
+        for system in ["ptft_jax", *args.peers]:
+            r = _spawn(system, args.model, batch, seq, args)
+            flops = model_flops(args.model, batch, seq, r["head_rows"])
+            common = model_flops(args.model, batch, seq, batch * masked_per_row(seq))
+            r = {
+                "system": system,
+                "model": args.model,
+                "batch": batch,
+                "seq": seq,
+                "dtype": args.dtype,
+                "tokens_per_s": batch * seq / r["step_s"],
+                "mfu": flops / r["step_s"] / peak["peak_flops"],
+                "mfu_common": common / r["step_s"] / peak["peak_flops"],
+                "model_flops_per_step": flops,
+                **r,
+            }
+            shape_runs[system] = r
+            runs.append(r)
+            print(_line(r), flush=True)
+        ours = shape_runs["ptft_jax"]["tokens_per_s"]
+        shape_ratios = {p: ours / shape_runs[p]["tokens_per_s"] for p in args.peers}
+        if len(args.shapes) > 1:
+            ratios[f"{batch}x{seq}"] = shape_ratios
+        else:
+            ratios = shape_ratios
+    result = {
+        "runs": runs,
+        "ratios": ratios,
+        "peak_flops": peak["peak_flops"],
+        "peak_source": peak["peak_source"],
+        "flops_formula": (
+            "tokens x (6 x encoder matmul params + 12 x layers x hidden x seq) + "
+            "6 x (hidden^2 + hidden x vocab) x MLM-head rows (ptft_jax: masked positions; "
+            "transformers: all positions; mfu_common: masked positions for both)"
+        ),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    print(f"peak {peak['peak_flops'] / 1e12:.2f} TFLOP/s ({peak['peak_source']})")
+    print(f"FLOPs per step: {result['flops_formula']}")
+    print(json.dumps({"ratios": ratios}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _line(r: dict) -> str:
+    mem = r["peak_memory_bytes"] / 2**30
+    return (
+        f"{r['system']:>10} {r['model']} {r['batch']}x{r['seq']} {r['dtype']}: "
+        f"{r['tokens_per_s']:,.0f} tokens/s, step {1e3 * r['step_s']:.1f} ms, "
+        f"compile {r['compile_s']:.1f}s, MFU {100 * r['mfu']:.1f}% "
+        f"(common basis {100 * r['mfu_common']:.1f}%), peak memory {mem:.2f} GiB "
+        f"({r['peak_memory_kind']}), loss {r['loss']:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    main()
