@@ -61,6 +61,7 @@ def topology_devices(name: str):
     # libtpu reads these at start-up; on a host that is not a TPU VM they only need to exist.
     os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
     os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no TPU is opened: share libtpu
     from jax.experimental import topologies
 
     megacore = m[1] in ("v4", "v5p")  # one device per chip (its two cores together)

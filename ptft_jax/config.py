@@ -51,6 +51,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.length_buckets = 5  # classification: padded lengths (each compiles its own step)
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
+    c.data.whole_word_masking = False  # mask every WordPiece of a chosen word; rate in words
     c.data.num_threads = 2  # Grain reader threads
     c.data.prefetch = 8  # batches prefetched by those threads
 
@@ -254,6 +255,7 @@ DATA_KEYS = (
     "data.max_seq_length",
     "data.max_predictions_per_seq",
     "data.mlm_probability",
+    "data.whole_word_masking",
     "data.length_buckets",
     "train.batch_size",
     "train.seed",

@@ -72,3 +72,46 @@ def test_rows_with_nothing_to_mask(length):
     ids = np.array([[CLS, SEP, PAD, PAD]], np.int32)
     out = mask_rows(ids, np.array([length]), np.array([0]), SPEC, 0, 0)
     assert out["masked_weights"].sum() == 0
+
+
+SENTENCES = [
+    "The unbelievably photogenic hummingbird outmaneuvered two bewildered ornithologists.",
+    "Tokenization of antidisestablishmentarianism remains a lexicographer's nightmare.",
+    "Preprocessing pipelines parallelize embarrassingly well on multiprocessor workstations.",
+]
+
+
+def test_whole_word_masking_never_masks_part_of_a_word():
+    """Known sentences through the real BERT vocabulary: the tokenizer's own word ids (not the
+    ``##`` rule masking uses) say which pieces form a word; every word is masked whole or not
+    at all, and the rate counts words."""
+    from ptft_jax import hf
+    from ptft_jax.data.pipeline import masking_spec
+    from ptft_jax.data.tokenize import load_tokenizer
+
+    tok = load_tokenizer(str(hf.resolve("builtin:minilm_l6")))
+    data_cfg = {"max_predictions_per_seq": 40, "mlm_probability": 0.15, "whole_word_masking": 1}
+    spec = masking_spec(type("Cfg", (dict,), {"__getattr__": dict.__getitem__})(data_cfg), tok)
+    encodings = [tok(s) for s in SENTENCES * 2]
+    length = max(len(e["input_ids"]) for e in encodings)
+    ids = np.zeros((len(encodings), length), np.int32)
+    for i, e in enumerate(encodings):
+        ids[i, : len(e["input_ids"])] = e["input_ids"]
+    lengths = np.array([len(e["input_ids"]) for e in encodings])
+    multi_piece, masked_words = 0, []
+    for batch_index in range(200):
+        out = mask_rows(ids, lengths, np.arange(len(ids)), spec, seed=0, batch_index=batch_index)
+        for i, e in enumerate(encodings):
+            chosen = set(out["masked_positions"][i][out["masked_weights"][i] > 0].tolist())
+            words = {}
+            for pos, word in enumerate(e.word_ids()):
+                if word is not None:
+                    words.setdefault(word, []).append(pos)
+            for pieces in words.values():
+                hit = chosen & set(pieces)
+                assert not hit or hit == set(pieces), (SENTENCES[i % 3], pieces, chosen)
+                multi_piece += bool(hit) and len(pieces) > 1
+            assert chosen <= {p for pieces in words.values() for p in pieces}
+            masked_words.append(sum(bool(chosen & set(p)) for p in words.values()) / len(words))
+    assert multi_piece > 100, "the sentences must exercise words of several pieces"
+    assert abs(np.mean(masked_words) - 0.15) < 0.03

@@ -1,5 +1,9 @@
 """Dynamic MLM masking (BERT's 15%, 80/10/10), a pure function of (seed, batch, row).
 
+Token-level by default; with whole-word masking, 15% of the *words* are chosen and every piece
+of a chosen word is predicted (each piece then gets its own 80/10/10 draw, as in BERT's
+release), so no word is ever masked in part.
+
 Each row's randomness comes from ``default_rng([seed, batch_index, row])`` where ``row`` is the
 row's position in the *global* batch, so masks are the same whatever the number of hosts or
 devices, and a resumed run masks exactly as an uninterrupted one.
@@ -21,14 +25,40 @@ class MaskingSpec:
     special_ids: tuple[int, ...]
     max_predictions: int
     probability: float = 0.15
+    # Whole-word masking: True at the ids of WordPiece continuations ("##..."); None = off.
+    continuation: np.ndarray | None = dataclasses.field(default=None, compare=False)
+
+
+def _whole_words(ids_L, candidates, spec: MaskingSpec, rng) -> np.ndarray:
+    """Positions of whole words (a piece and its ``##`` continuations), ``probability`` of the
+    words, never more than ``max_predictions`` positions; sorted."""
+    if not len(candidates):
+        return candidates
+    cont = spec.continuation[ids_L[candidates]]
+    # A word starts at a piece that is not a continuation, or after a gap (a special token).
+    starts = ~cont | (np.diff(candidates, prepend=-2) > 1)
+    words = np.split(candidates, np.flatnonzero(starts)[1:])
+    target = max(1, int(round(len(words) * spec.probability)))
+    chosen, budget = [], spec.max_predictions
+    for w in rng.permutation(len(words)):
+        if len(chosen) == target:
+            break
+        if len(words[w]) <= budget:  # a word that does not fit is skipped, never cut
+            chosen.append(words[w])
+            budget -= len(words[w])
+    return np.sort(np.concatenate(chosen)) if chosen else candidates[:0]
 
 
 def mask_row(ids_L: np.ndarray, length: int, spec: MaskingSpec, rng: np.random.Generator):
     """Mask one sequence; returns (input_ids, positions_K, label_ids_K, weights_K)."""
     k = spec.max_predictions
     candidates = np.flatnonzero(~np.isin(ids_L[:length], spec.special_ids))
-    num = min(k, max(1, int(round(len(candidates) * spec.probability)))) if len(candidates) else 0
-    chosen = np.sort(rng.choice(candidates, size=num, replace=False)) if num else candidates[:0]
+    if spec.continuation is not None:
+        chosen = _whole_words(ids_L, candidates, spec, rng)
+    else:
+        num = min(k, max(1, round(len(candidates) * spec.probability))) if len(candidates) else 0
+        chosen = np.sort(rng.choice(candidates, size=num, replace=False)) if num else candidates[:0]
+    num = len(chosen)
     action = rng.random(num)
     random_ids = rng.integers(0, spec.vocab_size, size=num)
     out = ids_L.copy()

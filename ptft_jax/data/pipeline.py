@@ -99,6 +99,13 @@ def masking_spec(data_cfg, tokenizer) -> MaskingSpec:
         special_ids=tuple(sorted(set(tokenizer.all_special_ids))),
         max_predictions=data_cfg.max_predictions_per_seq,
         probability=data_cfg.mlm_probability,
+        continuation=(
+            np.array(
+                [t.startswith("##") for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
+            )
+            if data_cfg.get("whole_word_masking", False)
+            else None
+        ),
     )
 
 
