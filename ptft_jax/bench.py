@@ -48,6 +48,7 @@ PRESETS = {
         "shapes": [(32, 128)],
         "dtype": "float32",
         "peers": ["hf_eager"],
+        "attention_dropout": 0.1,  # BERT's
         "warmup": 2,
         "steps": 10,
     },
@@ -56,6 +57,9 @@ PRESETS = {
         "shapes": [(256, 128), (64, 512)],
         "dtype": "bfloat16",
         "peers": ["hf_eager", "hf_compile"],
+        # Without attention dropout both systems may use fused attention kernels (cuDNN in
+        # JAX, SDPA's flash/efficient kernels in PyTorch), as current BERT recipes do.
+        "attention_dropout": 0.0,
         "warmup": 5,
         "steps": 30,
     },
@@ -63,6 +67,16 @@ PRESETS = {
 # Dense bf16 peak FLOP/s per chip, as the vendors publish them (no sparsity).
 GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12}
 MASK_RATE = 0.15
+# Both systems' AdamW: BERT's settings, global-norm clipping at 1.
+TRAIN = {
+    "learning_rate": 1e-4,
+    "warmup_steps": 10,
+    "weight_decay": 0.01,
+    "max_grad_norm": 1.0,
+    "adam_b1": 0.9,
+    "adam_b2": 0.999,
+    "adam_eps": 1e-6,
+}
 
 
 def masked_per_row(seq: int) -> int:
@@ -105,7 +119,7 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_ptft_jax(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int) -> dict:
+def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> dict:
     """Time ``steps`` train steps of ptft_jax's real MLM train step on all local devices."""
     import jax
     import numpy as np
@@ -123,18 +137,10 @@ def run_ptft_jax(model: str, batch: int, seq: int, dtype: str, warmup: int, step
         num_attention_heads=heads,
         intermediate_size=inter,
         max_position_embeddings=max(512, seq),
+        attention_probs_dropout_prob=attention_dropout,
         dtype=dtype,
     )
-    tcfg = _TrainCfg(
-        learning_rate=1e-4,
-        warmup_steps=10,
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        adam_b1=0.9,
-        adam_b2=0.999,
-        adam_eps=1e-6,
-    )
-    tx, schedule = optim.make_optimizer(tcfg, 10_000)
+    tx, schedule = optim.make_optimizer(_TrainCfg(TRAIN), 10_000)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     raw = random_batch(batch, seq)
     host = {
@@ -178,7 +184,7 @@ def run_ptft_jax(model: str, batch: int, seq: int, dtype: str, warmup: int, step
     }
 
 
-def run_hf(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int, compiled: bool):
+def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled: bool) -> dict:
     """Time ``steps`` training steps of transformers' BertForMaskedLM on PyTorch."""
     import torch
     import transformers
@@ -194,11 +200,19 @@ def run_hf(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int
         num_attention_heads=heads,
         intermediate_size=inter,
         max_position_embeddings=max(512, seq),
+        attention_probs_dropout_prob=attention_dropout,
         attn_implementation="sdpa",
     )
     net = transformers.BertForMaskedLM(config).to(device).train()
     opt_kwargs = {"fused": True} if cuda else {"foreach": True}
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.01, eps=1e-6, **opt_kwargs)
+    opt = torch.optim.AdamW(
+        net.parameters(),
+        lr=TRAIN["learning_rate"],
+        betas=(TRAIN["adam_b1"], TRAIN["adam_b2"]),
+        eps=TRAIN["adam_eps"],
+        weight_decay=TRAIN["weight_decay"],
+        **opt_kwargs,
+    )
     forward = torch.compile(net) if compiled else net
     raw = random_batch(batch, seq)
     ids = torch.from_numpy(raw["input_ids"]).long().to(device)
@@ -216,7 +230,7 @@ def run_hf(model: str, batch: int, seq: int, dtype: str, warmup: int, steps: int
                 input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels
             ).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), TRAIN["max_grad_norm"])
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss
@@ -275,7 +289,8 @@ def _worker(args) -> None:
         peak, source = measure_peak(args.dtype)
         print(json.dumps({"peak_flops": peak, "peak_source": source}))
         return
-    common = (args.model, args.batch, args.seq, args.dtype, args.warmup, args.steps)
+    common = (args.model, args.batch, args.seq, args.dtype, args.attention_dropout)
+    common += (args.warmup, args.steps)
     if args.worker == "ptft_jax":
         out = run_ptft_jax(*common)
     else:
@@ -286,6 +301,7 @@ def _worker(args) -> None:
 def _spawn(system: str, model: str, batch: int, seq: int, args) -> dict:
     cmd = [sys.executable, "-m", "ptft_jax.bench", "--worker", system, "--model", model]
     cmd += ["--batch", str(batch), "--seq", str(seq), "--dtype", args.dtype]
+    cmd += ["--attention_dropout", str(args.attention_dropout)]
     cmd += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
     env = dict(os.environ)
     if system.startswith("hf"):
@@ -309,13 +325,14 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument("--seq", type=int, help="sequence length (with --batch: one shape)")
     p.add_argument("--peers", help="comma-separated: hf_eager, hf_compile ('' for none)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"])
+    p.add_argument("--attention_dropout", type=float, help="both systems' attention dropout")
     p.add_argument("--warmup", type=int)
     p.add_argument("--steps", type=int, help="timed steps per system and shape")
     p.add_argument("--out", help="also write the JSON here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
-    for key in ("model", "dtype", "warmup", "steps"):
+    for key in ("model", "dtype", "attention_dropout", "warmup", "steps"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
     args.peers = preset["peers"] if args.peers is None else [x for x in args.peers.split(",") if x]
@@ -349,6 +366,7 @@ def main(argv=None) -> dict | None:
                 "batch": batch,
                 "seq": seq,
                 "dtype": args.dtype,
+                "attention_dropout": args.attention_dropout,
                 "tokens_per_s": batch * seq / r["step_s"],
                 "mfu": flops / r["step_s"] / peak["peak_flops"],
                 "mfu_common": common / r["step_s"] / peak["peak_flops"],
