@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import pathlib
 import sys
@@ -75,7 +76,24 @@ def evaluate(workdir_path: str, split: str = "validation") -> dict:
     if jax.process_index() == 0:
         out = pathlib.Path(workdir_path) / f"eval_{split}.json"
         out.write_text(json.dumps(result, indent=2) + "\n")
+        if "confusion_matrix" in scores:
+            _confusion_png(run, split, scores)
     return result
+
+
+def _confusion_png(run, split: str, scores: dict) -> None:
+    """``W/confusion_<split>.png`` when matplotlib is installed (the ``plot`` extra)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logging.warning('no confusion_%s.png: pip install -e ".[plot]" for plots', split)
+        return
+    from ptft_jax import plot
+
+    title = f"{run.path.name}, {split} split (step {run.step}): accuracy {scores['accuracy']:.3f}"
+    out = run.path / f"confusion_{split}.png"
+    fig = plot.plot_confusion(scores["confusion_matrix"], workdir.label_names(run), out, title)
+    plot._pyplot().close(fig)
 
 
 def main(argv) -> None:

@@ -140,6 +140,7 @@ def test_finetune_evaluate_predict_export(tmp_path):
     assert again["step"] == test["step"] == best["step"]
     assert again["accuracy"] == pytest.approx(test["accuracy"], abs=1e-9)
     assert again["confusion_matrix"] == test["confusion_matrix"]
+    assert (w / "confusion_test.png").read_bytes()[:4] == b"\x89PNG"
 
     # predict, then the transformers export gives the same probabilities.
     loaded = workdir.load(w)

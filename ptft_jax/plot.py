@@ -1,0 +1,202 @@
+"""Pictures of a run (matplotlib: ``pip install -e ".[plot]"``).
+
+    python -m ptft_jax.plot attention --workdir W --text "..." [--text_pair "..."] --out attn.png
+    python -m ptft_jax.plot curves --workdir W --out curves.png
+
+``attention``: one panel per layer and head (``--layers``/``--heads`` pick some), the tokens on
+both axes, rows attending to columns. ``curves``: train and validation loss, and the task's
+metric, against the step, from ``W/metrics.jsonl``. ``python -m ptft_jax.evaluate`` also writes
+``W/confusion_<split>.png`` for classification runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+
+METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mlm_accuracy", "nsp_accuracy")
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit(
+            'error: plots need matplotlib; install it with pip install -e ".[plot]".'
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def attention_maps(run, text: str, text_pair: str | None = None):
+    """``(tokens, probs[layers, heads, L, L])`` of the run's encoder on one input (no dropout).
+
+    The probabilities are recomputed from each layer's input with that layer's own query and
+    key projections, exactly as the layer computes them, so the model needs no extra output.
+    """
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ptft_jax import steps
+
+    enc = run.tokenizer(text, text_pair, truncation=True, max_length=run.cfg.data.max_seq_length)
+    ids = np.asarray([enc["input_ids"]], np.int32)
+    types = np.asarray([enc.get("token_type_ids", [0] * ids.shape[1])], np.int32)
+    mask = np.ones_like(ids)
+    graphdef, _ = steps.abstract_model(run.model_cfg, run.cfg.task)
+    cfg = run.model_cfg
+
+    @jax.jit
+    def maps(params):
+        bert = nnx.merge(graphdef, params).bert
+        hidden = bert(ids, mask, types, return_all_hidden=True)["hidden_states"]
+        out = []
+        for layer, x in zip(bert.encoder.layer, hidden[:-1], strict=True):
+            attn = layer.attention.self
+            q = attn.query(x).reshape(*x.shape[:2], cfg.num_attention_heads, cfg.head_dim)
+            k = attn.key(x).reshape(*x.shape[:2], cfg.num_attention_heads, cfg.head_dim)
+            logits = jnp.einsum("bqnh,bknh->bnqk", q, k, preferred_element_type=jnp.float32)
+            out.append(jax.nn.softmax(logits / np.sqrt(cfg.head_dim), axis=-1)[0])
+        return jnp.stack(out)
+
+    with jax.set_mesh(run.mesh):
+        probs = np.asarray(jax.device_get(maps(run.params)))
+    return run.tokenizer.convert_ids_to_tokens(enc["input_ids"]), probs
+
+
+def plot_attention(tokens, probs, out, layers=None, heads=None, title=""):
+    """A grid of heatmaps: rows are layers, columns heads; token labels on the outer panels."""
+    plt = _pyplot()
+    layers = list(range(probs.shape[0])) if layers is None else layers
+    heads = list(range(probs.shape[1])) if heads is None else heads
+    n = len(tokens)
+    cell = max(1.6, 0.16 * n)  # inches per panel: labels of long inputs stay apart
+    fig, axes = plt.subplots(
+        len(layers),
+        len(heads),
+        figsize=(cell * len(heads) + 1.5, cell * len(layers) + 1.2),
+        squeeze=False,
+        constrained_layout=True,
+    )
+    font = max(4.0, min(9.0, 72 * 0.8 * cell / n))
+    for r, layer in enumerate(layers):
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            # Each panel spans 0 to its own largest probability: long inputs spread attention
+            # thin, and a shared 0..1 scale would show them as flat colour.
+            ax.imshow(probs[layer, head], cmap="viridis", vmin=0.0, vmax=probs[layer, head].max())
+            ax.set_xticks(range(n))
+            ax.set_yticks(range(n))
+            ax.set_xticklabels(tokens if r == len(layers) - 1 else [], rotation=90, fontsize=font)
+            ax.set_yticklabels(tokens if c == 0 else [], fontsize=font)
+            if r == 0:
+                ax.set_title(f"head {head}", fontsize=9)
+            if c == 0:
+                ax.set_ylabel(f"layer {layer}\n(query)", fontsize=9)
+    fig.suptitle(
+        (title or "Attention probabilities (rows: query token, columns: key token)")
+        + "; colour from 0 to each panel's maximum"
+    )
+    fig.savefig(out, dpi=110)
+    return fig  # the caller closes it (plt.close) once done with it
+
+
+def plot_curves(workdir: pathlib.Path, out):
+    """Loss (train and validation) and the task's metric against the step."""
+    plt = _pyplot()
+    rows = []
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "validation"]
+    if not train and not val:
+        raise SystemExit(f"error: {workdir / 'metrics.jsonl'} has no rows yet; train first.")
+    metric = next((m for m in METRICS if any(m in r for r in val)), None)
+    fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11, 4), squeeze=False)
+    ax = axes[0][0]
+    for split, data, style in (("train", train, "-"), ("validation", val, "o-")):
+        if data:
+            ax.plot([r["step"] for r in data], [r["loss"] for r in data], style, label=split)
+    ax.set(xlabel="step", ylabel="loss", title="Loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    if metric:
+        ax = axes[0][1]
+        for split, data, style in (("train", train, "-"), ("validation", val, "o-")):
+            points = [(r["step"], r[metric]) for r in data if metric in r]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, label=split)
+        ax.set(xlabel="step", ylabel=metric.replace("_", " "), title=metric.replace("_", " "))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Training curves of {workdir.name}")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return fig  # the caller closes it (plt.close) once done with it
+
+
+def plot_confusion(matrix, names, out, title: str):
+    """Counts, rows the true class and columns the predicted one, each cell labelled."""
+    plt = _pyplot()
+    cm = np.asarray(matrix)
+    size = max(4.0, 0.7 * len(names) + 2.5)
+    fig, ax = plt.subplots(figsize=(size, size * 0.9))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(len(names)), names, rotation=90)
+    ax.set_yticks(range(len(names)), names)
+    ax.set(xlabel="predicted label", ylabel="true label", title=title)
+    for (i, j), v in np.ndenumerate(cm):
+        color = "white" if v > cm.max() / 2 else "black"
+        ax.text(j, i, str(v), ha="center", va="center", color=color)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return fig  # the caller closes it (plt.close) once done with it
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ptft_jax.plot", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="kind", required=True)
+    a = sub.add_parser("attention", help="attention maps of one input")
+    a.add_argument("--workdir", required=True)
+    a.add_argument("--text", required=True)
+    a.add_argument("--text_pair")
+    a.add_argument("--layers", help="comma-separated layer indices (default: all)")
+    a.add_argument("--heads", help="comma-separated head indices (default: all)")
+    a.add_argument("--out", default="attention.png")
+    c = sub.add_parser("curves", help="loss and metric against the step")
+    c.add_argument("--workdir", required=True)
+    c.add_argument("--out", default="curves.png")
+    args = p.parse_args(argv)
+    if args.kind == "curves":
+        fig = plot_curves(pathlib.Path(args.workdir), args.out)
+    else:
+        from ptft_jax import config, workdir
+
+        try:
+            run = workdir.load(args.workdir)
+        except config.ConfigError as e:
+            raise SystemExit(f"error: {e}") from None
+        tokens, probs = attention_maps(run, args.text, args.text_pair)
+
+        def pick(spec):
+            return [int(x) for x in spec.split(",")] if spec else None
+
+        title = f"Attention of {pathlib.Path(args.workdir).name}: rows query, columns key"
+        fig = plot_attention(tokens, probs, args.out, pick(args.layers), pick(args.heads), title)
+    _pyplot().close(fig)
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
