@@ -2,11 +2,15 @@
 
     python -m ptft_jax.plot attention --workdir W --text "..." [--text_pair "..."] --out attn.png
     python -m ptft_jax.plot curves --workdir W --out curves.png
+    python -m ptft_jax.plot learning_curve --config configs/minilm_mr.py --workdir W \
+        --sizes 16,64,256,1024 --out learning_curve.png
 
 ``attention``: one panel per layer and head (``--layers``/``--heads`` pick some), the tokens on
 both axes, rows attending to columns. ``curves``: train and validation loss, and the task's
-metric, against the step, from ``W/metrics.jsonl``. ``python -m ptft_jax.evaluate`` also writes
-``W/confusion_<split>.png`` for classification runs.
+metric, against the step, from ``W/metrics.jsonl``. ``learning_curve``: fine-tunes the config
+once per training-set size N (``data.max_train_examples``: a stratified, seeded subsample) into
+``W/n<N>`` and plots test accuracy against N (``W/learning_curve.json`` has the numbers).
+``python -m ptft_jax.evaluate`` also writes ``W/confusion_<split>.png`` for classification.
 """
 
 from __future__ import annotations
@@ -162,6 +166,45 @@ def plot_confusion(matrix, names, out, title: str):
     return fig  # the caller closes it (plt.close) once done with it
 
 
+def learning_curve(cfg, workdir: pathlib.Path, sizes, min_steps: int = 30) -> list[dict]:
+    """Fine-tune ``cfg`` at every size in ``sizes``; each run trains at least ``min_steps``
+    steps (small sets get more epochs). Returns one row per size, also in
+    ``W/learning_curve.json``."""
+    import math
+
+    from ptft_jax.train import run
+
+    rows = []
+    for n in sizes:
+        c = cfg.copy_and_resolve_references()
+        c.data.max_train_examples = n
+        steps_per_epoch = math.ceil(n / c.train.batch_size)
+        c.train.epochs = max(c.train.epochs, math.ceil(min_steps / steps_per_epoch))
+        summary = run(c, workdir / f"n{n}")
+        test = summary["test"]
+        rows.append({"n": n, "epochs": c.train.epochs, "steps": summary["step"], **test})
+        (workdir / "learning_curve.json").write_text(json.dumps(rows, indent=2) + "\n")
+    return rows
+
+
+def plot_learning_curve(rows: list[dict], out, title: str):
+    """Test accuracy (and macro-F1 when present) against the number of training examples."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    n = [r["n"] for r in rows]
+    for key, style in (("accuracy", "o-"), ("f1", "s--")):
+        if all(key in r for r in rows):
+            ax.plot(n, [r[key] for r in rows], style, label=f"test {key}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(n, [str(x) for x in n])
+    ax.set(xlabel="training examples (stratified subsample)", ylabel="test score", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return fig
+
+
 def main(argv=None) -> None:
     import argparse
 
@@ -177,8 +220,26 @@ def main(argv=None) -> None:
     c = sub.add_parser("curves", help="loss and metric against the step")
     c.add_argument("--workdir", required=True)
     c.add_argument("--out", default="curves.png")
+    lc = sub.add_parser("learning_curve", help="fine-tune at several sizes, plot test accuracy")
+    lc.add_argument("--config", required=True, help="a classification config file")
+    lc.add_argument("--workdir", required=True)
+    lc.add_argument("--sizes", default="16,64,256,1024")
+    lc.add_argument("--min_steps", type=int, default=30)
+    lc.add_argument("--out", default="learning_curve.png")
     args = p.parse_args(argv)
-    if args.kind == "curves":
+    if args.kind == "learning_curve":
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("ptft_jax_config", args.config)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sizes = [int(x) for x in args.sizes.split(",")]
+        rows = learning_curve(
+            module.get_config(), pathlib.Path(args.workdir), sizes, args.min_steps
+        )
+        title = f"{pathlib.Path(args.config).stem}: test score against training set size"
+        fig = plot_learning_curve(rows, args.out, title)
+    elif args.kind == "curves":
         fig = plot_curves(pathlib.Path(args.workdir), args.out)
     else:
         from ptft_jax import config, workdir

@@ -1,6 +1,8 @@
 """The three plot kinds render to PNG files a person can read: attention maps (checked against
 transformers' own attention probabilities), training curves and a confusion matrix."""
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -81,5 +83,25 @@ def test_curves_and_confusion_matrix(mlm_run, tmp_path):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
     assert sorted(t.get_text() for t in ax.texts) == sorted(str(v) for v in cm.ravel())
+    _no_overlap(fig)
+    plt.close(fig)
+
+
+@pytest.mark.slow
+def test_learning_curve_runs_and_plots(tmp_path):
+    from test_classify import tiny_classifier
+
+    cfg = tiny_classifier()
+    cfg.data.length_buckets = 1  # one compiled shape, shared by both runs
+    rows = plot.learning_curve(cfg, tmp_path, [16, 64], min_steps=4)
+    assert [r["n"] for r in rows] == [16, 64]
+    assert rows[0]["epochs"] == 4 and rows[1]["epochs"] == 2  # 1 and 4 steps an epoch
+    assert all(0 <= r["accuracy"] <= 1 and r["steps"] >= 4 for r in rows)
+    assert json.loads((tmp_path / "learning_curve.json").read_text()) == rows
+    fig = plot.plot_learning_curve(rows, tmp_path / "lc.png", "tiny on builtin:mr")
+    assert (tmp_path / "lc.png").read_bytes()[:8] == PNG
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("training examples") and ax.get_ylabel() == "test score"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64"]
     _no_overlap(fig)
     plt.close(fig)
