@@ -34,7 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
         {
             f.name: f.default
             for f in dataclasses.fields(ModelConfig)
-            if f.name != "add_pooling_layer"
+            if f.name not in ("add_pooling_layer", "next_sentence")  # from task and objectives
         }
     )
 
@@ -56,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.prefetch = 8  # batches prefetched by those threads
 
     c.train = ml_collections.ConfigDict()
+    c.train.objectives = ("mlm",)  # task mlm: ("mlm",) or ("mlm", "nsp") (BERT's two losses)
     c.train.steps = 1000  # the schedule's length
     c.train.epochs = 0  # > 0 wins over steps (classification)
     c.train.stop_at_step = 0  # > 0: checkpoint and stop there (time-boxed jobs); resume later
@@ -145,6 +146,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"task={cfg.task!r} is not supported; set --config.task to one of {TASKS}."
         )
     m, d, t = cfg.model, cfg.data, cfg.train
+    if tuple(t.objectives) not in (("mlm",), ("mlm", "nsp")) or (
+        cfg.task != "mlm" and "nsp" in t.objectives
+    ):
+        raise ConfigError(
+            f"train.objectives={tuple(t.objectives)} is not supported; use ('mlm',) or "
+            "('mlm', 'nsp') with task=mlm."
+        )
     if m.hidden_size % m.num_attention_heads:
         raise ConfigError(
             f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
@@ -238,7 +246,10 @@ def apply_checkpoint_model(
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen model description, built once from ``config.model``."""
-    return ModelConfig(**cfg.model.to_dict(), add_pooling_layer=cfg.task != "mlm")
+    nsp = "nsp" in cfg.train.get("objectives", ())
+    return ModelConfig(
+        **cfg.model.to_dict(), add_pooling_layer=cfg.task != "mlm" or nsp, next_sentence=nsp
+    )
 
 
 def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
@@ -273,10 +284,11 @@ def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) 
             f"The workdir has checkpoints but {path} is missing or unreadable; use a new "
             "--workdir, or restore that file."
         ) from None
-    if saved_task != cfg.task:
+    saved_objectives = tuple(saved.get("train", {}).get("objectives", ("mlm",)))
+    if saved_task != cfg.task or saved_objectives != tuple(cfg.train.objectives):
         raise ConfigError(
-            f"The workdir holds a {saved_task!r} run but the config asks for task="
-            f"{cfg.task!r}; use a new --workdir."
+            f"The workdir holds a {saved_task!r} run {saved_objectives} but the config asks "
+            f"for task={cfg.task!r} {tuple(cfg.train.objectives)}; use a new --workdir."
         )
     for key in SHAPE_FIELDS:
         old, new = saved_model.get(key), cfg.model[key]

@@ -27,6 +27,8 @@ def export(workdir_path: str, out: str) -> dict:
     run = workdir.load(workdir_path)
     params = jax.device_get(run.params)
     architecture = ARCHITECTURES[run.cfg.task]
+    if run.model_cfg.next_sentence:
+        architecture = "BertForPreTraining"
     fields = dataclasses.asdict(run.model_cfg)
     id2label = None
     if run.cfg.task == "classification" and run.model_cfg.num_labels > 1:

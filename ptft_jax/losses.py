@@ -36,3 +36,9 @@ def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, weights_B: j
         "correct_sum": jnp.sum(correct_B * weights_B),
         "weight_sum": jnp.sum(weights_B),
     }
+
+
+def nsp_sums(logits_Bx2: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> dict:
+    """Next-sentence prediction: summed cross-entropy, correct count and row count."""
+    sums = classification_sums(logits_Bx2, labels_B, weights_B)
+    return {f"nsp_{k}": v for k, v in sums.items()}

@@ -24,11 +24,16 @@ def mlm_eval_metrics(sums: dict) -> dict:
     """Loss, accuracy and perplexity from summed statistics over a whole split."""
     weight = max(float(sums["weight_sum"]), 1.0)
     loss = float(sums["loss_sum"]) / weight
-    return {
+    out = {
         "loss": loss,
         "mlm_accuracy": float(sums["correct_sum"]) / weight,
         "perplexity": math.exp(min(loss, 50.0)),
     }
+    if "nsp_loss_sum" in sums:  # loss = MLM + NSP, as trained; perplexity stays MLM's
+        pairs = max(float(sums["nsp_weight_sum"]), 1.0)
+        out.update(mlm_loss=loss, nsp_loss=float(sums["nsp_loss_sum"]) / pairs)
+        out.update(loss=loss + out["nsp_loss"], nsp_accuracy=float(sums["nsp_correct_sum"]) / pairs)
+    return out
 
 
 def _rows(path: pathlib.Path) -> list[dict]:

@@ -26,8 +26,6 @@ from jax.sharding import PartitionSpec
 
 from ptft_jax.dropout import dropout
 
-Dtype = Any
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -46,10 +44,9 @@ class ModelConfig:
     initializer_range: float = 0.02
     # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
     dtype: str = "float32"
-    remat: bool = (
-        False  # keep only layer inputs for the backward pass: less memory, ~1/3 more FLOPs
-    )
+    remat: bool = False  # keep only layer inputs for the backward: less memory, more FLOPs
     add_pooling_layer: bool = False
+    next_sentence: bool = False  # the NSP head of HF's BertForPreTraining (needs the pooler)
     num_labels: int = 2  # classification head outputs (1 = regression)
 
     @property
@@ -57,7 +54,7 @@ class ModelConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def jnp_dtype(self) -> Dtype:
+    def jnp_dtype(self) -> Any:
         return jnp.dtype(self.dtype)
 
 
@@ -79,19 +76,13 @@ def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
-def _param_init(cfg: ModelConfig, names: tuple[str | None, ...]):
+def _init(init, names: tuple[str | None, ...]):
     # Eager sharding stays off: parameters are placed by jit(init, out_shardings=...) instead.
-    return nnx.with_partitioning(
-        nnx.initializers.normal(cfg.initializer_range), names, eager_sharding=False
-    )
+    return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
-def _zeros(names: tuple[str | None, ...]):
-    return nnx.with_partitioning(nnx.initializers.zeros_init(), names, eager_sharding=False)
-
-
-def _ones(names: tuple[str | None, ...]):
-    return nnx.with_partitioning(nnx.initializers.ones_init(), names, eager_sharding=False)
+def _param_init(cfg: ModelConfig, names: tuple[str | None, ...]):
+    return _init(nnx.initializers.normal(cfg.initializer_range), names)
 
 
 def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs):
@@ -101,7 +92,7 @@ def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str 
         d_out,
         dtype=cfg.jnp_dtype,
         kernel_init=_param_init(cfg, names),
-        bias_init=_zeros((names[1],)),
+        bias_init=_init(nnx.initializers.zeros_init(), (names[1],)),
         rngs=rngs,
     )
 
@@ -112,8 +103,8 @@ def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
         cfg.hidden_size,
         epsilon=cfg.layer_norm_eps,
         dtype=cfg.jnp_dtype,
-        scale_init=_ones(("norm",)),
-        bias_init=_zeros(("norm",)),
+        scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=_init(nnx.initializers.zeros_init(), ("norm",)),
         rngs=rngs,
     )
 
@@ -340,36 +331,41 @@ class BertLMPredictionHead(nnx.Module):
         return constrain(logits_BxKxV + self.bias[...], ("batch", None, "act_vocab"))
 
 
-class BertOnlyMLMHead(nnx.Module):
+class BertPreTrainingHeads(nnx.Module):
+    """MLM head, plus HF's next-sentence head when ``cfg.next_sentence`` (HF's ``cls``)."""
+
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.predictions = BertLMPredictionHead(cfg, rngs)
+        if cfg.next_sentence:
+            self.seq_relationship = dense(cfg, cfg.hidden_size, 2, ("embed", None), rngs)
 
 
 class BertForMaskedLM(nnx.Module):
-    """Encoder + MLM head evaluated only at gathered masked positions (HF's BertForMaskedLM)."""
+    """Encoder + MLM head evaluated only at gathered masked positions (HF's BertForMaskedLM;
+    with ``cfg.next_sentence``, HF's BertForPreTraining)."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.bert = BertModel(cfg, rngs)
-        self.cls = BertOnlyMLMHead(cfg, rngs)
+        self.cls = BertPreTrainingHeads(cfg, rngs)
 
-    def __call__(
-        self,
-        input_ids_BxL,
-        attention_mask_BxL,
-        token_type_ids_BxL=None,
-        masked_positions_BxK=None,
-        *,
-        rngs: nnx.Rngs | None = None,
-    ) -> jax.Array:
+    def __call__(self, *args, **kwargs) -> jax.Array:
         """MLM logits (float32) at ``masked_positions_BxK``, or at every position when None."""
-        x_BxLxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
-            "last_hidden_state"
-        ]
+        return self.pretraining(*args, **kwargs)[0]
+
+    def pretraining(
+        self, ids_BxL, mask_BxL, types_BxL=None, masked_positions_BxK=None, *, rngs=None
+    ):
+        """``(MLM logits, next-sentence logits [B, 2] or None)``, both float32."""
+        out = self.bert(ids_BxL, mask_BxL, types_BxL, rngs=rngs)
+        x_BxLxD = out["last_hidden_state"]
         if masked_positions_BxK is not None:
             x_BxLxD = jnp.take_along_axis(x_BxLxD, masked_positions_BxK[..., None], axis=1)
         word_VxD = self.bert.embeddings.word_embeddings.embedding[...]
-        return self.cls.predictions(x_BxLxD, word_VxD)
+        nsp_Bx2 = None
+        if self.cfg.next_sentence:
+            nsp_Bx2 = self.cls.seq_relationship(out["pooler_output"]).astype(jnp.float32)
+        return self.cls.predictions(x_BxLxD, word_VxD), nsp_Bx2
 
 
 class BertForSequenceClassification(nnx.Module):

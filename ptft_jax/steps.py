@@ -87,14 +87,17 @@ def _forward(task: str, graphdef, params, mb: dict, rngs) -> dict:
     if task == "classification":
         logits_BxC = model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"], rngs=rngs)
         return losses.classification_sums(logits_BxC, mb["labels"], mb["weights"])
-    logits_BxKxV = model(
+    logits_BxKxV, nsp_Bx2 = model.pretraining(
         mb["input_ids"],
         mb["attention_mask"],
         mb["token_type_ids"],
         mb["masked_positions"],
         rngs=rngs,
     )
-    return losses.mlm_sums(logits_BxKxV, mb["masked_ids"], mb["masked_weights"])
+    sums = losses.mlm_sums(logits_BxKxV, mb["masked_ids"], mb["masked_weights"])
+    if nsp_Bx2 is not None:
+        sums |= losses.nsp_sums(nsp_Bx2, mb["next_sentence_label"], mb["next_sentence_weight"])
+    return sums
 
 
 def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, seed: int):
@@ -105,6 +108,12 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
     """
     params, step = state["params"], state["step"]
     total_weight = jnp.maximum(jnp.sum(batch[WEIGHTS[task]]), 1.0)
+    nsp = "next_sentence_label" in batch  # BERT's second loss: the mean over the batch's pairs
+    total_pairs = jnp.maximum(jnp.sum(batch["next_sentence_weight"]), 1.0) if nsp else 1.0
+
+    def loss_of(sums):
+        return sums["loss_sum"] / total_weight + (sums["nsp_loss_sum"] / total_pairs if nsp else 0)
+
     step_key = jax.random.fold_in(jax.random.key(seed), step)
 
     def grads_of(index, mb):
@@ -112,7 +121,7 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
 
         def loss_fn(p):
             sums = _forward(task, graphdef, p, mb, nnx.Rngs(dropout=key))
-            return sums["loss_sum"] / total_weight, sums
+            return loss_of(sums), sums
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -126,10 +135,13 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
         grads, sums = grads_of(0, jax.tree.map(lambda x: x[0], batch))
     else:
         zeros = jax.tree.map(jnp.zeros_like, params)
-        sums0 = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "correct_sum", "weight_sum")}
+        keys = ("loss_sum", "correct_sum", "weight_sum")
+        sums0 = {
+            f"{p}{k}": jnp.zeros((), jnp.float32) for p in ("", "nsp_")[: 1 + nsp] for k in keys
+        }
         (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    loss, grad_norm = sums["loss_sum"] / total_weight, optax.global_norm(grads)
+    loss, grad_norm = loss_of(sums), optax.global_norm(grads)
     # A non-finite loss or gradient never reaches the state: that update is dropped (and
     # counted), so every checkpoint holds finite parameters.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -145,6 +157,9 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
         "learning_rate": schedule(step),
         "nonfinite": 1 - finite.astype(jnp.int32),
     }
+    if nsp:
+        metrics["nsp_loss"] = sums["nsp_loss_sum"] / total_pairs
+        metrics["nsp_accuracy"] = sums["nsp_correct_sum"] / total_pairs
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
 

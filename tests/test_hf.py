@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import huggingface_hub
 import jax
@@ -395,3 +396,48 @@ def test_classifier_with_another_label_count_starts_fresh(saved):
     _, folder = saved["classification"]
     _, _, fresh_paths = _load(folder, "classification", num_labels=NUM_LABELS + 2)
     assert sorted(fresh_paths) == ["classifier/bias", "classifier/kernel"]
+
+
+@nnx.jit
+def _pretraining(model, ids, mask, types):
+    return model.pretraining(ids, mask, types)
+
+
+def test_next_sentence_prediction_matches_bert_for_pretraining(batch, tmp_path):
+    """HF's BertForPreTraining (random weights) read by the product code gives the same MLM and
+    next-sentence logits; our export of it is again a BertForPreTraining with the same logits."""
+    hf_model = _randomise(transformers.BertForPreTraining(_hf_config()), 7)
+    hf_model.save_pretrained(tmp_path / "in")
+    cfg = ModelConfig(**hf.read_config(tmp_path / "in"), next_sentence=True, add_pooling_layer=True)
+    params, fresh = hf.load_params(hf.read_tensors(tmp_path / "in"), _fresh(cfg, "mlm"))
+    assert fresh == []
+    assert {"predictions", "seq_relationship"} <= set(params["cls"])
+    model = _build(cfg, "mlm", params)
+    mlm, nsp = _pretraining(model, *_arrays(batch))
+    with torch.no_grad():
+        expected = hf_model(**_torch_inputs(batch))
+    assert nsp.shape == (3, 2) and nsp.dtype == jnp.float32
+    diff = _max_diff(nsp, expected.seq_relationship_logits.numpy())
+    assert diff < ATOL, f"next-sentence logits: max abs diff {diff}"
+    diff = _max_diff(mlm, expected.prediction_logits.numpy(), batch["attention_mask"])
+    assert diff < ATOL, f"MLM logits: max abs diff {diff}"
+
+    host = jax.tree.map(np.asarray, params)
+    hf.export(
+        host, dataclasses.asdict(cfg), _VocabTokenizer(), tmp_path / "out", "BertForPreTraining"
+    )
+    again = transformers.AutoModelForPreTraining.from_pretrained(tmp_path / "out").eval()
+    assert type(again).__name__ == "BertForPreTraining"
+    with torch.no_grad():
+        out = again(**_torch_inputs(batch))
+    diff = _max_diff(out.seq_relationship_logits.numpy(), expected.seq_relationship_logits.numpy())
+    assert diff < ATOL, f"exported next-sentence logits: max abs diff {diff}"
+
+
+class _VocabTokenizer:
+    """Just what ``hf.export`` asks of a tokenizer."""
+
+    pad_token_id = 0
+
+    def save_pretrained(self, folder):
+        pathlib.Path(folder, "vocab.txt").write_text("\n".join(VOCAB) + "\n")

@@ -22,10 +22,13 @@ from ptft_jax.data.tokenize import special_ids, tokenize_cached
 
 @dataclasses.dataclass
 class Blocks:
-    """Fixed-length token blocks ``[N, L]`` with the number of real tokens in each."""
+    """Fixed-length token blocks ``[N, L]`` with the number of real tokens in each; for
+    next-sentence prediction also segment ids ``[N, L]`` and labels ``[N]`` (1: random B)."""
 
     ids: np.ndarray
     lengths: np.ndarray
+    types: np.ndarray | None = None
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,7 +91,19 @@ def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.n
     flat = rows.reshape(-1)
     idx = np.array([order[b * layout.global_rows + int(r)] for r in flat])
     out = mask_rows(blocks.ids[idx], blocks.lengths[idx], flat, spec, seed, b)
+    out |= _pairs(blocks, idx, np.ones(len(idx), bool))
     return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
+
+
+def _pairs(blocks: Blocks, idx: np.ndarray, real: np.ndarray) -> dict:
+    """Segment ids and next-sentence labels of rows ``idx`` (nothing for plain MLM blocks)."""
+    if blocks.labels is None:
+        return {}
+    return {
+        "token_type_ids": blocks.types[idx],
+        "next_sentence_label": blocks.labels[idx],
+        "next_sentence_weight": real.astype(np.float32),
+    }
 
 
 def masking_spec(data_cfg, tokenizer) -> MaskingSpec:
@@ -148,6 +163,7 @@ def eval_batches(
         lengths = np.where(real, blocks.lengths[safe], 1)
         out = mask_rows(blocks.ids[safe], lengths, flat, spec, seed + 1, b)
         out["masked_weights"] *= real[:, None]
+        out |= _pairs(blocks, safe, real)
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
 

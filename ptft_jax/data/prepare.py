@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ptft_jax.data import classify, pipeline, sources
+from ptft_jax.data import classify, nsp, pipeline, sources
 from ptft_jax.data.builtin import cache_dir
 from ptft_jax.data.tokenize import special_ids
 
@@ -36,8 +36,14 @@ def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
     train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
     tokenizer = get_tokenizer(train_texts)
     seq_len = cfg.data.max_seq_length
-    train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
-    eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
+    if "nsp" in cfg.train.objectives:  # sentence pairs, half of them with a random B
+        train_blocks, eval_blocks = (
+            nsp.pair_texts(texts, tokenizer, seq_len, cache_dir(), cfg.train.seed + i)
+            for i, texts in enumerate((train_texts, eval_texts))
+        )
+    else:
+        train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
+        eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
     spec = pipeline.masking_spec(cfg.data, tokenizer)
     t = cfg.train
     return TaskData(
