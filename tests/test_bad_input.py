@@ -108,7 +108,7 @@ CASES = [
     ("unknown key", "unknown config key 'train.lerning_rate'; check its spelling", False),
     ("wrong type", "--config.train.steps=ten is not an integer; pass an integer", False),
     ("missing data", "does not exist; set --config.data.source", False),
-    ("empty data", "has only empty texts in its train split; fill in the text field", False),
+    ("empty data", "has no records (in its train split); add records", False),
     ("non-UTF-8 data", "is not valid UTF-8 (byte 6); re-encode it as UTF-8", False),
     ("label outside num_labels", "has label 5, outside 0..1; set --config.model.num_labels", False),
     ("label unseen in training", "labels never seen in training (neutral)", False),
