@@ -135,14 +135,20 @@ def compile_report(cfg, topology: str) -> Report:
         peak_flops=peak * 1e12,
         compile_s=time.time() - t0,
     )
+    check_fits(report)
+    return report
+
+
+def check_fits(report: Report) -> None:
+    """Stop, naming the knobs, when one chip's share exceeds its HBM."""
     if report.total > report.hbm:
+        chip = report.topology.split(":")[0]
         raise config.ConfigError(
             f"One {chip} chip would need {report.total / GiB:.1f} GiB for this train step but "
-            f"has {hbm} GiB; lower train.batch_size (or raise train.grad_accum_steps), shard "
-            "parameters and optimizer state with --config.mesh.fsdp, or set "
-            "--config.model.remat=True."
+            f"has {report.hbm / GiB:.0f} GiB; lower train.batch_size (or raise "
+            "train.grad_accum_steps), shard parameters and optimizer state with "
+            "--config.mesh.fsdp, or set --config.model.remat=True."
         )
-    return report
 
 
 def describe(r: Report, cfg) -> str:

@@ -1,6 +1,7 @@
 """Pods on paper: the real train step compiled by the TPU compiler (libtpu) for TPU slices that
 this CPU machine does not have."""
 
+import dataclasses
 import pathlib
 import re
 import subprocess
@@ -49,12 +50,18 @@ def _tiny(**model):
     return c
 
 
-@pytest.mark.slow
 def test_a_step_that_does_not_fit_names_the_knobs():
-    cfg = _tiny()
-    cfg.train.batch_size = 2**16
-    with pytest.raises(config.ConfigError, match=r"One v5e chip would need [\d.]+ GiB .* has 16"):
-        aot.compile_report(cfg, "v5e:2x2")
+    """The compiler's numbers of a step too big for a v5e chip (16 GiB) stop the command."""
+    fits = aot.Report("v5e:2x2", 4, {"data": 4}, 2 * aot.GiB, 13 * aot.GiB, 0, 2**20, 16 * aot.GiB,
+                      1e12, 197e12, 1.0)  # fmt: skip
+    aot.check_fits(fits)
+    too_big = dataclasses.replace(fits, temporaries=14 * aot.GiB)
+    with pytest.raises(
+        config.ConfigError, match=r"One v5e chip would need 16.0 GiB .* has 16"
+    ) as e:
+        aot.check_fits(too_big)
+    for knob in ("train.batch_size", "--config.mesh.fsdp", "--config.model.remat=True"):
+        assert knob in str(e.value)
 
 
 def test_unknown_topology_is_one_sentence():

@@ -5,9 +5,9 @@ tokens. A chunk's first sentences (a random number of them; a one-sentence chunk
 random token) are segment A; with probability one half segment B is the rest of the chunk
 (label 0, "is next"), otherwise B is as many tokens from a random place in another document
 (label 1) and the chunk's unused sentences go back to be read again. So the labels are balanced
-and B's length does not give them away. A pair longer than the budget loses tokens from its longer segment, at the front or
-the back at random. Rows are ``[CLS] A [SEP] B [SEP]`` with segment ids 0 then 1; the pairs are
-fixed for the run (seeded), while masking stays dynamic.
+and B's length does not give them away. A pair longer than the budget loses tokens from its
+longer segment, at the front or the back at random. Rows are ``[CLS] A [SEP] B [SEP]`` with
+segment ids 0 then 1; the pairs are fixed for the run (seeded), while masking stays dynamic.
 """
 
 from __future__ import annotations
