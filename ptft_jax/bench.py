@@ -113,7 +113,7 @@ class _TrainCfg(dict):
     __getattr__ = dict.__getitem__
 
 
-def _peak_rss() -> int:
+def peak_rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -175,90 +175,12 @@ def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> 
         "step_s": elapsed / steps,
         "compile_s": compile_s,
         "loss": float(metrics["loss"]),
-        "peak_memory_bytes": int(peak) if peak else _peak_rss(),
+        "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
         "head_rows": batch * masked_per_row(seq),
         "device": jax.local_devices()[0].device_kind,
         "devices": jax.local_device_count(),
         "versions": {"jax": jax.__version__},
-    }
-
-
-def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled: bool) -> dict:
-    """Time ``steps`` training steps of transformers' BertForMaskedLM on PyTorch."""
-    import torch
-    import transformers
-
-    cuda = torch.cuda.is_available()
-    device = "cuda" if cuda else "cpu"
-    torch.manual_seed(0)
-    layers, hidden, heads, inter = MODELS[model]
-    config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=max(512, seq),
-        attention_probs_dropout_prob=attention_dropout,
-        attn_implementation="sdpa",
-    )
-    net = transformers.BertForMaskedLM(config).to(device).train()
-    opt_kwargs = {"fused": True} if cuda else {"foreach": True}
-    opt = torch.optim.AdamW(
-        net.parameters(),
-        lr=TRAIN["learning_rate"],
-        betas=(TRAIN["adam_b1"], TRAIN["adam_b2"]),
-        eps=TRAIN["adam_eps"],
-        weight_decay=TRAIN["weight_decay"],
-        **opt_kwargs,
-    )
-    forward = torch.compile(net) if compiled else net
-    raw = random_batch(batch, seq)
-    ids = torch.from_numpy(raw["input_ids"]).long().to(device)
-    labels = torch.full_like(ids, -100)
-    rows = torch.arange(batch)[:, None]
-    labels[rows, torch.from_numpy(raw["masked_positions"]).long()] = (
-        torch.from_numpy(raw["masked_ids"]).long().to(device)
-    )
-    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
-    def one_step():
-        with autocast:
-            loss = forward(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels
-            ).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), TRAIN["max_grad_norm"])
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    t0 = time.perf_counter()
-    one_step()
-    sync()
-    first_s = time.perf_counter() - t0
-    for _ in range(max(warmup - 1, 0)):
-        one_step()
-    sync()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        loss = one_step()
-    sync()
-    step_s = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated() if cuda else None
-    return {
-        "step_s": step_s,
-        "compile_s": max(first_s - step_s, 0.0) if compiled else 0.0,
-        "loss": float(loss),
-        "peak_memory_bytes": int(peak) if peak else _peak_rss(),
-        "peak_memory_kind": "device" if peak else "host RSS",
-        "head_rows": batch * seq,
-        "device": torch.cuda.get_device_name() if cuda else "cpu",
-        "devices": 1,
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
     }
 
 
@@ -294,6 +216,8 @@ def _worker(args) -> None:
     if args.worker == "ptft_jax":
         out = run_ptft_jax(*common)
     else:
+        from ptft_jax.bench_peers import run_hf
+
         out = run_hf(*common, compiled=args.worker == "hf_compile")
     print(json.dumps(out))
 

@@ -339,18 +339,14 @@ def main(argv) -> None:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     metrics.quiet_logs()
     cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if flags.FLAGS.compile_only:  # pods on paper: no workdir, no data, no local devices
-        try:
-            print(aot.describe(aot.compile_report(cfg, flags.FLAGS.topology), cfg), flush=True)
-        except USER_ERRORS as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-        return
-    if cfg is None or not workdir:
+    if cfg is None or not (workdir or flags.FLAGS.compile_only):
         print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
         sys.exit(2)
     try:
         f = flags.FLAGS
+        if f.compile_only:  # pods on paper: no workdir, no data, no local devices
+            print(aot.describe(aot.compile_report(cfg, f.topology), cfg), flush=True)
+            return
         distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
         model_keys = tuple(
             a.split("=", 1)[0].removeprefix("--config.model.")
