@@ -83,6 +83,20 @@ def masked_per_row(seq: int) -> int:
     return max(1, round(MASK_RATE * seq))
 
 
+def model_fields(model: str, seq: int, attention_dropout: float) -> dict:
+    """The model's shape in the field names both ModelConfig and HF's BertConfig use."""
+    layers, hidden, heads, inter = MODELS[model]
+    return {
+        "vocab_size": VOCAB,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "intermediate_size": inter,
+        "max_position_embeddings": max(512, seq),
+        "attention_probs_dropout_prob": attention_dropout,
+    }
+
+
 def model_flops(model: str, batch: int, seq: int, head_rows: int) -> float:
     """Training FLOPs of one step (see the module doc); ``head_rows``: MLM head positions."""
     layers, hidden, _, inter = MODELS[model]
@@ -129,17 +143,7 @@ def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> 
     from ptft_jax import steps as steps_lib
     from ptft_jax.model import ModelConfig
 
-    layers, hidden, heads, inter = MODELS[model]
-    model_cfg = ModelConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=max(512, seq),
-        attention_probs_dropout_prob=attention_dropout,
-        dtype=dtype,
-    )
+    model_cfg = ModelConfig(**model_fields(model, seq, attention_dropout), dtype=dtype)
     tx, schedule = optim.make_optimizer(_TrainCfg(TRAIN), 10_000)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     raw = random_batch(batch, seq)

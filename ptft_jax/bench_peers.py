@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ptft_jax.bench import MODELS, TRAIN, VOCAB, peak_rss, random_batch
+from ptft_jax.bench import TRAIN, model_fields, peak_rss, random_batch
 
 
 def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled: bool) -> dict:
@@ -15,16 +15,8 @@ def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
-    layers, hidden, heads, inter = MODELS[model]
     config = transformers.BertConfig(
-        vocab_size=VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=max(512, seq),
-        attention_probs_dropout_prob=attention_dropout,
-        attn_implementation="sdpa",
+        **model_fields(model, seq, attention_dropout), attn_implementation="sdpa"
     )
     net = transformers.BertForMaskedLM(config).to(device).train()
     opt_kwargs = {"fused": True} if cuda else {"foreach": True}

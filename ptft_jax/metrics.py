@@ -36,7 +36,7 @@ def mlm_eval_metrics(sums: dict) -> dict:
     return out
 
 
-def _rows(path: pathlib.Path) -> list[dict]:
+def read_rows(path: pathlib.Path) -> list[dict]:
     """The complete rows of a metrics file (a line cut short by a crash is skipped)."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -63,7 +63,7 @@ class Writer:
             # Rows logged after the restored checkpoint (all rows of an attempt that died before
             # its first checkpoint) will be logged again: drop them, and a line a kill cut
             # short. The new file replaces the old in one rename, so a kill here loses nothing.
-            kept = [r for r in _rows(path) if resumed and r["step"] <= start_step]
+            kept = [r for r in read_rows(path) if resumed and r["step"] <= start_step]
             tmp = path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(tmp, path)

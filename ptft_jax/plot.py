@@ -114,12 +114,9 @@ def plot_attention(tokens, probs, out, layers=None, heads=None, title=""):
 def plot_curves(workdir: pathlib.Path, out):
     """Loss (train and validation) and the task's metric against the step."""
     plt = _pyplot()
-    rows = []
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
+    from ptft_jax.metrics import read_rows
+
+    rows = read_rows(workdir / "metrics.jsonl")
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "validation"]
     if not train and not val:
