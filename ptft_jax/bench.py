@@ -49,8 +49,8 @@ PRESETS = {
         "dtype": "float32",
         "peers": ["hf_eager"],
         "attention_dropout": 0.1,  # BERT's
-        "warmup": 2,
-        "steps": 10,
+        "warmup": 3,
+        "steps": 20,
     },
     "gpu": {
         "model": "bert-base",

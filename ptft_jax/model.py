@@ -24,7 +24,7 @@ from flax import nnx
 from flax.core import spmd
 from jax.sharding import PartitionSpec
 
-from ptft_jax.dropout import dropout
+from ptft_jax.ops import add_bias, dropout, gelu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,11 +107,6 @@ def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
         bias_init=_init(nnx.initializers.zeros_init(), ("norm",)),
         rngs=rngs,
     )
-
-
-def gelu(x: jax.Array) -> jax.Array:
-    """The exact erf GELU of BERT (``hidden_act="gelu"``)."""
-    return jax.nn.gelu(x, approximate=False)
 
 
 class BertEmbeddings(nnx.Module):
@@ -328,7 +323,7 @@ class BertLMPredictionHead(nnx.Module):
             word_embeddings_VxD.astype(self.cfg.jnp_dtype),
             preferred_element_type=jnp.float32,
         )
-        return constrain(logits_BxKxV + self.bias[...], ("batch", None, "act_vocab"))
+        return constrain(add_bias(logits_BxKxV, self.bias[...]), ("batch", None, "act_vocab"))
 
 
 class BertPreTrainingHeads(nnx.Module):

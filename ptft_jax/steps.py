@@ -140,15 +140,19 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
             f"{p}{k}": jnp.zeros((), jnp.float32) for p in ("", "nsp_")[: 1 + nsp] for k in keys
         }
         (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
     loss, grad_norm = loss_of(sums), optax.global_norm(grads)
     # A non-finite loss or gradient never reaches the state: that update is dropped (and
-    # counted), so every checkpoint holds finite parameters.
+    # counted), so every checkpoint holds finite parameters. (A cond, not a select over the
+    # whole state: the update then runs in place, without a second pass over params and
+    # moments.)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    params, opt_state = jax.tree.map(
-        lambda new, old: jnp.where(finite, new, old),
-        (optax.apply_updates(params, updates), opt_state),
-        (params, state["opt_state"]),
+
+    def update(params, opt_state):
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(
+        finite, update, lambda p, o: (p, o), params, state["opt_state"]
     )
     metrics = {
         "loss": loss,

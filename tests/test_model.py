@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ptft_jax.dropout import dropout
+from ptft_jax.ops import dropout
 
 
 @pytest.mark.parametrize("rate", [0.1, 0.5])

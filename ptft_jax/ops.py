@@ -1,4 +1,6 @@
-"""Dropout whose masks are a keyed hash of each element's global index."""
+"""Elementwise pieces of the model whose cost or gradient we choose by hand: dropout whose
+masks are a keyed hash of each element's global index, BERT's GELU, and a bias add whose
+gradient is a product rather than a reduction."""
 
 from __future__ import annotations
 
@@ -36,3 +38,28 @@ def dropout(x: jax.Array, rate: float, rngs: nnx.Rngs | None) -> jax.Array:
     bits = _hash32(_hash32(index ^ words[0]) ^ words[1])
     keep = bits >= jnp.uint32(min(round(rate * 2.0**32), 2**32 - 1))
     return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+@jax.custom_vjp
+def add_bias(x_BxKxV: jax.Array, bias_V: jax.Array) -> jax.Array:
+    """``x + bias``, whose bias gradient is a matrix-vector product: on CPUs XLA's reduction
+    over the rows of the MLM logits took 30 ms at 608 x 30,522, the product 2 ms."""
+    return x_BxKxV + bias_V
+
+
+def _add_bias_fwd(x, bias):
+    return x + bias, (jnp.ones(x.shape[:-1], x.dtype), bias)
+
+
+def _add_bias_bwd(res, g):
+    ones, bias = res
+    return g, jnp.einsum("...v,...->v", g, ones).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """The exact erf GELU of BERT (``hidden_act="gelu"``), in PyTorch's form: through erf,
+    whose XLA expansion is a few times cheaper than the erfc jax.nn.gelu uses."""
+    return x * 0.5 * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
