@@ -16,7 +16,7 @@ import ml_collections
 
 from ptft_jax.model import SHAPE_FIELDS, ModelConfig
 
-TASKS = ("mlm", "classification")
+TASKS = ("mlm", "classification", "contrastive", "distill")
 
 
 class ConfigError(ValueError):
@@ -84,6 +84,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.trainable = ()  # regexes of trainable parameter paths; empty = all
     c.train.freeze_embeddings = False
     c.train.freeze_layers = 0  # freeze the lowest k encoder layers
+    # task=distill: the teacher (a workdir, hf:<folder or hub id>, builtin:...), the student's
+    # task ('' = the teacher's), its start (teacher layer indices; () = init_from or random),
+    # loss = alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * hard loss.
+    c.train.teacher = ""
+    c.train.distill_task = ""
+    c.train.student_layers_from_teacher = ()
+    c.train.distill_alpha = 0.5
+    c.train.distill_temperature = 2.0
+    # task=contrastive (SimCSE): supervised when data.text_pair_field names the positives.
+    c.train.temperature = 0.05
+    c.train.probe_source = "builtin:mr"  # linear-probe accuracy on this labelled set ('' = off)
+    c.train.probe_examples = 0  # 0 = all; a cap on each probe split for quick runs
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return c
@@ -146,6 +158,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"task={cfg.task!r} is not supported; set --config.task to one of {TASKS}."
         )
     m, d, t = cfg.model, cfg.data, cfg.train
+    if cfg.task == "distill":
+        if not t.teacher:
+            raise ConfigError("task=distill needs a teacher; set --config.train.teacher.")
+        if t.distill_task not in ("", "mlm", "classification"):
+            raise ConfigError(
+                f"train.distill_task={t.distill_task!r} is unknown; use 'classification' or "
+                "'mlm' (or '' for the teacher's task)."
+            )
+        if not 0.0 <= t.distill_alpha <= 1.0 or t.distill_temperature <= 0:
+            raise ConfigError(
+                "train.distill_alpha must be within [0, 1] and train.distill_temperature "
+                "positive; fix them."
+            )
+    if cfg.task == "contrastive" and t.grad_accum_steps != 1:
+        raise ConfigError(
+            "task=contrastive takes its negatives from the whole batch; set "
+            "--config.train.grad_accum_steps=1 and use FSDP to fit a larger batch."
+        )
     if tuple(t.objectives) not in (("mlm",), ("mlm", "nsp")) or (
         cfg.task != "mlm" and "nsp" in t.objectives
     ):
@@ -244,12 +274,18 @@ def apply_checkpoint_model(
     return cfg
 
 
+def model_task(cfg: ml_collections.ConfigDict) -> str:
+    """The model and data a run trains: its task, or for distillation the student's task."""
+    if cfg.task == "distill":
+        return cfg.train.distill_task or "classification"
+    return cfg.task
+
+
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
     """The frozen model description, built once from ``config.model``."""
     nsp = "nsp" in cfg.train.get("objectives", ())
-    return ModelConfig(
-        **cfg.model.to_dict(), add_pooling_layer=cfg.task != "mlm" or nsp, next_sentence=nsp
-    )
+    pooler = model_task(cfg) == "classification" or nsp
+    return ModelConfig(**cfg.model.to_dict(), add_pooling_layer=pooler, next_sentence=nsp)
 
 
 def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:

@@ -45,14 +45,21 @@ def evaluate(workdir_path: str, split: str = "validation") -> dict:
         raise config.ConfigError(f"--split={split!r} is unknown; use validation or test.")
     run = workdir.load(workdir_path)
     cfg = run.cfg
+    if config.model_task(cfg) == "contrastive":
+        raise config.ConfigError(
+            "A contrastive run is evaluated while it trains (loss, probe_accuracy in "
+            "metrics.jsonl); export it and fine-tune the encoder for a task to score it."
+        )
     shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
     rows = math.ceil(cfg.train.batch_size // cfg.train.grad_accum_steps / shards) * shards
     start, stop = sharding.process_rows(run.mesh, rows)
     layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop)
-    graphdef, _ = steps.abstract_model(run.model_cfg, cfg.task)
-    eval_step = jax.jit(functools.partial(steps.eval_step, task=cfg.task, graphdef=graphdef))
+    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(cfg))
+    eval_step = jax.jit(
+        functools.partial(steps.eval_step, task=config.model_task(cfg), graphdef=graphdef)
+    )
     with jax.set_mesh(run.mesh):
-        if cfg.task == "classification":
+        if config.model_task(cfg) == "classification":
             data = prepare.classification(
                 cfg, lambda _: run.tokenizer, layout, layout, run.path / "labels.json"
             )

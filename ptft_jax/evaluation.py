@@ -9,13 +9,27 @@ import numpy as np
 from ptft_jax import metrics, sharding
 
 
-def mlm(eval_step, params, batches, mesh, rows: int) -> dict:
-    """Loss, MLM accuracy and perplexity from summed statistics over every batch."""
+def _totals(eval_step, params, batches, mesh, rows: int) -> dict:
     totals = None
     for batch in batches:
         sums = eval_step(params, sharding.to_global(batch, mesh, rows))
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-    return metrics.mlm_eval_metrics(jax.device_get(totals))
+    return jax.device_get(totals)
+
+
+def mlm(eval_step, params, batches, mesh, rows: int) -> dict:
+    """Loss, MLM accuracy and perplexity from summed statistics over every batch."""
+    return metrics.mlm_eval_metrics(_totals(eval_step, params, batches, mesh, rows))
+
+
+def contrastive(eval_step, params, batches, mesh, rows: int) -> dict:
+    """InfoNCE loss and the share of rows whose positive ranks first, within each batch."""
+    sums = _totals(eval_step, params, batches, mesh, rows)
+    weight = max(float(sums["weight_sum"]), 1.0)
+    return {
+        "loss": float(sums["loss_sum"]) / weight,
+        "contrastive_accuracy": float(sums["correct_sum"]) / weight,
+    }
 
 
 def logits(eval_step, params, batches, mesh, rows: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,19 +19,23 @@ from absl import app, flags
 from ptft_jax import config, hf, metrics, workdir
 from ptft_jax.data.sources import DataError
 
-ARCHITECTURES = {"mlm": "BertForMaskedLM", "classification": "BertForSequenceClassification"}
+ARCHITECTURES = {
+    "mlm": "BertForMaskedLM",
+    "classification": "BertForSequenceClassification",
+    "contrastive": "BertModel",
+}
 
 
 def export(workdir_path: str, out: str) -> dict:
     """Write ``out`` from the latest checkpoint in ``workdir_path``; returns a short summary."""
     run = workdir.load(workdir_path)
     params = jax.device_get(run.params)
-    architecture = ARCHITECTURES[run.cfg.task]
+    architecture = ARCHITECTURES[config.model_task(run.cfg)]
     if run.model_cfg.next_sentence:
         architecture = "BertForPreTraining"
     fields = dataclasses.asdict(run.model_cfg)
     id2label = None
-    if run.cfg.task == "classification" and run.model_cfg.num_labels > 1:
+    if config.model_task(run.cfg) == "classification" and run.model_cfg.num_labels > 1:
         id2label = dict(enumerate(workdir.label_names(run)))
     hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture, id2label)
     return {"out": str(out), "architecture": architecture, "step": run.step}

@@ -381,11 +381,30 @@ class BertForSequenceClassification(nnx.Module):
         return self.classifier(pooled_BxD).astype(jnp.float32)
 
 
+class BertForSentenceEmbedding(nnx.Module):
+    """The encoder's last hidden states averaged over the real tokens (HF's BertModel, no
+    pooler, with sentence-transformers' mean pooling): one vector per text, float32."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.bert = BertModel(cfg, rngs)
+
+    def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
+        x_BxLxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
+            "last_hidden_state"
+        ].astype(jnp.float32)
+        mask_BxL = attention_mask_BxL.astype(jnp.float32)
+        return jnp.einsum("bld,bl->bd", x_BxLxD, mask_BxL) / jnp.maximum(
+            mask_BxL.sum(-1, keepdims=True), 1.0
+        )
+
+
+MODELS = {
+    "mlm": BertForMaskedLM,
+    "classification": BertForSequenceClassification,
+    "contrastive": BertForSentenceEmbedding,
+}
+
+
 def build_model(cfg: ModelConfig, task: str, seed: int) -> nnx.Module:
     """The model for ``task``, initialised from ``seed`` (call under jit/eval_shape to shard)."""
-    rngs = nnx.Rngs(params=seed)
-    if task == "mlm":
-        return BertForMaskedLM(cfg, rngs=rngs)
-    if task == "classification":
-        return BertForSequenceClassification(cfg, rngs=rngs)
-    raise ValueError(f"Unknown task {task!r}; set --config.task to 'mlm'.")
+    return MODELS[task](cfg, rngs=nnx.Rngs(params=seed))

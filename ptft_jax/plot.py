@@ -47,13 +47,13 @@ def attention_maps(run, text: str, text_pair: str | None = None):
     import jax.numpy as jnp
     from flax import nnx
 
-    from ptft_jax import steps
+    from ptft_jax import config, steps
 
     enc = run.tokenizer(text, text_pair, truncation=True, max_length=run.cfg.data.max_seq_length)
     ids = np.asarray([enc["input_ids"]], np.int32)
     types = np.asarray([enc.get("token_type_ids", [0] * ids.shape[1])], np.int32)
     mask = np.ones_like(ids)
-    graphdef, _ = steps.abstract_model(run.model_cfg, run.cfg.task)
+    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(run.cfg))
     cfg = run.model_cfg
 
     @jax.jit

@@ -43,7 +43,7 @@ def fill_mask(run: workdir.Run, texts: list[str], top_k: int = 5) -> list[dict]:
     for i, row in enumerate(is_mask):
         where = np.flatnonzero(row)
         positions[i, : len(where)] = where
-    graphdef, _ = steps.abstract_model(run.model_cfg, run.cfg.task)
+    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(run.cfg))
 
     @jax.jit
     def probabilities(params, ids, mask, types, positions):
@@ -84,7 +84,7 @@ def classify(run: workdir.Run, texts: list[str], pairs: list[str] | None = None)
         max_length=cfg.data.max_seq_length,
         return_tensors="np",
     )
-    graphdef, _ = steps.abstract_model(run.model_cfg, cfg.task)
+    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(cfg))
 
     @jax.jit
     def forward(params, ids, mask, types):
@@ -149,7 +149,11 @@ def main(argv) -> None:
     try:
         run = workdir.load(f.workdir)
         texts, pairs = _read_inputs(f.text, f.text_pair, f.file)
-        if run.cfg.task == "mlm":
+        if config.model_task(run.cfg) == "contrastive":
+            raise config.ConfigError(
+                "A contrastive run predicts no labels; export it (a BertModel) for embeddings."
+            )
+        if config.model_task(run.cfg) == "mlm":
             rows = fill_mask(run, texts, f.top_k)
         else:
             rows = classify(run, texts, pairs)

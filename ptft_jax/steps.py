@@ -77,39 +77,73 @@ def make_init_fn(model_cfg: ModelConfig, task: str, tx, mesh: Mesh, seed: int) -
 
 
 # The batch field that weighs each loss term, and the name of the accuracy metric, per task.
-WEIGHTS = {"mlm": "masked_weights", "classification": "weights"}
-ACCURACY = {"mlm": "mlm_accuracy", "classification": "accuracy"}
+WEIGHTS = {"mlm": "masked_weights", "classification": "weights", "contrastive": "weights"}
+ACCURACY = {
+    "mlm": "mlm_accuracy",
+    "classification": "accuracy",
+    "contrastive": "contrastive_accuracy",
+}
 
 
-def _forward(task: str, graphdef, params, mb: dict, rngs) -> dict:
-    """Summed loss statistics of one microbatch."""
+def _forward(task: str, graphdef, params, mb: dict, rngs, teacher=None, temperature=0.05) -> dict:
+    """Summed loss statistics of one microbatch. ``teacher``: ``(distill.Spec, its params)``;
+    ``temperature``: the contrastive softmax's."""
     model = nnx.merge(graphdef, params)
+    if task == "contrastive":
+        # Both views of a row side by side, [B, 2, L] -> [2B, L]: each device keeps its rows.
+        # Unsupervised, the second view is the same text under other dropout masks.
+        views = {
+            k: jnp.stack([mb[k], mb.get(f"pair_{k}", mb[k])], 1).reshape(-1, mb[k].shape[-1])
+            for k in ("input_ids", "attention_mask")
+        }
+        z_Bx2xD = model(views["input_ids"], views["attention_mask"], rngs=rngs).reshape(
+            *mb["input_ids"].shape[:1], 2, -1
+        )
+        return losses.contrastive_sums(z_Bx2xD, mb["weights"], temperature)
+    inputs = (mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
     if task == "classification":
-        logits_BxC = model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"], rngs=rngs)
-        return losses.classification_sums(logits_BxC, mb["labels"], mb["weights"])
-    logits_BxKxV, nsp_Bx2 = model.pretraining(
-        mb["input_ids"],
-        mb["attention_mask"],
-        mb["token_type_ids"],
-        mb["masked_positions"],
-        rngs=rngs,
-    )
-    sums = losses.mlm_sums(logits_BxKxV, mb["masked_ids"], mb["masked_weights"])
-    if nsp_Bx2 is not None:
-        sums |= losses.nsp_sums(nsp_Bx2, mb["next_sentence_label"], mb["next_sentence_weight"])
+        logits, labels, weights = model(*inputs, rngs=rngs), mb["labels"], mb["weights"]
+        sums = losses.classification_sums(logits, labels, weights)
+    else:
+        logits, nsp_Bx2 = model.pretraining(*inputs, mb["masked_positions"], rngs=rngs)
+        weights = mb["masked_weights"]
+        sums = losses.mlm_sums(logits, mb["masked_ids"], weights)
+        if nsp_Bx2 is not None:
+            sums |= losses.nsp_sums(nsp_Bx2, mb["next_sentence_label"], mb["next_sentence_weight"])
+    if teacher is not None:
+        spec, teacher_params = teacher
+        t_model = nnx.merge(spec.graphdef, teacher_params)
+        t_logits = t_model(
+            *inputs, *(() if task == "classification" else (mb["masked_positions"],))
+        )
+        sums = losses.distill_sums(logits, t_logits, sums, weights, spec.alpha, spec.temperature)
     return sums
 
 
-def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, seed: int):
+def train_step(
+    state: State,
+    batch: dict,
+    teacher_params=None,
+    *,
+    task: str,
+    graphdef,
+    tx,
+    schedule,
+    seed: int,
+    teacher=None,
+    temperature: float = 0.05,
+):
     """One optimizer update over all microbatches of ``batch``; returns (state, metrics).
 
     Each microbatch's summed loss is divided by the label count of the whole batch, so the
     accumulated gradient equals the gradient of the mean loss over the global batch exactly.
+    ``teacher`` (a static ``distill.Spec``) with ``teacher_params``: distillation.
     """
     params, step = state["params"], state["step"]
     total_weight = jnp.maximum(jnp.sum(batch[WEIGHTS[task]]), 1.0)
     nsp = "next_sentence_label" in batch  # BERT's second loss: the mean over the batch's pairs
     total_pairs = jnp.maximum(jnp.sum(batch["next_sentence_weight"]), 1.0) if nsp else 1.0
+    with_teacher = None if teacher is None else (teacher, teacher_params)
 
     def loss_of(sums):
         return sums["loss_sum"] / total_weight + (sums["nsp_loss_sum"] / total_pairs if nsp else 0)
@@ -120,7 +154,8 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
         key = jax.random.fold_in(step_key, index)
 
         def loss_fn(p):
-            sums = _forward(task, graphdef, p, mb, nnx.Rngs(dropout=key))
+            rngs = nnx.Rngs(dropout=key)
+            sums = _forward(task, graphdef, p, mb, rngs, with_teacher, temperature)
             return loss_of(sums), sums
 
         return jax.grad(loss_fn, has_aux=True)(params)
@@ -134,12 +169,9 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
         # No accumulator: the loop's zero-filled gradient buffers cost a pass over the model.
         grads, sums = grads_of(0, jax.tree.map(lambda x: x[0], batch))
     else:
-        zeros = jax.tree.map(jnp.zeros_like, params)
-        keys = ("loss_sum", "correct_sum", "weight_sum")
-        sums0 = {
-            f"{p}{k}": jnp.zeros((), jnp.float32) for p in ("", "nsp_")[: 1 + nsp] for k in keys
-        }
-        (grads, sums), _ = jax.lax.scan(microbatch, (zeros, sums0), (jnp.arange(num_micro), batch))
+        shapes = jax.eval_shape(grads_of, 0, jax.tree.map(lambda x: x[0], batch))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        (grads, sums), _ = jax.lax.scan(microbatch, zeros, (jnp.arange(num_micro), batch))
     loss, grad_norm = loss_of(sums), optax.global_norm(grads)
     # A non-finite loss or gradient never reaches the state: that update is dropped (and
     # counted), so every checkpoint holds finite parameters. (A cond, not a select over the
@@ -164,38 +196,101 @@ def train_step(state: State, batch: dict, *, task: str, graphdef, tx, schedule, 
     if nsp:
         metrics["nsp_loss"] = sums["nsp_loss_sum"] / total_pairs
         metrics["nsp_accuracy"] = sums["nsp_correct_sum"] / total_pairs
+    if teacher is not None:
+        metrics["kd_loss"] = sums["kd_loss_sum"] / total_weight
+        metrics["hard_loss"] = sums["hard_loss_sum"] / total_weight
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
 
-def eval_step(params, batch: dict, *, task: str, graphdef):
-    """MLM: summed loss/correct/weight. Classification: the logits, for exact host metrics."""
+def eval_step(params, batch: dict, *, task: str, graphdef, temperature: float = 0.05):
+    """MLM, contrastive: summed loss/correct/weight. Classification: the logits, for exact
+    host metrics."""
     mb = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
     if task == "classification":
         model = nnx.merge(graphdef, params)
         return model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
-    return _forward(task, graphdef, params, mb, None)
+    # Contrastive evaluation keeps dropout (fixed masks): without it both views are one.
+    rngs = nnx.Rngs(dropout=jax.random.key(0)) if task == "contrastive" else None
+    return _forward(task, graphdef, params, mb, rngs, temperature=temperature)
 
 
-def jit_steps(model_cfg: ModelConfig, task: str, tx, schedule, mesh: Mesh, seed: int, batch_keys):
-    """Jitted ``train_step(state, batch)`` (state donated) and ``eval_step(params, batch)``."""
+def jit_steps(
+    model_cfg: ModelConfig,
+    task: str,
+    tx,
+    schedule,
+    mesh: Mesh,
+    seed: int,
+    batch_keys,
+    teacher=None,
+    temperature: float = 0.05,
+):
+    """Jitted ``train_step(state, batch)`` (state donated) and ``eval_step(params, batch)``.
+
+    ``teacher``: ``(distill.Spec, parameters on the mesh)``; the train step then takes them as
+    a third argument, bound here, so callers still see ``(state, batch)``.
+    """
     graphdef, _ = abstract_model(model_cfg, task)
     state_sh = sharding.named(mesh, state_specs(model_cfg, task, tx, mesh))
     batch_sh = {k: NamedSharding(mesh, sharding.batch_spec(nd)) for k, nd in batch_keys.items()}
     replicated = NamedSharding(mesh, PartitionSpec())
+    static = dict(task=task, graphdef=graphdef, temperature=temperature)
+    spec, teacher_params = teacher or (None, None)
+    teacher_sh = () if teacher is None else (jax.tree.map(lambda x: x.sharding, teacher_params),)
     train = jax.jit(
-        functools.partial(
-            train_step, task=task, graphdef=graphdef, tx=tx, schedule=schedule, seed=seed
-        ),
-        in_shardings=(state_sh, batch_sh),
+        functools.partial(train_step, tx=tx, schedule=schedule, seed=seed, teacher=spec, **static),
+        in_shardings=(state_sh, batch_sh, *teacher_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
+    if teacher is not None:
+        train = Bound(train, teacher_params)
     evaluate = jax.jit(
-        functools.partial(eval_step, task=task, graphdef=graphdef),
+        functools.partial(eval_step, **static),
         in_shardings=(state_sh["params"], batch_sh),
         out_shardings=replicated,
     )
     return train, evaluate, state_sh
+
+
+def jit_embed(model_cfg: ModelConfig, mesh: Mesh):
+    """Jitted ``(params, batch) -> [rows, D]`` sentence embeddings of a contrastive model
+    (batch ``[1, rows, L]``, as evaluation batches), replicated on every device."""
+    graphdef, _ = abstract_model(model_cfg, "contrastive")
+    state_sh = sharding.named(
+        mesh, sharding.param_specs(abstract_model(model_cfg, "contrastive")[1], mesh)
+    )
+
+    def embed(params, batch):
+        model = nnx.merge(graphdef, params)
+        ids, mask = (
+            batch[k].reshape(-1, batch[k].shape[-1]) for k in ("input_ids", "attention_mask")
+        )
+        return model(ids, mask)
+
+    batch_sh = NamedSharding(mesh, sharding.batch_spec(3))
+    return jax.jit(
+        embed,
+        in_shardings=(state_sh, {"input_ids": batch_sh, "attention_mask": batch_sh}),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
+
+
+class Bound:
+    """A jitted (or compiled) ``f(state, batch, extra)`` called as ``(state, batch)``, whose
+    ``lower(...).compile()`` stays bound: the teacher's parameters ride along this way."""
+
+    def __init__(self, fn, extra):
+        self.fn, self.extra = fn, extra
+
+    def __call__(self, state, batch):
+        return self.fn(state, batch, self.extra)
+
+    def lower(self, state, batch):
+        return Bound(self.fn.lower(state, batch, self.extra), self.extra)
+
+    def compile(self):
+        return Bound(self.fn.compile(), self.extra)
 
 
 def compile_ahead(jobs: dict, threads: int | None = None) -> dict:

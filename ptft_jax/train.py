@@ -24,11 +24,13 @@ from ptft_jax import (
     aot,
     checkpoint,
     config,
+    distill,
     distributed,
     evaluation,
     hf,
     metrics,
     optim,
+    probe,
     sharding,
     steps,
     stopping,
@@ -56,7 +58,13 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
     distributed.preflight(cfg)
+    teacher = distill.teacher_of(cfg) if cfg.task == "distill" else None
+    layers = tuple(cfg.train.student_layers_from_teacher)
+    if teacher is not None:
+        cfg = distill.student_config(cfg, teacher)  # the teacher's task, tokenizer, labels
     source = workdir_lib.pretrained(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
+    if teacher is not None and layers:
+        source = distill.student_source(teacher, layers)
     if source is not None:
         cfg = config.apply_checkpoint_model(cfg, source.fields, source.tokenizer, cli_model_keys)
         config.validate(cfg)
@@ -68,7 +76,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 "resuming with changed %s: the data order differs from the original run's",
                 ", ".join(changed),
             )
-    model_cfg = config.model_config(cfg)
+    model_cfg, kind = config.model_config(cfg), config.model_task(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
     accum = cfg.train.grad_accum_steps
     micro = cfg.train.batch_size // accum
@@ -79,24 +87,20 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
 
     # --- Data: records, tokenizer, the train dataset, the evaluation batches.
     get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
-    if cfg.task == "classification":
-        data = prepare.classification(
-            cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json"
-        )
-    else:
-        data = prepare.mlm(cfg, get_tokenizer, layout, eval_layout)
+    data = prepare.for_task(cfg, kind, get_tokenizer, layout, eval_layout, workdir / "labels.json")
     data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
     total_steps = cfg.train.steps
     if cfg.train.epochs and data.steps_per_epoch:
         total_steps = cfg.train.epochs * data.steps_per_epoch
     tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
-    init_fn = steps.make_init_fn(model_cfg, cfg.task, tx, mesh, cfg.train.seed)
+    init_fn = steps.make_init_fn(model_cfg, kind, tx, mesh, cfg.train.seed)
     pretrained = None
     if source is not None and not resuming:
         pretrained, fresh = hf.load_params(source.tensors(), jax.eval_shape(init_fn)["params"])
         heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
         note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
-        logging.warning("loaded %s%s", cfg.init_from, note)
+        origin = cfg.init_from or f"layers {layers} of the teacher {cfg.train.teacher}"
+        logging.warning("loaded %s%s", origin, note)
 
     # --- Everything checked: only now does the workdir get written.
     if jax.process_index() == 0:
@@ -115,18 +119,20 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         contextlib.ExitStack() as on_exit,
     ):
         # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
-        first = data.eval[0][0] if cfg.task == "classification" else data.eval[0]
+        first = data.eval[0][0] if kind == "classification" else data.eval[0]
         train_step, eval_step, state_sh = steps.jit_steps(
             model_cfg,
-            cfg.task,
+            kind,
             tx,
             schedule,
             mesh,
             cfg.train.seed,
             {k: v.ndim for k, v in first.items()},
+            teacher=teacher and distill.load_teacher(teacher, cfg, mesh),
+            temperature=cfg.train.temperature,
         )
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
-        best_ckpt = checkpoint.manager(workdir, 1, "best") if cfg.task == "classification" else None
+        best_ckpt = checkpoint.manager(workdir, 1, "best") if kind == "classification" else None
         latest = ckpt.latest_step()
         tracker = {"best": None, "best_step": None, "since_best": 0}
         if latest is not None:
@@ -158,18 +164,28 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 "raise --config.train.steps to train further"
             )
 
-        def evaluate(params, batches=None, labels=None) -> dict:
-            if cfg.task == "classification":
+        embed_step = steps.jit_embed(model_cfg, mesh) if data.probe else None
+
+        def evaluate(params, batches=None, labels=None, with_probe=False) -> dict:
+            if kind == "classification":
+                labels = data.eval_labels if labels is None else labels
                 return evaluation.classification(
                     eval_step,
                     params,
                     batches or data.eval,
-                    data.eval_labels if labels is None else labels,
+                    labels,
                     mesh,
                     micro,
                     model_cfg.num_labels,
                 )
-            return evaluation.mlm(eval_step, params, data.eval, mesh, micro)
+            if kind == "mlm":
+                return evaluation.mlm(eval_step, params, data.eval, mesh, micro)
+            out = evaluation.contrastive(eval_step, params, data.eval, mesh, micro)
+            if with_probe and data.probe:  # before and after training: a few seconds each
+                out["probe_accuracy"] = probe.accuracy(
+                    embed_step, params, data.probe, mesh, eval_layout
+                )
+            return out
 
         best_metric = cfg.train.metric_for_best or (
             "accuracy" if model_cfg.num_labels > 1 else "pearson"
@@ -179,7 +195,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         # shape; for classification, the train and eval steps of every length bucket, in
         # parallel threads.
         local, batch, compile_s, ev = None, None, 0.0, {}
-        if step < stop_at and cfg.task == "mlm":
+        if step < stop_at and kind != "classification":
             t0 = time.time()
             local = next(data_iter)
             batch = sharding.to_global(local, mesh, layout.micro)
@@ -197,7 +213,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 f"compiled the train and eval steps for lengths {data.lengths} in {compile_s:.1f}s"
             )
         if step == 0 and total_steps:
-            ev = evaluate(state["params"])
+            ev = evaluate(state["params"], with_probe=True)
             writer.write(0, "validation", evaluation.scalars(ev))
 
         # --- The loop. The host runs at most two steps ahead and reads metrics at log steps.
@@ -246,7 +262,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             epoch_end = data.steps_per_epoch and step % data.steps_per_epoch == 0
             stop_early = False
             if step % cfg.train.eval_every == 0 or last or epoch_end:
-                ev = evaluate(state["params"])
+                ev = evaluate(state["params"], with_probe=last)
                 writer.write(step, "validation", evaluation.scalars(ev))
                 if best_ckpt is not None:
                     if metrics.is_better(best_metric, ev[best_metric], tracker["best"]):
@@ -314,7 +330,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             "step": step,
             "skipped_steps": skipped,
             "eval_loss": ev.get("loss", float("nan")),
-            "eval_accuracy": ev.get(steps.ACCURACY[cfg.task], float("nan")),
+            "eval_accuracy": ev.get(steps.ACCURACY[kind], float("nan")),
             "test": test,
             "tokens_per_s": tok_s,
             "compile_s": compile_s,
@@ -325,7 +341,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             extra = f", test {best_metric} {test[best_metric]:.4f}" if test else ""
             print(
                 f"done: step {step}, eval loss {summary['eval_loss']:.4f}, "
-                f"{steps.ACCURACY[cfg.task].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
+                f"{steps.ACCURACY[kind].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
                 f"{extra}, {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s, "
                 f"wall {summary['wall_s']:.1f}s",
                 flush=True,

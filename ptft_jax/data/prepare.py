@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ptft_jax.data import classify, nsp, pipeline, sources
+from ptft_jax.data import classify, contrastive, nsp, pipeline, sources
 from ptft_jax.data.builtin import cache_dir
 from ptft_jax.data.tokenize import special_ids
 
@@ -28,6 +28,16 @@ class TaskData:
     label_names: list[str] | None = None
     lengths: tuple[int, ...] = ()  # classification: the padded lengths (buckets) batches take
     summary: str = ""
+    probe: dict | None = None  # contrastive: labelled train/test Rows for the linear probe
+
+
+def for_task(cfg, kind: str, get_tokenizer: Callable, layout, eval_layout, labels_file):
+    """The data of a run whose model does ``kind`` (``config.model_task``)."""
+    if kind == "classification":
+        return classification(cfg, get_tokenizer, layout, eval_layout, labels_file)
+    if kind == "contrastive":
+        return contrastive_data(cfg, get_tokenizer, layout, eval_layout)
+    return mlm(cfg, get_tokenizer, layout, eval_layout)
 
 
 def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
@@ -51,6 +61,45 @@ def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
         train=pipeline.train_dataset(train_blocks, spec, layout, t.seed),
         eval=list(pipeline.eval_batches(eval_blocks, spec, eval_layout, t.seed, t.eval_batches)),
         summary=f"{len(train_blocks)} train / {len(eval_blocks)} eval blocks of {seq_len}",
+    )
+
+
+def contrastive_data(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
+    """SimCSE rows: sentences of documents (unsupervised) or text/text_pair positives."""
+    d, t = cfg.data, cfg.train
+    records = sources.load_records(d.source)
+    if not d.text_pair_field:
+        train_texts, eval_texts = pipeline.mlm_texts(d, records)
+        train_pairs = eval_pairs = None
+    else:
+
+        def texts(rows, field):
+            return [sources.text_of(r, field) for r in rows[: d.max_documents or None]]
+
+        a, b = texts(records["train"], d.text_field), texts(records["train"], d.text_pair_field)
+        if "validation" in records:
+            va = records["validation"]
+            train_texts, train_pairs = a, b
+            eval_texts, eval_pairs = texts(va, d.text_field), texts(va, d.text_pair_field)
+        else:
+            tr, ev = pipeline.split_documents(len(a), d.eval_fraction)
+            train_texts, train_pairs = [a[i] for i in tr], [b[i] for i in tr]
+            eval_texts, eval_pairs = [a[i] for i in ev], [b[i] for i in ev]
+    tokenizer = get_tokenizer(train_texts)
+    train = contrastive.rows(d, train_texts, train_pairs, tokenizer, cache_dir())
+    held_out = contrastive.rows(d, eval_texts, eval_pairs, tokenizer, cache_dir())
+    dataset, spe = contrastive.train_dataset(train, layout, t.seed)
+    probe = None
+    if t.probe_source:
+        probe = contrastive.probe_sets(t.probe_source, d, tokenizer, cache_dir(), t.probe_examples)
+    kind = "supervised pairs" if train_pairs else "sentences"
+    return TaskData(
+        tokenizer=tokenizer,
+        train=dataset,
+        eval=list(contrastive.eval_batches(held_out, eval_layout, t.eval_batches)),
+        steps_per_epoch=spe,
+        probe=probe,
+        summary=f"{len(train)} train / {len(held_out)} eval {kind}",
     )
 
 
