@@ -6,7 +6,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptft_jax import metrics, sharding
+from ptft_jax import metrics, probe, sharding
+
+
+def for_task(kind, eval_step, params, data, mesh, rows, model_cfg, batches, labels, probe_with):
+    """Metrics of ``params`` on the run's evaluation split (``batches``/``labels``: another
+    classification split); contrastive runs add the linear probe when ``probe_with`` is
+    ``(embed_step, layout)``."""
+    if kind == "classification":
+        labels = data.eval_labels if labels is None else labels
+        batches = batches or data.eval
+        return classification(eval_step, params, batches, labels, mesh, rows, model_cfg.num_labels)
+    if kind == "mlm":
+        return mlm(eval_step, params, data.eval, mesh, rows)
+    out = contrastive(eval_step, params, data.eval, mesh, rows)
+    if probe_with and data.probe:  # before and after training (embeds the whole probe set)
+        out["probe_accuracy"] = probe.accuracy(
+            probe_with[0], params, data.probe, mesh, probe_with[1]
+        )
+    return out
 
 
 def _totals(eval_step, params, batches, mesh, rows: int) -> dict:

@@ -21,10 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from flax.core import spmd
-from jax.sharding import PartitionSpec
 
-from ptft_jax.ops import add_bias, dropout, gelu
+from ptft_jax.ops import add_bias, constrain, dropout, gelu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,17 +61,6 @@ SHAPE_FIELDS = tuple(
     "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
     "max_position_embeddings type_vocab_size".split()
 )
-
-
-def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
-    """Sharding hint for an activation, by logical axis names; a no-op without rules or mesh."""
-    rules = spmd.get_logical_axis_rules()
-    mesh = jax.sharding.get_abstract_mesh()
-    if not rules or mesh.empty:
-        return x
-    table = dict(rules)
-    spec = PartitionSpec(*(table.get(name) if name else None for name in logical_axes))
-    return jax.lax.with_sharding_constraint(x, spec)
 
 
 def _init(init, names: tuple[str | None, ...]):
@@ -382,20 +369,17 @@ class BertForSequenceClassification(nnx.Module):
 
 
 class BertForSentenceEmbedding(nnx.Module):
-    """The encoder's last hidden states averaged over the real tokens (HF's BertModel, no
-    pooler, with sentence-transformers' mean pooling): one vector per text, float32."""
+    """The last hidden states averaged over real tokens (sentence-transformers' pooling) of
+    HF's BertModel without pooler: one float32 vector per text."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.bert = BertModel(cfg, rngs)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
-        x_BxLxD = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)[
-            "last_hidden_state"
-        ].astype(jnp.float32)
+        out = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)
         mask_BxL = attention_mask_BxL.astype(jnp.float32)
-        return jnp.einsum("bld,bl->bd", x_BxLxD, mask_BxL) / jnp.maximum(
-            mask_BxL.sum(-1, keepdims=True), 1.0
-        )
+        sum_BxD = jnp.einsum("bld,bl->bd", out["last_hidden_state"].astype(jnp.float32), mask_BxL)
+        return sum_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1.0)
 
 
 MODELS = {

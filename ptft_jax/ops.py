@@ -1,12 +1,14 @@
-"""Elementwise pieces of the model whose cost or gradient we choose by hand: dropout whose
-masks are a keyed hash of each element's global index, BERT's GELU, and a bias add whose
-gradient is a product rather than a reduction."""
+"""Small pieces of the model whose cost, gradient or placement we choose by hand: dropout whose
+masks are a keyed hash of each element's global index, BERT's GELU, a bias add whose gradient
+is a product rather than a reduction, and sharding hints by logical axis names."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from flax.core import spmd
+from jax.sharding import PartitionSpec
 
 
 def _hash32(x: jax.Array) -> jax.Array:
@@ -63,3 +65,14 @@ def gelu(x: jax.Array) -> jax.Array:
     """The exact erf GELU of BERT (``hidden_act="gelu"``), in PyTorch's form: through erf,
     whose XLA expansion is a few times cheaper than the erfc jax.nn.gelu uses."""
     return x * 0.5 * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
+
+
+def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
+    """Sharding hint for an activation, by logical axis names; a no-op without rules or mesh."""
+    rules = spmd.get_logical_axis_rules()
+    mesh = jax.sharding.get_abstract_mesh()
+    if not rules or mesh.empty:
+        return x
+    table = dict(rules)
+    spec = PartitionSpec(*(table.get(name) if name else None for name in logical_axes))
+    return jax.lax.with_sharding_constraint(x, spec)

@@ -30,7 +30,6 @@ from ptft_jax import (
     hf,
     metrics,
     optim,
-    probe,
     sharding,
     steps,
     stopping,
@@ -167,25 +166,10 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         embed_step = steps.jit_embed(model_cfg, mesh) if data.probe else None
 
         def evaluate(params, batches=None, labels=None, with_probe=False) -> dict:
-            if kind == "classification":
-                labels = data.eval_labels if labels is None else labels
-                return evaluation.classification(
-                    eval_step,
-                    params,
-                    batches or data.eval,
-                    labels,
-                    mesh,
-                    micro,
-                    model_cfg.num_labels,
-                )
-            if kind == "mlm":
-                return evaluation.mlm(eval_step, params, data.eval, mesh, micro)
-            out = evaluation.contrastive(eval_step, params, data.eval, mesh, micro)
-            if with_probe and data.probe:  # before and after training: a few seconds each
-                out["probe_accuracy"] = probe.accuracy(
-                    embed_step, params, data.probe, mesh, eval_layout
-                )
-            return out
+            probe_with = (embed_step, eval_layout) if with_probe else None
+            return evaluation.for_task(
+                kind, eval_step, params, data, mesh, micro, model_cfg, batches, labels, probe_with
+            )
 
         best_metric = cfg.train.metric_for_best or (
             "accuracy" if model_cfg.num_labels > 1 else "pearson"
@@ -339,6 +323,9 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         writer.close()
         if jax.process_index() == 0:
             extra = f", test {best_metric} {test[best_metric]:.4f}" if test else ""
+            extra += (
+                f", probe accuracy {ev['probe_accuracy']:.4f}" if "probe_accuracy" in ev else ""
+            )
             print(
                 f"done: step {step}, eval loss {summary['eval_loss']:.4f}, "
                 f"{steps.ACCURACY[kind].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
