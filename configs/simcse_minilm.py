@@ -1,5 +1,5 @@
 """Unsupervised SimCSE on builtin:wiki_en sentences from the built-in MiniLM-L6, with a linear
-probe on builtin:mr before and after (CPU-sized: about 15 minutes on 2 cores).
+probe on builtin:mr before and after (CPU-sized: about 22 minutes on 2 cores).
 
 python -m ptft_jax.train --config configs/simcse_minilm.py --workdir runs/simcse
 # supervised SimCSE: a source whose records hold a text and its positive
