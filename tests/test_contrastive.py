@@ -30,40 +30,45 @@ def _batch(rows=16, length=12, seed=0, vocab=96):
     }
 
 
-def _first_loss(model_cfg, batch, mesh_cfg, devices=None) -> float:
-    """The loss of one real contrastive train step on a mesh."""
+def _first_losses(model_cfg, batches, mesh_cfg, devices=None) -> list[float]:
+    """The loss of one real contrastive train step from the same initial state, per batch
+    (all of one shape: one compilation)."""
     mesh = sharding.make_mesh(mesh_cfg, devices)
     tcfg = config_lib.base_config().train
     tx, schedule = optim.make_optimizer(tcfg, 10)
+    out = []
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        state = steps.make_init_fn(model_cfg, "contrastive", tx, mesh, 0)()
+        init = steps.make_init_fn(model_cfg, "contrastive", tx, mesh, 0)
         train, _, _ = steps.jit_steps(
-            model_cfg, "contrastive", tx, schedule, mesh, 0, {k: v.ndim for k, v in batch.items()}
+            model_cfg,
+            "contrastive",
+            tx,
+            schedule,
+            mesh,
+            0,
+            {k: v.ndim for k, v in batches[0].items()},
         )
-        _, metrics = train(state, sharding.to_global(batch, mesh, batch["input_ids"].shape[1]))
-        return float(metrics["loss"])
+        for batch in batches:
+            rows = batch["input_ids"].shape[1]
+            _, metrics = train(init(), sharding.to_global(batch, mesh, rows))
+            out.append(float(metrics["loss"]))
+    return out
+
+
+def _first_loss(model_cfg, batch, mesh_cfg, devices=None) -> float:
+    return _first_losses(model_cfg, [batch], mesh_cfg, devices)[0]
 
 
 def test_negatives_come_from_every_device(tiny_model_cfg):
     """On 8 devices (2 rows each) the loss equals the one-device loss over all 16 rows, and
     differs from the mean of the 8 losses each device's rows alone would give."""
     batch = _batch()
+    one = {"data": 1, "fsdp": 1, "tensor": 1}
     sharded = _first_loss(tiny_model_cfg, batch, {"data": 8, "fsdp": 1, "tensor": 1})
-    whole = _first_loss(
-        tiny_model_cfg, batch, {"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]
-    )
+    whole = _first_loss(tiny_model_cfg, batch, one, jax.devices()[:1])
     np.testing.assert_allclose(sharded, whole, rtol=1e-5)
-    local = np.mean(
-        [
-            _first_loss(
-                tiny_model_cfg,
-                {k: v[:, 2 * d : 2 * d + 2] for k, v in batch.items()},
-                {"data": 1, "fsdp": 1, "tensor": 1},
-                jax.devices()[:1],
-            )
-            for d in range(8)
-        ]
-    )
+    shards = [{k: v[:, 2 * d : 2 * d + 2] for k, v in batch.items()} for d in range(8)]
+    local = np.mean(_first_losses(tiny_model_cfg, shards, one, jax.devices()[:1]))
     # 16 candidates per row versus 2: at initialisation about log 16 versus log 2.
     assert sharded > local + 1.0, (sharded, local)
     fsdp = _first_loss(tiny_model_cfg, batch, {"data": 2, "fsdp": 4, "tensor": 1})
