@@ -92,6 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.student_layers_from_teacher = ()
     c.train.distill_alpha = 0.5
     c.train.distill_temperature = 2.0
+    # classification: this many word-level variants of each training text (spans, word
+    # dropout; data/augment.py) join the training set with the teacher's soft labels only.
+    c.train.distill_augment = 0
     # task=contrastive (SimCSE): supervised when data.text_pair_field names the positives.
     c.train.temperature = 0.05
     c.train.probe_source = "builtin:mr"  # linear-probe accuracy on this labelled set ('' = off)
@@ -171,6 +174,13 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                 "train.distill_alpha must be within [0, 1] and train.distill_temperature "
                 "positive; fix them."
             )
+    if t.distill_augment < 0 or (
+        t.distill_augment and (cfg.task != "distill" or not t.distill_alpha)
+    ):
+        raise ConfigError(
+            "train.distill_augment adds rows that only a teacher labels: use it with "
+            "task=distill and distill_alpha > 0, as a count >= 0."
+        )
     if cfg.task == "contrastive" and t.grad_accum_steps != 1:
         raise ConfigError(
             "task=contrastive takes its negatives from the whole batch; set "

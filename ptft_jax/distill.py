@@ -81,6 +81,11 @@ def student_config(cfg: ml_collections.ConfigDict, teacher: Teacher) -> ml_colle
             f"train.distill_task={t.distill_task!r} but the teacher {t.teacher} is a "
             f"{teacher.task!r} model; drop train.distill_task or use another teacher."
         )
+    if t.distill_augment and teacher.task != "classification":
+        raise config.ConfigError(
+            "train.distill_augment makes variants of labelled texts, for a classification "
+            f"teacher; {t.teacher} is a {teacher.task!r} model, so set it to 0."
+        )
     if cfg.data.tokenizer and pathlib.Path(cfg.data.tokenizer) != teacher.tokenizer:
         raise config.ConfigError(
             "A student reads the teacher's token ids, so it uses the teacher's tokenizer; drop "

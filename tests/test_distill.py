@@ -15,7 +15,9 @@ from test_train import tiny_config
 
 from ptft_jax import config as config_lib
 from ptft_jax import distill, losses, optim, sharding, steps, workdir
+from ptft_jax.data import augment
 from ptft_jax.export import export
+from ptft_jax.model import build_model
 from ptft_jax.train import run
 
 
@@ -84,9 +86,9 @@ def test_student_from_teacher_layers_distils_and_exports(tmp_path):
         ):
             np.testing.assert_array_equal(x, y)
 
-    # Training: both loss terms are logged; the student exports as a classifier.
+    # Training (with a transfer set): both loss terms are logged; it exports as a classifier.
     w = tmp_path / "student"
-    summary = run(_student(teacher, student_layers_from_teacher=(0, 2)), w)
+    summary = run(_student(teacher, student_layers_from_teacher=(0, 2), distill_augment=2), w)
     rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
     train_rows = [r for r in rows if r["split"] == "train"]
     assert train_rows and all(np.isfinite(r["kd_loss"]) and r["kd_loss"] > 0 for r in train_rows)
@@ -99,6 +101,49 @@ def test_student_from_teacher_layers_distils_and_exports(tmp_path):
     export(str(w), str(tmp_path / "hf"))
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert hf.config.num_hidden_layers == 2
+
+
+def test_transfer_set_is_phrases_and_word_dropout():
+    texts = ["a gripping , beautiful film about grief", "dull", "not bad at all"]
+    extra, source = augment.transfer_set(texts, 4, seed=3)
+    assert list(source) == [0] * 4 + [2] * 4, "a one-word text has no variants"
+    again, _ = augment.transfer_set(texts, 4, seed=3)
+    assert extra == again and extra != augment.transfer_set(texts, 4, seed=4)[0]
+    for j, (text, i) in enumerate(zip(extra, source, strict=True)):
+        words, mine = texts[i].split(), text.split()
+        assert 1 <= len(mine) < len(words), (text, texts[i])
+        if j % 2 == 0:  # a phrase: contiguous words of the text
+            assert any(words[k : k + len(mine)] == mine for k in range(len(words)))
+        else:  # words dropped, order kept
+            it = iter(words)
+            assert all(w in it for w in mine)
+
+
+def test_transfer_rows_get_the_soft_loss_only(tiny_model_cfg):
+    """Rows of label weight 0 add to the teacher's (soft) term, never to the hard one."""
+    cfg = dataclasses.replace(tiny_model_cfg, num_labels=2, add_pooling_layer=True)
+    cfg = dataclasses.replace(cfg, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    rng = np.random.default_rng(1)
+    batch = {
+        "input_ids": rng.integers(5, 96, (6, 8)).astype(np.int32),
+        "attention_mask": np.ones((6, 8), np.int32),
+        "token_type_ids": np.zeros((6, 8), np.int32),
+        "labels": rng.integers(0, 2, 6).astype(np.int32),
+        "weights": np.ones(6, np.float32),
+        "label_weights": np.array([1, 1, 0, 1, 0, 0], np.float32),
+    }
+    graphdef, state = nnx.split(build_model(cfg, "classification", 0))
+    t_graphdef, t_params = nnx.split(build_model(cfg, "classification", 1))
+    spec = distill.Spec(t_graphdef, "classification", 0.5, 2.0)
+    out = steps._forward("classification", graphdef, state, batch, None, (spec, t_params))
+    logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["attention_mask"])
+    t_logits = nnx.merge(t_graphdef, t_params)(batch["input_ids"], batch["attention_mask"])
+    labelled = losses.classification_sums(logits, batch["labels"], batch["label_weights"])
+    every = losses.classification_sums(logits, batch["labels"], batch["weights"])
+    soft = losses.distill_sums(logits, t_logits, every, batch["weights"], 0.5, 2.0)
+    np.testing.assert_allclose(out["hard_loss_sum"], labelled["loss_sum"], rtol=1e-5)
+    np.testing.assert_allclose(out["kd_loss_sum"], soft["kd_loss_sum"], rtol=1e-5)
+    assert float(every["loss_sum"]) > float(labelled["loss_sum"]) + 1e-3
 
 
 def test_the_teacher_inside_the_step_is_the_teacher(tiny_model_cfg):
@@ -176,3 +221,6 @@ def test_distill_config_errors(tmp_path):
     with pytest.raises(config_lib.ConfigError, match="neither a finished workdir"):
         run(c, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+    c = _student(tmp_path / "nowhere", distill_augment=2, distill_alpha=0.0)
+    with pytest.raises(config_lib.ConfigError, match="distill_alpha > 0"):
+        run(c, tmp_path / "w")

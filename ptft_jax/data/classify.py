@@ -24,6 +24,8 @@ class Examples:
     ids: list[np.ndarray]
     type_ids: list[np.ndarray]
     labels: np.ndarray  # int32 class ids, or float32 targets for regression
+    # distillation's transfer set: 0 for rows scored by the teacher only (no hard label)
+    label_weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -174,13 +176,17 @@ def make_batch(ex: Examples, idx: np.ndarray, length: int, pad_id: int) -> dict:
         n = min(len(ex.ids[i]), length)
         ids[r, :n], types[r, :n], mask[r, :n] = ex.ids[i][:n], ex.type_ids[i][:n], 1
         labels[r] = ex.labels[i]
-    return {
+    out = {
         "input_ids": ids,
         "attention_mask": mask,
         "token_type_ids": types,
         "labels": labels,
         "weights": weights,
     }
+    if ex.label_weights is not None:
+        out["label_weights"] = np.where(idx >= 0, ex.label_weights[np.maximum(idx, 0)], 0.0)
+        out["label_weights"] = out["label_weights"].astype(np.float32)
+    return out
 
 
 def train_dataset(ex: Examples, sizes, layout, seed: int, pad_id: int):

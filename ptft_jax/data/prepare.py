@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ptft_jax.data import classify, contrastive, nsp, pipeline, sources
+from ptft_jax.data import augment, classify, contrastive, nsp, pipeline, sources
 from ptft_jax.data.builtin import cache_dir
 from ptft_jax.data.tokenize import special_ids
 
@@ -117,6 +117,8 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
             *((k, split[k]) for k in ("validation", "test") if k in split),
         ]
     }
+    if cfg.task == "distill" and cfg.train.distill_augment:
+        encoded["train"] = _with_transfer_set(cfg, train, encoded["train"], tokenizer, names)
     pad = special_ids(tokenizer)["pad"]
     lengths = np.array([len(x) for x in encoded["train"].ids])
     sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
@@ -132,6 +134,9 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
     eval_data, eval_labels = batches("validation")
     test_data, test_labels = batches("test")
     counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
+    if encoded["train"].label_weights is not None:
+        extra = int(np.sum(encoded["train"].label_weights == 0))
+        counts += f" (train: {len(encoded['train']) - extra} labelled + {extra} transfer)"
     return TaskData(
         tokenizer=tokenizer,
         train=dataset,
@@ -143,6 +148,23 @@ def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_fil
         label_names=names,
         lengths=sizes,
         summary=f"examples: {counts}; length buckets {sizes}",
+    )
+
+
+def _with_transfer_set(cfg, train, examples, tokenizer, names) -> classify.Examples:
+    """``examples`` followed by ``train.distill_augment`` variants of each training text
+    (``augment.transfer_set``), which carry no hard label (label weight 0)."""
+    d = cfg.data
+    texts = [sources.text_of(r, d.text_field) for r in train]
+    extra, source = augment.transfer_set(texts, cfg.train.distill_augment, cfg.train.seed)
+    records = [{**train[i], d.text_field: t} for t, i in zip(extra, source, strict=True)]
+    more = classify.encode(records, d, tokenizer, cfg.model.num_labels, names, "train")
+    weights = np.concatenate([np.ones(len(examples)), np.zeros(len(more))]).astype(np.float32)
+    return classify.Examples(
+        ids=examples.ids + more.ids,
+        type_ids=examples.type_ids + more.type_ids,
+        labels=np.concatenate([examples.labels, more.labels]),
+        label_weights=weights,
     )
 
 
