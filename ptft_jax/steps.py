@@ -105,8 +105,9 @@ def _forward(task: str, graphdef, params, mb: dict, rngs, teacher=None, temperat
         logits, labels, weights = model(*inputs, rngs=rngs), mb["labels"], mb["weights"]
         sums = losses.classification_sums(logits, labels, weights)
         if "label_weights" in mb:  # distillation's transfer rows: the teacher's labels only
-            hard = losses.classification_sums(logits, labels, weights * mb["label_weights"])
-            sums["loss_sum"] = hard["loss_sum"]
+            sums["loss_sum"] = losses.classification_sums(logits, labels, mb["label_weights"])[
+                "loss_sum"
+            ]
     else:
         logits, nsp_Bx2 = model.pretraining(*inputs, mb["masked_positions"], rngs=rngs)
         weights = mb["masked_weights"]

@@ -130,7 +130,7 @@ def test_transfer_rows_get_the_soft_loss_only(tiny_model_cfg):
         "token_type_ids": np.zeros((6, 8), np.int32),
         "labels": rng.integers(0, 2, 6).astype(np.int32),
         "weights": np.ones(6, np.float32),
-        "label_weights": np.array([1, 1, 0, 1, 0, 0], np.float32),
+        "label_weights": np.array([1, 1, 0, 1, 0, 0], np.float32),  # 0: transfer rows
     }
     graphdef, state = nnx.split(build_model(cfg, "classification", 0))
     t_graphdef, t_params = nnx.split(build_model(cfg, "classification", 1))

@@ -183,9 +183,10 @@ def make_batch(ex: Examples, idx: np.ndarray, length: int, pad_id: int) -> dict:
         "labels": labels,
         "weights": weights,
     }
+    # Rows whose label is trained on: real rows, less distillation's transfer rows.
+    out["label_weights"] = weights
     if ex.label_weights is not None:
-        out["label_weights"] = np.where(idx >= 0, ex.label_weights[np.maximum(idx, 0)], 0.0)
-        out["label_weights"] = out["label_weights"].astype(np.float32)
+        out["label_weights"] = weights * ex.label_weights[np.maximum(idx, 0)].astype(np.float32)
     return out
 
 
