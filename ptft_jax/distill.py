@@ -149,8 +149,12 @@ class Spec:
     temperature: float
 
 
-def load_teacher(teacher: Teacher, cfg, mesh) -> tuple[Spec, dict]:
-    """``(Spec, parameters placed on the mesh)``; stops when the teacher lacks its head."""
+def load_teacher(teacher: Teacher | None, cfg, mesh) -> tuple[Spec, dict] | None:
+    """``(Spec, parameters placed on the mesh)``; stops when the teacher lacks its head.
+    None without a teacher, and at ``distill_alpha=0``: the loss is then the hard-label loss
+    alone, so the teacher does not run (the student may still start from its layers)."""
+    if teacher is None or cfg.train.distill_alpha == 0:
+        return None
     graphdef, abstract = steps.abstract_model(teacher.model_cfg, teacher.task)
     specs = sharding.param_specs(abstract, mesh)
     params, fresh = hf.load_params(teacher.tensors(), nnx.to_pure_dict(abstract))

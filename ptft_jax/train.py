@@ -127,7 +127,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             mesh,
             cfg.train.seed,
             {k: v.ndim for k, v in first.items()},
-            teacher=teacher and distill.load_teacher(teacher, cfg, mesh),
+            teacher=distill.load_teacher(teacher, cfg, mesh),
             temperature=cfg.train.temperature,
         )
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)

@@ -212,6 +212,15 @@ def test_mlm_distillation_runs(tmp_path):
     assert any("kd_loss" in r for r in rows)
 
 
+def test_alpha_zero_does_not_run_the_teacher(tiny_model_cfg):
+    def unread():
+        raise AssertionError("the teacher's weights were read")
+
+    teacher = distill.Teacher("classification", tiny_model_cfg, {}, None, unread)
+    c = _student("unused", distill_alpha=0.0)
+    assert distill.load_teacher(teacher, c, None) is None
+
+
 def test_distill_config_errors(tmp_path):
     c = _student(tmp_path / "nowhere")
     c.train.teacher = ""
