@@ -22,8 +22,12 @@ def mlm_sums(logits_BxKxV: jax.Array, ids_BxK: jax.Array, weights_BxK: jax.Array
     }
 
 
-def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, weights_B: jax.Array) -> dict:
-    """Summed cross-entropy (or squared error when C == 1, regression) and correct count."""
+def classification_sums(
+    logits_BxC: jax.Array, labels_B: jax.Array, weights_B: jax.Array, loss_weights_B=None
+) -> dict:
+    """Summed cross-entropy (or squared error when C == 1, regression) and correct count.
+    ``loss_weights_B``: the rows the loss trains on, when not all of ``weights_B`` (the
+    transfer rows of distillation have no label of their own)."""
     logits_BxC = logits_BxC.astype(jnp.float32)
     if logits_BxC.shape[-1] == 1:
         err_B = (logits_BxC[:, 0] - labels_B.astype(jnp.float32)) ** 2
@@ -32,7 +36,7 @@ def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, weights_B: j
         err_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
         correct_B = (jnp.argmax(logits_BxC, axis=-1) == labels_B).astype(jnp.float32)
     return {
-        "loss_sum": jnp.sum(err_B * weights_B),
+        "loss_sum": jnp.sum(err_B * (weights_B if loss_weights_B is None else loss_weights_B)),
         "correct_sum": jnp.sum(correct_B * weights_B),
         "weight_sum": jnp.sum(weights_B),
     }

@@ -103,11 +103,7 @@ def _forward(task: str, graphdef, params, mb: dict, rngs, teacher=None, temperat
     inputs = (mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
     if task == "classification":
         logits, labels, weights = model(*inputs, rngs=rngs), mb["labels"], mb["weights"]
-        sums = losses.classification_sums(logits, labels, weights)
-        if "label_weights" in mb:  # distillation's transfer rows: the teacher's labels only
-            sums["loss_sum"] = losses.classification_sums(logits, labels, mb["label_weights"])[
-                "loss_sum"
-            ]
+        sums = losses.classification_sums(logits, labels, weights, mb.get("label_weights"))
     else:
         logits, nsp_Bx2 = model.pretraining(*inputs, mb["masked_positions"], rngs=rngs)
         weights = mb["masked_weights"]
