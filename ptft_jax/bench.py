@@ -11,12 +11,17 @@ subprocess: ptft_jax through the train step ``train.py`` uses (``steps.jit_steps
 (``hf_eager``) or under ``torch.compile`` (``hf_compile``). After warm-up steps, a number of
 timed steps give tokens/s (every position of every row is a real token: no padding).
 
-Model FLOPs per step (printed with the results):
-    tokens x (6 x encoder matmul parameters + 12 x layers x hidden x seq)
-    + 6 x (hidden^2 + hidden x vocab) x (rows the MLM head runs on)
-where the MLM head runs on the masked positions only in ptft_jax and on every position in
-``BertForMaskedLM``. ``mfu`` counts the FLOPs each system computes; ``mfu_common`` counts both
-on one basis, the head at masked positions (the work the loss needs). MFU divides by the chip's
+Model FLOPs per step (printed with the results), with R the rows the last layer's queries
+run on and P the rows the MLM head runs on:
+    tokens x (6 x lower layers' matmul parameters + 12 x (layers - 1) x hidden x seq)
+    + tokens x 6 x 2 hidden^2 (the last layer's keys and values)
+    + R x (6 x (2 hidden^2 + 2 hidden x intermediate) + 12 x hidden x seq)
+    + P x 6 x (hidden^2 + hidden x vocab)
+ptft_jax computes the last layer's queries, attention output, MLP and the MLM head at the
+masked positions only (R = P = masked positions: nothing else reaches the loss);
+``BertForMaskedLM`` computes them at every position (R = P = tokens, the textbook count).
+``mfu`` counts the FLOPs each system computes; ``mfu_common`` counts both on one basis, the
+work the loss needs (R = P = masked positions). MFU divides by the chip's
 dense peak (bf16 on GPUs, from the vendor's table) or, on CPUs, by the peak that a large fp32
 matmul reaches in JAX on the same machine (measured at start, in its own subprocess).
 
@@ -97,13 +102,16 @@ def model_fields(model: str, seq: int, attention_dropout: float) -> dict:
     }
 
 
-def model_flops(model: str, batch: int, seq: int, head_rows: int) -> float:
-    """Training FLOPs of one step (see the module doc); ``head_rows``: MLM head positions."""
+def model_flops(model: str, batch: int, seq: int, head_rows: int, last_rows: int) -> float:
+    """Training FLOPs of one step (see the module doc): ``head_rows`` rows of the MLM head,
+    ``last_rows`` rows of the last layer's queries, attention output and MLP."""
     layers, hidden, _, inter = MODELS[model]
-    encoder = layers * (4 * hidden * hidden + 2 * hidden * inter)
+    layer = 4 * hidden * hidden + 2 * hidden * inter
     tokens = batch * seq
-    attention = 12 * layers * hidden * seq
-    return tokens * (6 * encoder + attention) + 6 * (hidden * hidden + hidden * VOCAB) * head_rows
+    lower = tokens * (layers - 1) * (6 * layer + 12 * hidden * seq)
+    keys_values = tokens * 6 * 2 * hidden * hidden
+    queries = last_rows * (6 * (layer - 2 * hidden * hidden) + 12 * hidden * seq)
+    return lower + keys_values + queries + 6 * (hidden * hidden + hidden * VOCAB) * head_rows
 
 
 def random_batch(batch: int, seq: int, seed: int = 0) -> dict:
@@ -182,6 +190,7 @@ def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> 
         "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
         "head_rows": batch * masked_per_row(seq),
+        "last_layer_rows": batch * masked_per_row(seq),
         "device": jax.local_devices()[0].device_kind,
         "devices": jax.local_device_count(),
         "versions": {"jax": jax.__version__},
@@ -286,8 +295,9 @@ def main(argv=None) -> dict | None:
         shape_runs = {}
         for system in ["ptft_jax", *args.peers]:
             r = _spawn(system, args.model, batch, seq, args)
-            flops = model_flops(args.model, batch, seq, r["head_rows"])
-            common = model_flops(args.model, batch, seq, batch * masked_per_row(seq))
+            flops = model_flops(args.model, batch, seq, r["head_rows"], r["last_layer_rows"])
+            masked = batch * masked_per_row(seq)
+            common = model_flops(args.model, batch, seq, masked, masked)
             r = {
                 "system": system,
                 "model": args.model,
@@ -316,9 +326,12 @@ def main(argv=None) -> dict | None:
         "peak_flops": peak["peak_flops"],
         "peak_source": peak["peak_source"],
         "flops_formula": (
-            "tokens x (6 x encoder matmul params + 12 x layers x hidden x seq) + "
-            "6 x (hidden^2 + hidden x vocab) x MLM-head rows (ptft_jax: masked positions; "
-            "transformers: all positions; mfu_common: masked positions for both)"
+            "tokens x (6 x lower layers' matmul params + 12 x (layers-1) x hidden x seq) "
+            "+ tokens x 12 hidden^2 (last layer's keys, values) "
+            "+ R x (12 hidden^2 + 12 hidden x intermediate + 12 x hidden x seq) "
+            "+ P x 6 x (hidden^2 + hidden x vocab); R, P: rows of the last layer's queries and "
+            "of the MLM head (ptft_jax: masked positions; transformers: all positions; "
+            "mfu_common: masked positions for both)"
         ),
         "date": time.strftime("%Y-%m-%d"),
     }

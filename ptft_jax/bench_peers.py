@@ -71,6 +71,7 @@ def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled:
         "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
         "head_rows": batch * seq,
+        "last_layer_rows": batch * seq,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "devices": 1,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},

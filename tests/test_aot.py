@@ -9,19 +9,9 @@ import sys
 
 import pytest
 
-from ptft_jax import aot, config
+from ptft_jax import aot, bench, config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _bert_base_flops(batch: int, seq: int, preds: int) -> float:
-    """6 x matmul parameters per token for the encoder, the MLM head at its masked positions,
-    and 12 x layers x hidden x seq per token for attention scores and values."""
-    hidden, layers, inter, vocab = 768, 12, 3072, 30522
-    encoder = layers * (4 * hidden * hidden + 2 * hidden * inter)
-    head = hidden * hidden + hidden * vocab
-    tokens = batch * seq
-    return 6 * encoder * tokens + 6 * head * batch * preds + 12 * layers * hidden * seq * tokens
 
 
 @pytest.mark.slow
@@ -38,7 +28,9 @@ def test_bert_base_compiles_for_a_v5p_slice():
     arguments = float(re.search(r"arguments ([\d.]+) GiB", out)[1])
     assert 1.1 < arguments < 1.4, out
     flops = float(re.search(r"FLOPs per step: ([\d.e+]+)", out)[1])
-    assert flops == pytest.approx(_bert_base_flops(256, 128, 20), rel=0.1), out
+    assert flops == pytest.approx(
+        bench.model_flops("bert-base", 256, 128, 256 * 20, 256 * 20), rel=0.1
+    ), out
 
 
 def _tiny(**model):

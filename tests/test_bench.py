@@ -53,7 +53,7 @@ def test_flops_formula_matches_the_compiler():
         state = jax.eval_shape(steps.make_init_fn(cfg, "mlm", tx, mesh, 0))
         cost = train.lower(state, abstract).compile().cost_analysis()
     compiled = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    formula = bench.model_flops("bert-mini", batch, seq, batch * k)
+    formula = bench.model_flops("bert-mini", batch, seq, batch * k, batch * k)
     assert formula == pytest.approx(compiled, rel=0.1)
 
 
@@ -75,5 +75,6 @@ def test_bench_runs_without_the_data_stack_and_writes_its_json(tmp_path):
     assert result["ratios"] == {
         "hf_eager": pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
     }
-    assert ours["head_rows"] == 8 * 5 and peer["head_rows"] == 8 * 32
+    assert ours["head_rows"] == ours["last_layer_rows"] == 8 * 5
+    assert peer["head_rows"] == peer["last_layer_rows"] == 8 * 32
     assert '"ratios"' in done.stdout and "FLOPs per step" in done.stdout

@@ -98,11 +98,9 @@ def _load(folder, task: str, **overrides) -> tuple[ModelConfig, dict, list[str]]
     return cfg, params, fresh_paths
 
 
-@nnx.jit(static_argnames=("return_all_hidden", "first_token_only"))
-def _bert_forward(bert, ids, mask, types, return_all_hidden=False, first_token_only=False):
-    return bert(
-        ids, mask, types, return_all_hidden=return_all_hidden, first_token_only=first_token_only
-    )
+@nnx.jit(static_argnames=("return_all_hidden",))
+def _bert_forward(bert, ids, mask, types, return_all_hidden=False, positions=None):
+    return bert(ids, mask, types, return_all_hidden=return_all_hidden, positions_BxQ=positions)
 
 
 @nnx.jit
@@ -219,7 +217,8 @@ def test_loaded_checkpoint_matches_hf(saved, batch, task):
         diff = _max_diff(out["pooler_output"], pooled)
         assert diff < ATOL, f"pooler_output: max abs diff {diff}"
         # The classifier's path computes only position 0 in the last layer: same pooled output.
-        first = _bert_forward(model.bert, *_arrays(batch), first_token_only=True)
+        zeros = jnp.zeros((len(batch["input_ids"]), 1), jnp.int32)
+        first = _bert_forward(model.bert, *_arrays(batch), positions=zeros)
         assert first["last_hidden_state"].shape[1] == 1
         diff = _max_diff(first["pooler_output"], pooled)
         assert diff < ATOL, f"first-token-only pooler_output: max abs diff {diff}"
@@ -399,8 +398,8 @@ def test_classifier_with_another_label_count_starts_fresh(saved):
 
 
 @nnx.jit
-def _pretraining(model, ids, mask, types):
-    return model.pretraining(ids, mask, types)
+def _pretraining(model, ids, mask, types, positions=None):
+    return model.pretraining(ids, mask, types, positions)
 
 
 def test_next_sentence_prediction_matches_bert_for_pretraining(batch, tmp_path):
@@ -421,6 +420,15 @@ def test_next_sentence_prediction_matches_bert_for_pretraining(batch, tmp_path):
     assert diff < ATOL, f"next-sentence logits: max abs diff {diff}"
     diff = _max_diff(mlm, expected.prediction_logits.numpy(), batch["attention_mask"])
     assert diff < ATOL, f"MLM logits: max abs diff {diff}"
+    # At masked positions the last layer computes position 0 (for the pooler) and those rows.
+    positions = np.array([[4, 9, 2], [6, 1, 1], [2, 0, 1]], np.int32)
+    mlm_at, nsp_at = _pretraining(model, *_arrays(batch), jnp.asarray(positions))
+    rows = np.take_along_axis(expected.prediction_logits.numpy(), positions[..., None], axis=1)
+    assert mlm_at.shape == rows.shape
+    diff = _max_diff(mlm_at, rows)
+    assert diff < ATOL, f"MLM logits at masked positions: max abs diff {diff}"
+    diff = _max_diff(nsp_at, expected.seq_relationship_logits.numpy())
+    assert diff < ATOL, f"next-sentence logits with masked positions: max abs diff {diff}"
 
     host = jax.tree.map(np.asarray, params)
     hf.export(
