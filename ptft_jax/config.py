@@ -207,6 +207,15 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
+    if m.attention not in ("auto", "xla", "cudnn"):
+        raise ConfigError(f"model.attention={m.attention!r} is unknown; use auto, xla or cudnn.")
+    if m.attention == "cudnn" and (
+        m.dtype == "float32" or (m.hidden_size // m.num_attention_heads) % 8
+    ):
+        raise ConfigError(
+            "model.attention='cudnn' needs model.dtype='bfloat16' (or float16) and a head size "
+            "that is a multiple of 8; use model.attention='auto' to fall back to XLA."
+        )
     if (
         cfg.init_from
         and not cfg.init_from.startswith(("hf:", "builtin:"))

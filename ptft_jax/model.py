@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ptft_jax.ops import add_bias, constrain, dropout, gelu
+from ptft_jax.ops import add_bias, attention, attention_implementation, constrain, dropout, gelu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +43,7 @@ class ModelConfig:
     # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
     dtype: str = "float32"
     remat: bool = False  # keep only layer inputs for the backward: less memory, more FLOPs
+    attention: str = "auto"  # "xla", "cudnn" (fused, GPUs), or "auto": cuDNN where it runs
     add_pooling_layer: bool = False
     next_sentence: bool = False  # the NSP head of HF's BertForPreTraining (needs the pooler)
     num_labels: int = 2  # classification head outputs (1 = regression)
@@ -141,7 +142,7 @@ class BertSelfAttention(nnx.Module):
         self.key = dense(cfg, d, d, ("embed", "heads"), rngs)
         self.value = dense(cfg, d, d, ("embed", "heads"), rngs)
 
-    def __call__(self, x_BxQxD, x_BxLxD, mask_Bx1x1xL, *, rngs=None):
+    def __call__(self, x_BxQxD, x_BxLxD, mask_BxL, *, rngs=None):
         """Attention outputs for the queries ``x_BxQxD``; keys and values from ``x_BxLxD``."""
         cfg = self.cfg
         b, length, _ = x_BxLxD.shape
@@ -150,19 +151,15 @@ class BertSelfAttention(nnx.Module):
         q_BxLxNxH = constrain(self.query(x_BxQxD).reshape(*x_BxQxD.shape[:2], *heads), names)
         k_BxLxNxH = constrain(self.key(x_BxLxD).reshape(b, length, *heads), names)
         v_BxLxNxH = constrain(self.value(x_BxLxD).reshape(b, length, *heads), names)
-        if rngs is None or cfg.attention_probs_dropout_prob == 0.0:
-            out_BxLxNxH = jax.nn.dot_product_attention(
-                q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask_Bx1x1xL
-            )
-        else:
-            # dot_product_attention has no dropout; compute the probabilities explicitly.
-            logits = jnp.einsum(
-                "bqnh,bknh->bnqk", q_BxLxNxH, k_BxLxNxH, preferred_element_type=jnp.float32
-            ) / jnp.sqrt(jnp.float32(cfg.head_dim))
-            logits = jnp.where(mask_Bx1x1xL, logits, jnp.finfo(jnp.float32).min)
-            probs = jax.nn.softmax(logits, axis=-1)
-            probs = dropout(probs, cfg.attention_probs_dropout_prob, rngs)
-            out_BxLxNxH = jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
+        out_BxLxNxH = attention(
+            q_BxLxNxH,
+            k_BxLxNxH,
+            v_BxLxNxH,
+            mask_BxL,
+            implementation=attention_implementation(cfg.attention, cfg.dtype, cfg.head_dim),
+            dropout_rate=cfg.attention_probs_dropout_prob,
+            rngs=rngs,
+        )
         return out_BxLxNxH.reshape(*x_BxQxD.shape[:2], cfg.hidden_size)
 
 
@@ -182,10 +179,10 @@ class BertAttention(nnx.Module):
         self.self = BertSelfAttention(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, positions_BxQ=None):
+    def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, positions_BxQ=None):
         at = positions_BxQ is not None
         x_BxQxD = jnp.take_along_axis(x_BxLxD, positions_BxQ[..., None], 1) if at else x_BxLxD
-        h_BxQxD = self.self(x_BxQxD, x_BxLxD, mask_Bx1x1xL, rngs=rngs)
+        h_BxQxD = self.self(x_BxQxD, x_BxLxD, mask_BxL, rngs=rngs)
         return self.output(h_BxQxD, x_BxQxD, rngs=rngs)
 
 
@@ -203,9 +200,9 @@ class BertLayer(nnx.Module):
         self.intermediate = BertIntermediate(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), rngs)
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, positions_BxQ=None):
+    def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, positions_BxQ=None):
         """Outputs at ``positions_BxQ`` (every position when None); keys span them all."""
-        a_BxLxD = self.attention(x_BxLxD, mask_Bx1x1xL, rngs=rngs, positions_BxQ=positions_BxQ)
+        a_BxLxD = self.attention(x_BxLxD, mask_BxL, rngs=rngs, positions_BxQ=positions_BxQ)
         out_BxLxD = self.output(self.intermediate(a_BxLxD), a_BxLxD, rngs=rngs)
         return constrain(out_BxLxD, ("batch", "length", "act_embed"))
 
@@ -215,7 +212,7 @@ class BertEncoder(nnx.Module):
         self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
         self.remat = cfg.remat
 
-    def __call__(self, x_BxLxD, mask_Bx1x1xL, *, rngs=None, return_all=False, last_positions=None):
+    def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, return_all=False, last_positions=None):
         """``last_positions`` ``[B, Q]``: the last layer computes those positions only (what a
         pooled classifier or the MLM head reads), skipping most of that layer's work."""
         hidden = [x_BxLxD]
@@ -227,7 +224,7 @@ class BertEncoder(nnx.Module):
                 return m(x, mask, rngs=r, positions_BxQ=q)
 
             call = nnx.remat(call) if self.remat else call  # recompute in the backward pass
-            hidden.append(call(layer, hidden[-1], mask_Bx1x1xL, rngs))
+            hidden.append(call(layer, hidden[-1], mask_BxL, rngs))
         return hidden if return_all else hidden[-1]
 
 
@@ -267,12 +264,12 @@ class BertModel(nnx.Module):
         """
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-        mask_Bx1x1xL = attention_mask_BxL.astype(jnp.bool_)[:, None, None, :]
+        mask_BxL = attention_mask_BxL.astype(jnp.bool_)
         x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, rngs=rngs)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
         hidden = self.encoder(
             x_BxLxD,
-            mask_Bx1x1xL,
+            mask_BxL,
             rngs=rngs,
             return_all=True,
             last_positions=positions_BxQ,

@@ -1,6 +1,7 @@
 """Small pieces of the model whose cost, gradient or placement we choose by hand: dropout whose
 masks are a keyed hash of each element's global index, BERT's GELU, a bias add whose gradient
-is a product rather than a reduction, and sharding hints by logical axis names."""
+is a product rather than a reduction, the attention kernel (XLA's or cuDNN's), and sharding
+hints by logical axis names."""
 
 from __future__ import annotations
 
@@ -65,6 +66,41 @@ def gelu(x: jax.Array) -> jax.Array:
     """The exact erf GELU of BERT (``hidden_act="gelu"``), in PyTorch's form: through erf,
     whose XLA expansion is a few times cheaper than the erfc jax.nn.gelu uses."""
     return x * 0.5 * (1.0 + jax.lax.erf(x * (2.0**-0.5)))
+
+
+def attention_implementation(choice: str, dtype: str, head_dim: int) -> str:
+    """``"cudnn"`` or ``"xla"`` for ``model.attention``: ``auto`` picks cuDNN's fused flash
+    attention where it runs (a CUDA GPU, 16-bit matmuls, head size a multiple of 8 up to 128)
+    and XLA's softmax(QK^T)V elsewhere."""
+    if choice != "auto":
+        return choice
+    fits = dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
+    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+
+
+def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, dropout_rate, rngs):
+    """Softmax attention of the queries over the keys ``mask_BxL`` marks (padding on the right,
+    as every batch here has it), with dropout on the probabilities when ``rngs`` is given.
+
+    Attention dropout needs the probabilities, so it takes the explicit path; otherwise
+    ``jax.nn.dot_product_attention``, where cuDNN reads the mask as per-row key lengths (at
+    least 1, so an all-padding row stays finite) and never forms the [B, N, Q, L] scores.
+    """
+    if rngs is not None and dropout_rate > 0.0:
+        scale = jnp.sqrt(jnp.float32(q_BxQxNxH.shape[-1]))
+        logits = jnp.einsum(
+            "bqnh,bknh->bnqk", q_BxQxNxH, k_BxLxNxH, preferred_element_type=jnp.float32
+        )
+        logits = jnp.where(mask_BxL[:, None, None, :], logits / scale, jnp.finfo(jnp.float32).min)
+        probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs)
+        return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
+    if implementation == "cudnn":
+        lengths_B = jnp.maximum(mask_BxL.sum(-1), 1).astype(jnp.int32)
+        return jax.nn.dot_product_attention(
+            q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, key_value_seq_lengths=lengths_B, implementation="cudnn"
+        )
+    mask = mask_BxL[:, None, None, :]
+    return jax.nn.dot_product_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask)
 
 
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:

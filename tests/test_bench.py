@@ -76,5 +76,6 @@ def test_bench_runs_without_the_data_stack_and_writes_its_json(tmp_path):
         "hf_eager": pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
     }
     assert ours["head_rows"] == ours["last_layer_rows"] == 8 * 5
+    assert ours["attention"] == "xla" and "attention_fallback" not in ours  # CPUs: XLA's kernel
     assert peer["head_rows"] == peer["last_layer_rows"] == 8 * 32
     assert '"ratios"' in done.stdout and "FLOPs per step" in done.stdout

@@ -2,6 +2,7 @@
 
 import importlib.util
 import pathlib
+import re
 
 import pytest
 
@@ -23,3 +24,22 @@ def test_config_is_valid_and_documents_its_command(path):
     assert "python -m ptft_jax.train --config configs/" in module.__doc__
     for arg in getattr(module, "TASKS", {None: None}):
         validate(module.get_config() if arg is None else module.get_config(arg))
+
+
+@pytest.mark.parametrize(
+    "model,message",
+    [
+        ({"attention": "flash"}, "model.attention='flash' is unknown; use auto, xla or cudnn."),
+        ({"attention": "cudnn"}, "needs model.dtype='bfloat16'"),
+        ({"attention": "cudnn", "dtype": "bfloat16", "num_attention_heads": 64}, "multiple of 8"),
+    ],
+)
+def test_attention_choice_is_checked(model, message):
+    from ptft_jax.config import ConfigError, base_config
+
+    cfg = base_config()
+    cfg.model.update(model)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+    cfg.model.update(attention="cudnn", dtype="bfloat16", num_attention_heads=12)
+    validate(cfg)

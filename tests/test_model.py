@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ptft_jax import ops
 from ptft_jax.ops import dropout
 
 
@@ -46,3 +47,47 @@ def test_dropout_mask_does_not_depend_on_sharding():
     plain = np.asarray(f(x))
     sharded = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d")))
     np.testing.assert_array_equal(np.asarray(f(sharded)), plain)
+
+
+def test_attention_kernels_agree_and_padding_rows_stay_finite(monkeypatch):
+    """The cuDNN branch's call (key lengths from the mask), run through XLA's kernel here,
+    equals the masked XLA attention and the explicit (dropout) path on rows with real tokens."""
+    k = jax.random.split(jax.random.key(0), 3)
+    q_BxQxNxH = jax.random.normal(k[0], (3, 5, 2, 8))
+    k_BxLxNxH, v_BxLxNxH = (jax.random.normal(x, (3, 7, 2, 8)) for x in k[1:])
+    mask_BxL = jnp.arange(7)[None] < jnp.array([7, 3, 0])[:, None]
+    real = jax.nn.dot_product_attention
+
+    def through_xla(*args, implementation=None, **kwargs):
+        assert implementation == "cudnn" and "mask" not in kwargs
+        return real(*args, implementation="xla", **kwargs)
+
+    def run(implementation, rate=0.0, rngs=None):
+        return ops.attention(
+            q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL,
+            implementation=implementation, dropout_rate=rate, rngs=rngs,
+        )  # fmt: skip
+
+    xla = run("xla")
+    explicit = run("xla", rate=1e-9, rngs=nnx.Rngs(dropout=0))  # the dropout path, ~no drops
+    monkeypatch.setattr(jax.nn, "dot_product_attention", through_xla)
+    cudnn = run("cudnn")
+    assert bool(jnp.isfinite(cudnn).all())
+    np.testing.assert_allclose(cudnn[:2], xla[:2], atol=1e-5)  # rows with real tokens
+    np.testing.assert_allclose(explicit, xla, atol=1e-5)
+    v_changed = v_BxLxNxH.at[1, 3:].set(100.0)  # values past row 1's padding
+    again = ops.attention(
+        q_BxQxNxH,
+        k_BxLxNxH,
+        v_changed,
+        mask_BxL,
+        implementation="cudnn",
+        dropout_rate=0.0,
+        rngs=None,
+    )
+    np.testing.assert_allclose(again[1], cudnn[1], atol=1e-5)
+    assert ops.attention_implementation("auto", "float32", 64) == "xla"
+    assert ops.attention_implementation("auto", "bfloat16", 64) == (
+        "cudnn" if jax.default_backend() == "gpu" else "xla"
+    )
+    assert ops.attention_implementation("xla", "bfloat16", 64) == "xla"
