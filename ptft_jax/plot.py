@@ -9,7 +9,8 @@
 both axes, rows attending to columns. ``curves``: train and validation loss, and the task's
 metric, against the step, from ``W/metrics.jsonl``. ``learning_curve``: fine-tunes the config
 once per training-set size N (``data.max_train_examples``: a stratified, seeded subsample) into
-``W/n<N>`` and plots test accuracy against N (``W/learning_curve.json`` has the numbers).
+``W/n<N>``, the same ``--steps`` at every N, and plots test accuracy against N
+(``W/learning_curve.json`` has the numbers).
 ``python -m ptft_jax.evaluate`` also writes ``W/confusion_<split>.png`` for classification.
 """
 
@@ -163,23 +164,20 @@ def plot_confusion(matrix, names, out, title: str):
     return fig  # the caller closes it (plt.close) once done with it
 
 
-def learning_curve(cfg, workdir: pathlib.Path, sizes, min_steps: int = 30) -> list[dict]:
-    """Fine-tune ``cfg`` at every size in ``sizes``; each run trains at least ``min_steps``
-    steps (small sets get more epochs). Returns one row per size, also in
-    ``W/learning_curve.json``."""
-    import math
-
+def learning_curve(cfg, workdir: pathlib.Path, sizes, steps: int = 150, evals: int = 3):
+    """Fine-tune ``cfg`` at every size in ``sizes`` for the same ``steps`` steps (a small set
+    is seen for more epochs), evaluating on the validation split at step 0 and ``evals`` times
+    more; the config's ``metric_for_best`` picks the checkpoint the test split scores. Returns
+    one row per size, also in ``W/learning_curve.json``."""
     from ptft_jax.train import run
 
     rows = []
     for n in sizes:
         c = cfg.copy_and_resolve_references()
         c.data.max_train_examples = n
-        steps_per_epoch = math.ceil(n / c.train.batch_size)
-        c.train.epochs = max(c.train.epochs, math.ceil(min_steps / steps_per_epoch))
+        c.train.update(epochs=0, steps=steps, eval_every=max(1, -(-steps // evals)))
         summary = run(c, workdir / f"n{n}")
-        test = summary["test"]
-        rows.append({"n": n, "epochs": c.train.epochs, "steps": summary["step"], **test})
+        rows.append({"n": n, "steps": summary["step"], **summary["test"]})
         (workdir / "learning_curve.json").write_text(json.dumps(rows, indent=2) + "\n")
     return rows
 
@@ -221,7 +219,8 @@ def main(argv=None) -> None:
     lc.add_argument("--config", required=True, help="a classification config file")
     lc.add_argument("--workdir", required=True)
     lc.add_argument("--sizes", default="16,64,256,1024")
-    lc.add_argument("--min_steps", type=int, default=30)
+    lc.add_argument("--steps", type=int, default=150, help="training steps at every size")
+    lc.add_argument("--evals", type=int, default=3, help="validation passes per size")
     lc.add_argument("--out", default="learning_curve.png")
     args = p.parse_args(argv)
     if args.kind == "learning_curve":
@@ -231,9 +230,8 @@ def main(argv=None) -> None:
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         sizes = [int(x) for x in args.sizes.split(",")]
-        rows = learning_curve(
-            module.get_config(), pathlib.Path(args.workdir), sizes, args.min_steps
-        )
+        work = pathlib.Path(args.workdir)
+        rows = learning_curve(module.get_config(), work, sizes, args.steps, args.evals)
         title = f"{pathlib.Path(args.config).stem}: test score against training set size"
         fig = plot_learning_curve(rows, args.out, title)
     elif args.kind == "curves":

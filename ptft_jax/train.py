@@ -88,9 +88,8 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
     data = prepare.for_task(cfg, kind, get_tokenizer, layout, eval_layout, workdir / "labels.json")
     data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
-    total_steps = cfg.train.steps
-    if cfg.train.epochs and data.steps_per_epoch:
-        total_steps = cfg.train.epochs * data.steps_per_epoch
+    per_epoch = data.steps_per_epoch if cfg.train.epochs else 0  # then epoch ends evaluate too
+    total_steps = cfg.train.epochs * per_epoch if per_epoch else cfg.train.steps
     tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
     init_fn = steps.make_init_fn(model_cfg, kind, tx, mesh, cfg.train.seed)
     pretrained = None
@@ -243,7 +242,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 )
                 writer.write(step, "train", row)
                 pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
-            epoch_end = data.steps_per_epoch and step % data.steps_per_epoch == 0
+            epoch_end = per_epoch and step % per_epoch == 0
             stop_early = False
             if step % cfg.train.eval_every == 0 or last or epoch_end:
                 ev = evaluate(state["params"], with_probe=last)

@@ -93,10 +93,13 @@ def test_learning_curve_runs_and_plots(tmp_path):
 
     cfg = tiny_classifier()
     cfg.data.length_buckets = 1  # one compiled shape, shared by both runs
-    rows = plot.learning_curve(cfg, tmp_path, [16, 64], min_steps=4)
+    rows = plot.learning_curve(cfg, tmp_path, [16, 64], steps=4, evals=2)
     assert [r["n"] for r in rows] == [16, 64]
-    assert rows[0]["epochs"] == 4 and rows[1]["epochs"] == 2  # 1 and 4 steps an epoch
-    assert all(0 <= r["accuracy"] <= 1 and r["steps"] >= 4 for r in rows)
+    assert all(0 <= r["accuracy"] <= 1 and r["steps"] == 4 for r in rows)
+    for n in (16, 64):  # step 0, then two passes (steps 2 and 4), whatever the epochs
+        lines = (tmp_path / f"n{n}" / "metrics.jsonl").read_text().splitlines()
+        evals = [r["step"] for r in map(json.loads, lines) if r.get("split") == "validation"]
+        assert evals == [0, 2, 4], (n, evals)
     assert json.loads((tmp_path / "learning_curve.json").read_text()) == rows
     fig = plot.plot_learning_curve(rows, tmp_path / "lc.png", "tiny on builtin:mr")
     assert (tmp_path / "lc.png").read_bytes()[:8] == PNG
