@@ -79,3 +79,15 @@ def test_bench_runs_without_the_data_stack_and_writes_its_json(tmp_path):
     assert ours["attention"] == "xla" and "attention_fallback" not in ours  # CPUs: XLA's kernel
     assert peer["head_rows"] == peer["last_layer_rows"] == 8 * 32
     assert '"ratios"' in done.stdout and "FLOPs per step" in done.stdout
+
+
+def test_a_refused_cudnn_kernel_is_measured_as_xla_and_said(monkeypatch):
+    """Where "auto" picks cuDNN but the kernel cannot run (here: no GPU), the bench times XLA's
+    attention instead and records why, rather than failing the whole comparison."""
+    from ptft_jax import ops
+
+    monkeypatch.setattr(ops, "attention_implementation", lambda *a: "cudnn")
+    out = bench.run_ptft_jax("bert-tiny", 8, 16, "bfloat16", 0.0, warmup=1, steps=1)
+    assert out["attention"] == "xla"
+    assert out["attention_fallback"].startswith("cudnn failed: ")
+    assert out["step_s"] > 0 and out["loss"] == pytest.approx(10.3, abs=0.5)
