@@ -226,6 +226,9 @@ def main(argv=None) -> None:
     if args.kind == "learning_curve":
         import importlib.util
 
+        if min(args.steps, args.evals) < 1:
+            p.error("--steps and --evals must be at least 1.")
+
         spec = importlib.util.spec_from_file_location("ptft_jax_config", args.config)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
