@@ -207,6 +207,8 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
+    if m.remat_policy not in ("full", "dots"):
+        raise ConfigError(f"model.remat_policy={m.remat_policy!r} is unknown; use full or dots.")
     if m.attention not in ("auto", "xla", "cudnn"):
         raise ConfigError(f"model.attention={m.attention!r} is unknown; use auto, xla or cudnn.")
     if m.attention == "cudnn" and (

@@ -22,7 +22,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ptft_jax.ops import add_bias, attention, attention_implementation, constrain, dropout, gelu
+from ptft_jax import ops
+from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ class ModelConfig:
     # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
     dtype: str = "float32"
     remat: bool = False  # keep only layer inputs for the backward: less memory, more FLOPs
+    remat_policy: str = "full"  # or "dots": also keep the dense layers' outputs (ops.py)
     attention: str = "auto"  # "xla", "cudnn" (fused, GPUs), or "auto": cuDNN where it runs
     add_pooling_layer: bool = False
     next_sentence: bool = False  # the NSP head of HF's BertForPreTraining (needs the pooler)
@@ -156,7 +158,7 @@ class BertSelfAttention(nnx.Module):
             k_BxLxNxH,
             v_BxLxNxH,
             mask_BxL,
-            implementation=attention_implementation(cfg.attention, cfg.dtype, cfg.head_dim),
+            implementation=ops.attention_implementation(cfg.attention, cfg.dtype, cfg.head_dim),
             dropout_rate=cfg.attention_probs_dropout_prob,
             rngs=rngs,
         )
@@ -211,6 +213,7 @@ class BertEncoder(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
         self.remat = cfg.remat
+        self.policy = ops.REMAT_POLICIES[cfg.remat_policy]
 
     def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, return_all=False, last_positions=None):
         """``last_positions`` ``[B, Q]``: the last layer computes those positions only (what a
@@ -223,7 +226,7 @@ class BertEncoder(nnx.Module):
             def call(m, x, mask, r, q=q):
                 return m(x, mask, rngs=r, positions_BxQ=q)
 
-            call = nnx.remat(call) if self.remat else call  # recompute in the backward pass
+            call = nnx.remat(call, policy=self.policy) if self.remat else call  # backward reruns
             hidden.append(call(layer, hidden[-1], mask_BxL, rngs))
         return hidden if return_all else hidden[-1]
 

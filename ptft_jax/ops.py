@@ -103,6 +103,13 @@ def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, drop
     return jax.nn.dot_product_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask)
 
 
+# model.remat_policy: what a recomputed layer keeps from its forward pass for the backward.
+REMAT_POLICIES = {
+    "full": None,  # its input alone: the backward reruns the whole layer
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # + dense outputs
+}
+
+
 def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
     """Sharding hint for an activation, by logical axis names; a no-op without rules or mesh."""
     rules = spmd.get_logical_axis_rules()

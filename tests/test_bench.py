@@ -86,7 +86,8 @@ def test_a_refused_cudnn_kernel_is_measured_as_xla_and_said(monkeypatch):
     attention instead and records why, rather than failing the whole comparison."""
     from ptft_jax import ops
 
-    monkeypatch.setattr(ops, "attention_implementation", lambda *a: "cudnn")
+    auto_is_cudnn = lambda choice, *a: "cudnn" if choice == "auto" else choice  # noqa: E731
+    monkeypatch.setattr(ops, "attention_implementation", auto_is_cudnn)
     out = bench.run_ptft_jax("bert-tiny", 8, 16, "bfloat16", 0.0, warmup=1, steps=1)
     assert out["attention"] == "xla"
     assert out["attention_fallback"].startswith("cudnn failed: ")

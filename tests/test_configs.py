@@ -30,16 +30,19 @@ def test_config_is_valid_and_documents_its_command(path):
     "model,message",
     [
         ({"attention": "flash"}, "model.attention='flash' is unknown; use auto, xla or cudnn."),
+        ({"remat_policy": "some"}, "model.remat_policy='some' is unknown; use full or dots."),
         ({"attention": "cudnn"}, "needs model.dtype='bfloat16'"),
         ({"attention": "cudnn", "dtype": "bfloat16", "num_attention_heads": 64}, "multiple of 8"),
     ],
 )
-def test_attention_choice_is_checked(model, message):
+def test_attention_and_remat_choices_are_checked(model, message):
     from ptft_jax.config import ConfigError, base_config
 
     cfg = base_config()
     cfg.model.update(model)
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate(cfg)
-    cfg.model.update(attention="cudnn", dtype="bfloat16", num_attention_heads=12)
+    cfg.model.update(
+        attention="cudnn", dtype="bfloat16", num_attention_heads=12, remat_policy="dots"
+    )
     validate(cfg)

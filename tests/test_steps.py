@@ -85,13 +85,15 @@ def test_grad_accumulation_equals_big_batch(tiny_model_cfg):
     assert max(diffs) < 1e-5
 
 
-def test_remat_changes_memory_not_results(tiny_model_cfg):
+@pytest.mark.parametrize("policy", ["full", "dots"])
+def test_remat_changes_memory_not_results(tiny_model_cfg, policy):
     """Recomputing layers in the backward pass gives the same step, dropout included (its
     masks are a pure function of key and index, so the recomputation draws the same ones)."""
     batch = mlm_batch(tiny_model_cfg)
     mesh = {"data": 2, "fsdp": 2, "tensor": 2}
     p1, m1 = run_steps(tiny_model_cfg, mesh, batch, n=2)
-    p2, m2 = run_steps(dataclasses.replace(tiny_model_cfg, remat=True), mesh, batch, n=2)
+    remat_cfg = dataclasses.replace(tiny_model_cfg, remat=True, remat_policy=policy)
+    p2, m2 = run_steps(remat_cfg, mesh, batch, n=2)
     for k in m1[0]:
         np.testing.assert_allclose(m1[-1][k], m2[-1][k], rtol=1e-5, atol=1e-6, err_msg=k)
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p1, p2))
@@ -99,15 +101,16 @@ def test_remat_changes_memory_not_results(tiny_model_cfg):
 
 
 def test_remat_recomputes_the_layers(tiny_model_cfg):
-    """The compiler's own count: with remat the backward pass runs the layers' forward again."""
+    """The compiler's own count: with remat the backward pass runs the layers' forward again;
+    keeping the dense outputs ("dots") leaves only the cheap rest to rerun."""
     from ptft_jax import optim, sharding, steps
 
     batch = mlm_batch(tiny_model_cfg, rows=16, length=64)
     mesh = sharding.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
     tx, schedule = optim.make_optimizer(train_cfg(), 10)
     flops = []
-    for remat in (False, True):
-        model_cfg = dataclasses.replace(tiny_model_cfg, remat=remat)
+    for remat, policy in ((False, "full"), (True, "full"), (True, "dots")):
+        model_cfg = dataclasses.replace(tiny_model_cfg, remat=remat, remat_policy=policy)
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
             train, _, _ = steps.jit_steps(
                 model_cfg, "mlm", tx, schedule, mesh, 0, {k: v.ndim for k, v in batch.items()}
@@ -117,6 +120,7 @@ def test_remat_recomputes_the_layers(tiny_model_cfg):
             cost = train.lower(state, shapes).compile().cost_analysis()
         flops.append((cost[0] if isinstance(cost, list) else cost)["flops"])
     assert flops[1] > 1.1 * flops[0], flops
+    assert flops[0] < flops[2] < flops[1], flops  # "dots" reruns attention, not the dense
 
 
 def test_no_weight_decay_on_bias_and_layernorm(tiny_model_cfg):
