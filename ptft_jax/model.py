@@ -150,11 +150,11 @@ class BertSelfAttention(nnx.Module):
         b, length, _ = x_BxLxD.shape
         heads = (cfg.num_attention_heads, cfg.head_dim)
         names = ("batch", "length", "act_heads", None)
-        q_BxLxNxH = constrain(self.query(x_BxQxD).reshape(*x_BxQxD.shape[:2], *heads), names)
+        q_BxQxNxH = constrain(self.query(x_BxQxD).reshape(*x_BxQxD.shape[:2], *heads), names)
         k_BxLxNxH = constrain(self.key(x_BxLxD).reshape(b, length, *heads), names)
         v_BxLxNxH = constrain(self.value(x_BxLxD).reshape(b, length, *heads), names)
-        out_BxLxNxH = attention(
-            q_BxLxNxH,
+        out_BxQxNxH = attention(
+            q_BxQxNxH,
             k_BxLxNxH,
             v_BxLxNxH,
             mask_BxL,
@@ -162,7 +162,7 @@ class BertSelfAttention(nnx.Module):
             dropout_rate=cfg.attention_probs_dropout_prob,
             rngs=rngs,
         )
-        return out_BxLxNxH.reshape(*x_BxQxD.shape[:2], cfg.hidden_size)
+        return out_BxQxNxH.reshape(*x_BxQxD.shape[:2], cfg.hidden_size)
 
 
 class BertSelfOutput(nnx.Module):
