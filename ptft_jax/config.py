@@ -14,6 +14,7 @@ import re
 
 import ml_collections
 
+from ptft_jax import ops
 from ptft_jax.model import SHAPE_FIELDS, ModelConfig
 
 TASKS = ("mlm", "classification", "contrastive", "distill")
@@ -207,16 +208,16 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
     if m.dtype not in ("float32", "bfloat16", "float16"):
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
-    if m.remat_policy not in ("full", "dots"):
+    if m.remat_policy not in ops.REMAT_POLICIES:
         raise ConfigError(f"model.remat_policy={m.remat_policy!r} is unknown; use full or dots.")
     if m.attention not in ("auto", "xla", "cudnn"):
         raise ConfigError(f"model.attention={m.attention!r} is unknown; use auto, xla or cudnn.")
-    if m.attention == "cudnn" and (
-        m.dtype == "float32" or (m.hidden_size // m.num_attention_heads) % 8
+    if m.attention == "cudnn" and not ops.cudnn_fits(
+        m.dtype, m.hidden_size // m.num_attention_heads
     ):
         raise ConfigError(
             "model.attention='cudnn' needs model.dtype='bfloat16' (or float16) and a head size "
-            "that is a multiple of 8; use model.attention='auto' to fall back to XLA."
+            "that is a multiple of 8 up to 128; use model.attention='auto' to fall back to XLA."
         )
     if (
         cfg.init_from

@@ -74,8 +74,12 @@ def attention_implementation(choice: str, dtype: str, head_dim: int) -> str:
     and XLA's softmax(QK^T)V elsewhere."""
     if choice != "auto":
         return choice
-    fits = dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
-    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+    return "cudnn" if cudnn_fits(dtype, head_dim) and jax.default_backend() == "gpu" else "xla"
+
+
+def cudnn_fits(dtype: str, head_dim: int) -> bool:
+    """Whether cuDNN's flash attention takes this matmul dtype and head size."""
+    return dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
 
 
 def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, dropout_rate, rngs):
