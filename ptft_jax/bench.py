@@ -39,6 +39,8 @@ import subprocess
 import sys
 import time
 
+from ptft_jax import cli
+
 # layers, hidden, heads, intermediate
 MODELS = {
     "bert-tiny": (2, 128, 2, 512),
@@ -273,7 +275,7 @@ def _spawn(system: str, model: str, batch: int, seq: int, args) -> dict:
 
 
 def _parse(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m ptft_jax.bench", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m ptft_jax.bench", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     p.add_argument("--model", choices=sorted(MODELS))
     p.add_argument("--batch", type=int, help="rows per step (with --seq: one shape)")
@@ -376,4 +378,4 @@ def _line(r: dict) -> str:
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    main()
+    cli.guarded(main)()

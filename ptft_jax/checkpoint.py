@@ -18,8 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from ptft_jax.errors import UserError
 
-class DiskFullError(Exception):
+
+class DiskFullError(UserError):
     """The workdir's disk cannot hold the next checkpoint."""
 
 

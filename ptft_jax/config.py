@@ -15,13 +15,10 @@ import re
 import ml_collections
 
 from ptft_jax import ops
+from ptft_jax.errors import ConfigError
 from ptft_jax.model import SHAPE_FIELDS, ModelConfig
 
 TASKS = ("mlm", "classification", "contrastive", "distill")
-
-
-class ConfigError(ValueError):
-    """A config value a user set that cannot work; the message names the fix."""
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -100,6 +97,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.temperature = 0.05
     c.train.probe_source = "builtin:mr"  # linear-probe accuracy on this labelled set ('' = off)
     c.train.probe_examples = 0  # 0 = all; a cap on each probe split for quick runs
+    c.train.probe_text_field = "text"  # the probe set's fields (a built-in's: text, label)
+    c.train.probe_label_field = "label"
 
     c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
     return c

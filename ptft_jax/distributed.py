@@ -22,6 +22,8 @@ import numpy as np
 from ptft_jax import __version__
 from ptft_jax.config import ConfigError
 
+log = logging.getLogger(__name__)
+
 
 def _in_cluster() -> bool:
     """Whether SLURM, Open MPI or a TPU pod started this process as one of several."""
@@ -46,7 +48,7 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
         jax.distributed.initialize()
     else:
         return
-    logging.info(
+    log.info(
         "process %d of %d, %d local / %d global devices",
         jax.process_index(),
         jax.process_count(),

@@ -13,12 +13,11 @@ import json
 import logging
 import math
 import pathlib
-import sys
 
 import jax
 from absl import app, flags
 
-from ptft_jax import config, evaluation, metrics, sharding, steps, workdir
+from ptft_jax import cli, config, evaluation, metrics, sharding, steps, workdir
 from ptft_jax.data import pipeline, prepare, sources
 from ptft_jax.data.builtin import cache_dir
 
@@ -103,20 +102,16 @@ def _confusion_png(run, split: str, scores: dict) -> None:
     plot._pyplot().close(fig)
 
 
+@cli.guarded
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
     if not flags.FLAGS.workdir:
-        print("error: pass --workdir W [--split validation|test].", file=sys.stderr)
-        sys.exit(2)
-    try:
-        print(json.dumps(evaluate(flags.FLAGS.workdir, flags.FLAGS.split)))
-    except (config.ConfigError, sources.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("pass --workdir W [--split validation|test].")
+    print(json.dumps(evaluate(flags.FLAGS.workdir, flags.FLAGS.split)))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
     flags.DEFINE_string("split", "validation", "validation or test.")
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_absl_flags)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-import sys
 
 import jax
 from absl import app, flags
 
-from ptft_jax import config, hf, metrics, workdir
-from ptft_jax.data.sources import DataError
+from ptft_jax import cli, config, hf, metrics, workdir
 
 ARCHITECTURES = {
     "mlm": "BertForMaskedLM",
@@ -41,20 +39,16 @@ def export(workdir_path: str, out: str) -> dict:
     return {"out": str(out), "architecture": architecture, "step": run.step}
 
 
+@cli.guarded
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
     if not flags.FLAGS.workdir or not flags.FLAGS.out:
-        print("error: pass --workdir W and --out DIR.", file=sys.stderr)
-        sys.exit(2)
-    try:
-        print(json.dumps(export(flags.FLAGS.workdir, flags.FLAGS.out)))
-    except (config.ConfigError, DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail("pass --workdir W and --out DIR.")
+    print(json.dumps(export(flags.FLAGS.workdir, flags.FLAGS.out)))
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
     flags.DEFINE_string("out", None, "Folder to write the Hugging Face model into.")
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_absl_flags)

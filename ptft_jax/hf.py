@@ -10,11 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import pickle
 
 import numpy as np
 
 from ptft_jax.data.builtin import DataError, extract
 from ptft_jax.model import SHAPE_FIELDS
+
+log = logging.getLogger(__name__)
 
 # Buffers HF keeps in state dicts; not parameters.
 _BUFFERS = ("position_ids", "token_type_ids")
@@ -64,12 +67,22 @@ def _download(repo_id: str) -> pathlib.Path:
 
 def read_config(folder: pathlib.Path) -> dict:
     """Our ``model.*`` fields from a HF ``config.json``; stops on an architecture we lack."""
+    path = folder / "config.json"
     try:
-        hf = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
+        hf = json.loads(path.read_text(encoding="utf-8"))
+    except OSError:
         raise DataError(
-            f"{folder} has no readable config.json; point init_from at a HF model folder."
+            f"{folder} has no config.json; point init_from at a HF model folder."
         ) from None
+    except ValueError as e:
+        raise DataError(f"{path} is not valid JSON ({e}); fix it or download it again.") from None
+    if not isinstance(hf, dict):
+        raise DataError(f"{path} holds no JSON object; fix it or download it again.")
+    for key in CONFIG_FIELDS:
+        value, whole = hf.get(key, 0), key in SHAPE_FIELDS
+        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
+            kind = "an integer" if whole else "a number"
+            raise DataError(f"{path} has {key}={value!r:.40}, not {kind}; fix that value.")
     if hf.get("model_type", "bert") != "bert" or hf.get("hidden_act", "gelu") != "gelu":
         raise DataError(
             f"{folder} holds a {hf.get('model_type')!r} model with {hf.get('hidden_act')!r} "
@@ -103,7 +116,13 @@ def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[
         )
     import torch
 
-    state = torch.load(bin_file, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(bin_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise DataError(
+            f"{bin_file} holds objects other than tensors, which torch.load(weights_only=True) "
+            "refuses to unpickle; convert it to model.safetensors where you trust the file."
+        ) from None
     return {k: v.float().numpy() for k, v in state.items()}
 
 
@@ -197,7 +216,7 @@ def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list
     if encoder_missing:
         raise DataError(f"The checkpoint lacks encoder tensors: {', '.join(encoder_missing[:8])}.")
     if ignored:
-        logging.info("not used by this task: %s", ", ".join(ignored))
+        log.info("not used by this task: %s", ", ".join(ignored))
     return out, missing
 
 
@@ -237,6 +256,11 @@ def export(
     if id2label is not None:
         hf_config["id2label"] = {str(i): label for i, label in id2label.items()}
         hf_config["label2id"] = {label: int(i) for i, label in id2label.items()}
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    weights = out_dir / "model.safetensors"
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    # safetensors writes through a private temporary file (mode 0600): give the usual mode.
+    umask = os.umask(0)
+    os.umask(umask)
+    weights.chmod(0o666 & ~umask)
     (out_dir / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     tokenizer.save_pretrained(str(out_dir))

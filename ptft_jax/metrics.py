@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import pathlib
@@ -12,12 +13,14 @@ import numpy as np
 
 
 def quiet_logs() -> None:
-    """Warnings and errors only (Orbax's INFO lines drown the output), unless --verbosity."""
+    """Warnings and errors, and ptft_jax's own info lines (Orbax's INFO lines drown the output),
+    unless --verbosity says otherwise."""
     from absl import flags
     from absl import logging as absl_logging
 
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+        logging.getLogger("ptft_jax").setLevel(logging.INFO)  # our own info lines stay
 
 
 def mlm_eval_metrics(sums: dict) -> dict:
@@ -86,6 +89,9 @@ class Writer:
             self._bar.set_postfix(
                 loss=f"{row['loss']:.3f}", tok_s=f"{row.get('tokens_per_s', 0):,.0f}"
             )
+        else:  # evaluations get a line of their own above the bar
+            numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items())
+            self._bar.write(f"step {step} {split}: {numbers}")
 
     def advance(self, n: int = 1) -> None:
         """Move the progress bar by ``n`` steps."""

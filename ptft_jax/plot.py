@@ -19,8 +19,11 @@ from __future__ import annotations
 import json
 import pathlib
 import sys
+import textwrap
 
 import numpy as np
+
+from ptft_jax import cli, errors
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mlm_accuracy", "nsp_accuracy")
 
@@ -29,13 +32,19 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit(
-            'error: plots need matplotlib; install it with pip install -e ".[plot]".'
+        raise errors.UserError(
+            'plots need matplotlib; install it with pip install -e ".[plot]".'
         ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _fit(title: str, width_in: float, fontsize: float = 12.0) -> str:
+    """``title`` wrapped onto lines that fit ``width_in`` inches (an average glyph is about
+    0.6 em wide), so that no title is cut off at the figure's edge."""
+    return textwrap.fill(title, max(20, int(width_in * 72 / (0.6 * fontsize))))
 
 
 def attention_maps(run, text: str, text_pair: str | None = None):
@@ -105,8 +114,11 @@ def plot_attention(tokens, probs, out, layers=None, heads=None, title=""):
             if c == 0:
                 ax.set_ylabel(f"layer {layer}\n(query)", fontsize=9)
     fig.suptitle(
-        (title or "Attention probabilities (rows: query token, columns: key token)")
-        + "; colour from 0 to each panel's maximum"
+        _fit(
+            (title or "Attention probabilities (rows: query token, columns: key token)")
+            + "; colour from 0 to each panel's maximum",
+            cell * len(heads) + 1.5,
+        )
     )
     fig.savefig(out, dpi=110)
     return fig  # the caller closes it (plt.close) once done with it
@@ -117,11 +129,14 @@ def plot_curves(workdir: pathlib.Path, out):
     plt = _pyplot()
     from ptft_jax.metrics import read_rows
 
+    if not (workdir / "metrics.jsonl").is_file():
+        what = "holds no metrics.jsonl" if workdir.is_dir() else "does not exist"
+        raise errors.UserError(f"--workdir {workdir} {what}; pass the --workdir of a training run.")
     rows = read_rows(workdir / "metrics.jsonl")
     train = [r for r in rows if r["split"] == "train"]
     val = [r for r in rows if r["split"] == "validation"]
     if not train and not val:
-        raise SystemExit(f"error: {workdir / 'metrics.jsonl'} has no rows yet; train first.")
+        raise errors.UserError(f"{workdir / 'metrics.jsonl'} has no rows yet; train first.")
     metric = next((m for m in METRICS if any(m in r for r in val)), None)
     fig, axes = plt.subplots(1, 2 if metric else 1, figsize=(11, 4), squeeze=False)
     ax = axes[0][0]
@@ -140,7 +155,7 @@ def plot_curves(workdir: pathlib.Path, out):
         ax.set(xlabel="step", ylabel=metric.replace("_", " "), title=metric.replace("_", " "))
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Training curves of {workdir.name}")
+    fig.suptitle(_fit(f"Training curves of {workdir.name}", 11))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return fig  # the caller closes it (plt.close) once done with it
@@ -155,7 +170,7 @@ def plot_confusion(matrix, names, out, title: str):
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted label", ylabel="true label", title=title)
+    ax.set(xlabel="predicted label", ylabel="true label", title=_fit(title, size))
     for (i, j), v in np.ndenumerate(cm):
         color = "white" if v > cm.max() / 2 else "black"
         ax.text(j, i, str(v), ha="center", va="center", color=color)
@@ -192,7 +207,8 @@ def plot_learning_curve(rows: list[dict], out, title: str):
             ax.plot(n, [r[key] for r in rows], style, label=f"test {key}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(x) for x in n])
-    ax.set(xlabel="training examples (stratified subsample)", ylabel="test score", title=title)
+    ax.set(xlabel="training examples (stratified subsample)", ylabel="test score")
+    ax.set_title(_fit(title, 6.5))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -201,9 +217,7 @@ def plot_learning_curve(rows: list[dict], out, title: str):
 
 
 def main(argv=None) -> None:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m ptft_jax.plot", description=__doc__.split("\n")[0])
+    p = cli.ArgumentParser(prog="python -m ptft_jax.plot", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="kind", required=True)
     a = sub.add_parser("attention", help="attention maps of one input")
     a.add_argument("--workdir", required=True)
@@ -228,7 +242,9 @@ def main(argv=None) -> None:
 
         if min(args.steps, args.evals) < 1:
             p.error("--steps and --evals must be at least 1.")
-
+        problem = cli.config_file_problem(args.config)
+        if problem:
+            raise errors.UserError(problem)
         spec = importlib.util.spec_from_file_location("ptft_jax_config", args.config)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
@@ -240,12 +256,9 @@ def main(argv=None) -> None:
     elif args.kind == "curves":
         fig = plot_curves(pathlib.Path(args.workdir), args.out)
     else:
-        from ptft_jax import config, workdir
+        from ptft_jax import workdir
 
-        try:
-            run = workdir.load(args.workdir)
-        except config.ConfigError as e:
-            raise SystemExit(f"error: {e}") from None
+        run = workdir.load(args.workdir)
         tokens, probs = attention_maps(run, args.text, args.text_pair)
 
         def pick(spec):
@@ -258,4 +271,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.guarded(main)()

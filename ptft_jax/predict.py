@@ -5,13 +5,13 @@
 
 MLM workdirs print one JSON line per text: the top-k fills (softmax probabilities) of each
 ``[MASK]`` in order. Classification workdirs print ``{"text", "label", "probs"}`` per input
-(regression: ``{"text", "score"}``); ``--file`` holds one text or JSON object per line.
+(regression: ``{"text", "score"}``); ``--file`` holds one text, or one JSON object with the
+run's text field (and pair field), per line.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from ptft_jax import config, metrics, steps, workdir
+from ptft_jax import cli, config, metrics, steps, workdir
 from ptft_jax.data.sources import DataError
 
 
@@ -116,52 +116,73 @@ def classify(run: workdir.Run, texts: list[str], pairs: list[str] | None = None)
     return out
 
 
-def _read_inputs(texts, pairs, path) -> tuple[list[str], list[str] | None]:
-    if path:
-        texts, pairs = [], []
+def _read_file(path: str, text_field: str, pair_field: str) -> tuple[list[str], list[str]]:
+    """Texts (and pairs) of ``--file``: one text, or one JSON object with the run's text field
+    (and pair field), per line; blank lines are skipped."""
+    try:
         with open(path, encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except ValueError:
-                    obj = line.rstrip("\n")
-                if isinstance(obj, dict):
-                    texts.append(obj["text"])
-                    pairs.append(obj.get("text_pair", ""))
-                else:
-                    texts.append(str(obj))
-                    pairs.append("")
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise DataError(f"--file {path} does not exist; check the path.") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not valid UTF-8 (byte {e.start}); re-encode it.") from None
+    texts, pairs = [], []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = line
+        if not isinstance(obj, dict):
+            texts.append(line)
+            pairs.append("")
+            continue
+        for field in (text_field, pair_field or None):
+            if field is not None and not isinstance(obj.get(field, ""), str):
+                raise DataError(f"{path} line {n}: {field!r} is not text; write it as a string.")
+        if text_field not in obj:
+            raise DataError(
+                f"{path} line {n} has no {text_field!r} (the field this run was trained on; it "
+                f"has {', '.join(repr(k) for k in obj) or 'no fields'}); add it."
+            )
+        texts.append(obj[text_field])
+        pairs.append(obj.get(pair_field, "") if pair_field else "")
+    if not texts:
+        raise DataError(f"--file {path} has no text (every line is blank); add one text a line.")
+    return texts, pairs
+
+
+def _read_inputs(cfg, texts, pairs, path) -> tuple[list[str], list[str] | None]:
+    if path:
+        texts, pairs = _read_file(path, cfg.data.text_field, cfg.data.text_pair_field)
         return texts, (pairs if any(pairs) else None)
     if pairs and len(pairs) != len(texts):
         raise DataError("Give one --text_pair per --text, or none.")
+    if not any(t.strip() for t in texts):
+        raise DataError('--text is empty; pass the text to predict, as in --text "great film".')
     return list(texts), (list(pairs) if pairs else None)
 
 
+@cli.guarded
 def main(argv) -> None:
     del argv
     metrics.quiet_logs()
     f = flags.FLAGS
     if not f.workdir or not (f.text or f.file):
-        print('error: pass --workdir W and --text "..." (or --file F).', file=sys.stderr)
-        sys.exit(2)
-    try:
-        run = workdir.load(f.workdir)
-        texts, pairs = _read_inputs(f.text, f.text_pair, f.file)
-        if config.model_task(run.cfg) == "contrastive":
-            raise config.ConfigError(
-                "A contrastive run predicts no labels; export it (a BertModel) for embeddings."
-            )
-        if config.model_task(run.cfg) == "mlm":
-            rows = fill_mask(run, texts, f.top_k)
-        else:
-            rows = classify(run, texts, pairs)
-        for row in rows:
-            print(json.dumps(row))
-    except (config.ConfigError, DataError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        cli.fail('pass --workdir W and --text "..." (or --file F).')
+    run = workdir.load(f.workdir)
+    texts, pairs = _read_inputs(run.cfg, f.text, f.text_pair, f.file)
+    if config.model_task(run.cfg) == "contrastive":
+        raise config.ConfigError(
+            "A contrastive run predicts no labels; export it (a BertModel) for embeddings."
+        )
+    if config.model_task(run.cfg) == "mlm":
+        rows = fill_mask(run, texts, f.top_k)
+    else:
+        rows = classify(run, texts, pairs)
+    for row in rows:
+        print(json.dumps(row))
 
 
 if __name__ == "__main__":
@@ -170,4 +191,4 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("text_pair", [], "Second text of a pair, one per --text.")
     flags.DEFINE_string("file", "", "One text or JSON object (text, text_pair) per line.")
     flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_absl_flags)

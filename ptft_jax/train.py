@@ -23,9 +23,11 @@ from ml_collections import config_flags
 from ptft_jax import (
     aot,
     checkpoint,
+    cli,
     config,
     distill,
     distributed,
+    errors,
     evaluation,
     hf,
     metrics,
@@ -35,14 +37,9 @@ from ptft_jax import (
     stopping,
 )
 from ptft_jax import workdir as workdir_lib
-from ptft_jax.data import pipeline, prepare, sources, tokenize
+from ptft_jax.data import pipeline, prepare, tokenize
 
-USER_ERRORS = (
-    config.ConfigError,
-    sources.DataError,
-    sharding.MeshError,
-    checkpoint.DiskFullError,
-)
+log = logging.getLogger("ptft_jax.train")
 
 
 def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
@@ -71,7 +68,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
     if resuming:
         changed = config.check_resume_compatible(workdir / "config.json", cfg)
         if changed:
-            logging.warning(
+            log.warning(
                 "resuming with changed %s: the data order differs from the original run's",
                 ", ".join(changed),
             )
@@ -98,7 +95,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
         note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
         origin = cfg.init_from or f"layers {layers} of the teacher {cfg.train.teacher}"
-        logging.warning("loaded %s%s", origin, note)
+        log.info("loaded %s%s", origin, note)
 
     # --- Everything checked: only now does the workdir get written.
     if jax.process_index() == 0:
@@ -109,7 +106,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             (workdir / "labels.json").write_text(json.dumps({"names": data.label_names}) + "\n")
         if not resuming:
             config.save(cfg, workdir / "config.json")
-    logging.info("data: %s", data.summary)
+    log.info("data: %s", data.summary)
 
     with (
         jax.set_mesh(mesh),
@@ -174,6 +171,10 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             "accuracy" if model_cfg.num_labels > 1 else "pearson"
         )
 
+        # From here on SIGTERM and Ctrl-C finish the current step, save it and stop.
+        preemption = stopping.Preemption()
+        on_exit.callback(preemption.close)
+
         # --- Compile ahead of the loop, so compile time is measured on its own: MLM's one
         # shape; for classification, the train and eval steps of every length bucket, in
         # parallel threads.
@@ -202,7 +203,6 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         # --- The loop. The host runs at most two steps ahead and reads metrics at log steps.
         pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
         skipped, nonfinite_at, stop_now = 0, None, False
-        preemption = stopping.Preemption()
         train_s, trained_steps, trained_tokens = 0.0, 0, 0
         if step >= stop_at:  # nothing to train: report where the checkpoint stands
             ev = evaluate(state["params"])
@@ -222,7 +222,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 jax.block_until_ready(pending[-3])
             writer.advance()
             last = step == stop_at
-            stop_now = preemption.reached(step)  # SIGTERM: checkpoint this step and exit 0
+            stop_now = preemption.reached(step)  # SIGTERM or Ctrl-C: checkpoint this step
             if step % cfg.train.log_every == 0 or last or stop_now:
                 host = jax.device_get(pending)
                 bad = [step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"]]
@@ -271,7 +271,6 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                 break
             if stop_now:
                 break
-        preemption.close()
         if total_steps == 0 and latest is None:
             # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
             meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
@@ -291,12 +290,17 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             )
         if stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
             if jax.process_index() == 0:
+                why = "interrupted" if preemption.interrupted else "preempted"
                 print(
-                    f"preempted: saved a checkpoint at step {step}; run the same command to "
-                    "resume.",
+                    f"{why}: saved a checkpoint at step {step}; run the same command to resume.",
                     flush=True,
                 )
-            return {"step": step, "preempted": True, "state": state}
+            return {
+                "step": step,
+                "preempted": True,
+                "interrupted": preemption.interrupted,
+                "state": state,
+            }
         test = {}
         if best_ckpt is not None:
             best_params = state["params"]
@@ -325,64 +329,64 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
             extra += (
                 f", probe accuracy {ev['probe_accuracy']:.4f}" if "probe_accuracy" in ev else ""
             )
+            if trained_steps:  # a run that found its work done reports no speed
+                extra += f", {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s"
             print(
                 f"done: step {step}, eval loss {summary['eval_loss']:.4f}, "
                 f"{steps.ACCURACY[kind].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
-                f"{extra}, {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s, "
-                f"wall {summary['wall_s']:.1f}s",
+                f"{extra}, wall {summary['wall_s']:.1f}s",
                 flush=True,
             )
         return {**summary, "state": state}
 
 
+@cli.guarded
 def main(argv) -> None:
-    """absl entry point: user errors become one line on stderr and exit status 2."""
+    """absl entry point: user errors become one line on stderr and exit status 2 (cli.guarded),
+    a non-finite loss exit status 3, Ctrl-C (after saving) exit status 130."""
     if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    metrics.quiet_logs()
-    cfg, workdir = flags.FLAGS.config, flags.FLAGS.workdir
-    if cfg is None or not (workdir or flags.FLAGS.compile_only):
-        print("error: pass --config configs/<name>.py and --workdir <dir>.", file=sys.stderr)
-        sys.exit(2)
-    try:
-        f = flags.FLAGS
-        if f.compile_only:  # pods on paper: no workdir, no data, no local devices
-            print(aot.describe(aot.compile_report(cfg, f.topology), cfg), flush=True)
-            return
-        distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-        model_keys = tuple(
-            a.split("=", 1)[0].removeprefix("--config.model.")
-            for a in sys.argv[1:]
-            if a.startswith("--config.model.")
+        raise config.ConfigError(
+            f"unexpected arguments {' '.join(argv[1:])}; config values go as --config.KEY=VALUE."
         )
-        run(cfg, workdir, model_keys)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    metrics.quiet_logs()
+    f = flags.FLAGS
+    if f.config is None or not (f.workdir or f.compile_only):
+        cli.fail("pass --config configs/<name>.py and --workdir <dir>.")
+    if f.compile_only:  # pods on paper: no workdir, no data, no local devices
+        print(aot.describe(aot.compile_report(f.config, f.topology), f.config), flush=True)
+        return
+    distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
+    model_keys = tuple(
+        a.split("=", 1)[0].removeprefix("--config.model.")
+        for a in sys.argv[1:]
+        if a.startswith("--config.model.")
+    )
+    try:
+        summary = run(f.config, f.workdir, model_keys)
     except stopping.NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        cli.fail(str(e), errors.NON_FINITE)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
-        print(
-            f"error: The disk is full ({e.filename or workdir}); free space there or move "
-            "--workdir to a bigger disk, then run the same command to resume.",
-            file=sys.stderr,
+        cli.fail(
+            f"The disk is full ({e.filename or f.workdir}); free space there or move --workdir "
+            "to a bigger disk, then run the same command to resume."
         )
-        sys.exit(2)
+    if summary.get("interrupted"):
+        sys.exit(errors.INTERRUPTED)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing, with config mistakes reported in one sentence instead of a traceback."""
-    problem = config.flag_problem(argv[1:])
+    spec = cli.flag_value(argv[1:], "config")
+    problem = cli.config_file_problem(spec) if spec else None
+    problem = problem or config.flag_problem(argv[1:])
     if problem is None:
         try:
             return flags.FLAGS(argv)
         except flags.Error as e:
             problem = config.flag_problem(argv[1:], e)
-    print(f"error: {problem}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(problem)
 
 
 if __name__ == "__main__":

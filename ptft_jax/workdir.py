@@ -32,6 +32,10 @@ def load(workdir: str | pathlib.Path) -> Run:
     """The run's config and parameters on this machine's devices: the best checkpoint when
     the run keeps one (classification), else the latest."""
     workdir = pathlib.Path(workdir)
+    if not workdir.is_dir():
+        raise config.ConfigError(
+            f"--workdir {workdir} does not exist; pass the --workdir of a training run."
+        )
     if not checkpoint.has_checkpoint(workdir) or not (workdir / "config.json").exists():
         raise config.ConfigError(
             f"{workdir} holds no finished checkpoint; train into it first (train.steps=0 with "

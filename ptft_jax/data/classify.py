@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 
 import grain
 import numpy as np
 
-from ptft_jax.data.sources import DataError, text_of
+from ptft_jax.data.sources import DataError, origin, split_labeled, text_of
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -31,15 +34,29 @@ class Examples:
         return len(self.ids)
 
 
+def _missing(value) -> bool:
+    """An absent label: no field, or an empty cell."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _checked_labels(records, label_field: str, split: str) -> list:
+    """The label of every record, or DataError naming the first record whose label is missing
+    or a float that is not a whole number."""
+    values = [r.get(label_field) for r in records]
+    for record, value in zip(records, values, strict=True):
+        if _missing(value):
+            raise DataError(
+                f"{origin(record)} has no {label_field!r} (the {split} split's label field); fill "
+                "it in, remove that record, or set --config.data.label_field."
+            )
+    return values
+
+
 def label_names(train_records, label_field: str, num_labels: int) -> list[str] | None:
     """Class names when labels are strings (sorted, from the training split); None for ints."""
     if num_labels == 1:
         return None
-    values = [r.get(label_field) for r in train_records]
-    if any(v is None for v in values):
-        raise DataError(
-            f"Some training records have no {label_field!r}; set --config.data.label_field."
-        )
+    values = _checked_labels(train_records, label_field, "train")
     if all(isinstance(v, str) for v in values):
         names = sorted(set(values))
         if len(names) != num_labels:
@@ -52,37 +69,42 @@ def label_names(train_records, label_field: str, num_labels: int) -> list[str] |
 
 
 def encode_labels(records, label_field: str, num_labels: int, names, split: str) -> np.ndarray:
-    """Class ids (or float targets); a label outside ``num_labels`` or unseen stops the run."""
-    values = [r.get(label_field) for r in records]
+    """Class ids (or float targets); a label that is missing, fractional, outside
+    ``num_labels`` or unseen in training stops the run, naming the record."""
+    values = _checked_labels(records, label_field, split)
     if num_labels == 1:
-        try:
-            return np.asarray(values, np.float32)
-        except (TypeError, ValueError):
-            raise DataError(
-                f"Regression labels in the {split} split must be numbers; check data.label_field."
-            ) from None
+        for record, v in zip(records, values, strict=True):
+            if isinstance(v, bool) or not isinstance(v, int | float):
+                raise DataError(
+                    f"{origin(record)} has the regression label {v!r:.40} in {label_field!r}, "
+                    "not a number; fix it or set --config.data.label_field."
+                )
+        return np.asarray(values, np.float32)
     if names is not None:
         index = {n: i for i, n in enumerate(names)}
         unseen = sorted({str(v) for v in values if v not in index})
         if unseen:
+            first = next(r for r, v in zip(records, values, strict=True) if v not in index)
             raise DataError(
-                f"The {split} split has labels never seen in training ({', '.join(unseen[:5])}); "
-                "fix the data or add examples of them to the training split."
+                f"The {split} split has labels never seen in training ({', '.join(unseen[:5])}; "
+                f"first at {origin(first)}); fix the data or add examples of them to the "
+                "training split."
             )
         return np.asarray([index[v] for v in values], np.int32)
-    try:
-        ids = np.asarray(values, np.int64)
-    except (TypeError, ValueError):
-        raise DataError(
-            f"Labels in the {split} split must be all integers or all strings."
-        ) from None
-    bad = ids[(ids < 0) | (ids >= num_labels)]
-    if len(bad):
-        raise DataError(
-            f"The {split} split has label {int(bad[0])}, outside 0..{num_labels - 1}; set "
-            f"--config.model.num_labels or fix the labels."
-        )
-    return ids.astype(np.int32)
+    for record, v in zip(records, values, strict=True):
+        whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+        if isinstance(v, bool) or not whole:
+            raise DataError(
+                f"{origin(record)} has the label {v!r:.40} in {label_field!r}, not a class id; "
+                "use whole numbers 0..num_labels-1 or names throughout (model.num_labels=1 for "
+                "regression)."
+            )
+        if not 0 <= v < num_labels:
+            raise DataError(
+                f"{origin(record)} has label {int(v)}, outside 0..{num_labels - 1}; set "
+                "--config.model.num_labels or fix the labels."
+            )
+    return np.asarray(values, np.int64).astype(np.int32)
 
 
 def encode(records, data_cfg, tokenizer, num_labels: int, names, split: str) -> Examples:
@@ -223,18 +245,22 @@ def eval_batches(ex: Examples, sizes, layout, pad_id: int):
             yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}, idx
 
 
-def splits(records: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """train/validation/test: a source with only a train split is cut by the project's rule."""
-    from ptft_jax.data.sources import split_labeled
-
+def splits(records: dict[str, list[dict]], text_fields, label: str) -> dict[str, list[dict]]:
+    """train/validation/test: a source with only a train split is cut by the project's rule,
+    de-duplicated on ``text_fields`` (the text, or text and pair); a test split without labels
+    in field ``label`` (GLUE hides them) is left out, with a line that says so."""
     if set(records) == {"train"}:
-        return split_labeled(records["train"])
+        return split_labeled(records["train"], tuple(f for f in text_fields if f))
     records = dict(records)
     if "validation" not in records and "validation_matched" in records:  # GLUE MNLI
         records["validation"] = records["validation_matched"]
     test = records.get("test")
-    if test is not None and all(r.get("label", -1) in (-1, None) for r in test):
-        del records["test"]  # hidden test labels (GLUE): nothing to score against
+    # GLUE's hidden test labels are -1; a local test file may leave the column empty.
+    if test is not None and all(r.get(label) == -1 or _missing(r.get(label)) for r in test):
+        del records["test"]
+        log.warning(
+            "the test split has no labels in %r: it is not scored (no eval_test.json)", label
+        )
     if "validation" not in records:
         raise DataError(
             "The data has a train split but no validation split; add a validation file or "
@@ -250,7 +276,7 @@ def subsample(records: list[dict], label_field: str, n: int, seed: int) -> list[
     rng = np.random.default_rng([seed, n])
     labels = [str(r.get(label_field)) for r in records]
     keys = np.empty(len(records))
-    for value in set(labels):
+    for value in sorted(set(labels)):  # sorted: set order changes between processes
         members = np.flatnonzero(np.array(labels) == value)
         # Evenly spaced quantiles within each class: taking the n smallest keys stratifies.
         keys[members] = (rng.permutation(len(members)) + rng.random()) / len(members)

@@ -106,18 +106,22 @@ def eval_batches(data: Rows, layout, max_batches: int = 0):
         yield {k: v.reshape(*rows_.shape, *v.shape[1:]) for k, v in out.items()}
 
 
-def probe_sets(source: str, data_cfg, tokenizer, cache_root, max_examples: int = 0) -> dict:
+def probe_sets(
+    source: str, fields: tuple[str, str], data_cfg, tokenizer, cache_root, max_examples: int = 0
+) -> dict:
     """The labelled ``train`` and ``test`` splits of ``source`` (the project's split rule) as
-    Rows with labels, for a linear probe of sentence embeddings."""
-    split = classify.splits(sources.load_records(source))
-    classes = sorted({str(r.get("label")) for r in split["train"]})
+    Rows with labels, for a linear probe of sentence embeddings; ``fields`` are its text and
+    label fields."""
+    text, label = fields
+    split = classify.splits(sources.load_records(source), (text,), label)
+    classes = sorted({str(r.get(label)) for r in split["train"]})
     out = {}
     for name in ("train", "test"):
         records = split[name]
         if max_examples:
-            records = classify.subsample(records, "label", max_examples, 0)
-        texts = [sources.text_of(r, "text") for r in records]
+            records = classify.subsample(records, label, max_examples, 0)
+        texts = [sources.text_of(r, text) for r in records]
         out[name] = Rows(*encode(texts, tokenizer, data_cfg.max_seq_length, cache_root))
-        labels = [str(r.get("label")) for r in records]
+        labels = [str(r.get(label)) for r in records]
         out[name].labels = np.array([classes.index(v) if v in classes else -1 for v in labels])
     return out

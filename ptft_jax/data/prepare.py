@@ -91,7 +91,10 @@ def contrastive_data(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskD
     dataset, spe = contrastive.train_dataset(train, layout, t.seed)
     probe = None
     if t.probe_source:
-        probe = contrastive.probe_sets(t.probe_source, d, tokenizer, cache_dir(), t.probe_examples)
+        fields = (t.probe_text_field, t.probe_label_field)
+        probe = contrastive.probe_sets(
+            t.probe_source, fields, d, tokenizer, cache_dir(), t.probe_examples
+        )
     kind = "supervised pairs" if train_pairs else "sentences"
     return TaskData(
         tokenizer=tokenizer,
@@ -106,7 +109,8 @@ def contrastive_data(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskD
 def classification(cfg, get_tokenizer: Callable, layout, eval_layout, labels_file) -> TaskData:
     """Labelled texts (or pairs) in length buckets; label names kept in ``labels_file``."""
     d, num_labels = cfg.data, cfg.model.num_labels
-    split = classify.splits(sources.load_records(d.source))
+    fields = (d.text_field, d.text_pair_field)
+    split = classify.splits(sources.load_records(d.source), fields, d.label_field)
     train = classify.subsample(split["train"], d.label_field, d.max_train_examples, cfg.train.seed)
     tokenizer = get_tokenizer([sources.text_of(r, d.text_field) for r in train])
     names = _label_names(labels_file, train, d.label_field, num_labels)

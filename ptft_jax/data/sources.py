@@ -16,7 +16,7 @@ import numpy as np
 from ptft_jax.data import builtin
 from ptft_jax.data.builtin import DataError
 
-__all__ = ["DataError", "load_records", "split_labeled", "text_of"]
+__all__ = ["DataError", "Record", "load_records", "origin", "split_labeled", "text_of"]
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 # File stems a split folder may use, and the split each one means.
@@ -30,14 +30,31 @@ SPLIT_STEMS = {
 _HINT = "set --config.data.source to a file, folder, hf:<name> or builtin:<name>"
 
 
-def split_labeled(records: list[dict]) -> dict[str, list[dict]]:
-    """Splits labeled records 80/10/10 the one way used everywhere: drop exact-duplicate texts
-    (keep the first), permute with ``numpy.random.default_rng(0)``, cut at 80% and 90%."""
-    seen: set[str] = set()
+class Record(dict):
+    """A record's fields, and where it came from (``path line N``), for error messages."""
+
+    __slots__ = ("origin",)
+
+    def __init__(self, fields, origin: str):
+        super().__init__(fields)
+        self.origin = origin
+
+
+def origin(record: dict) -> str:
+    """Where ``record`` came from (``data/train.csv line 7``), for an error message."""
+    return getattr(record, "origin", "a record")
+
+
+def split_labeled(records: list[dict], fields=("text",)) -> dict[str, list[dict]]:
+    """Splits labeled records 80/10/10 the one way used everywhere: drop exact duplicates of the
+    text ``fields`` (the text, or text and pair; keep the first), permute with
+    ``numpy.random.default_rng(0)``, cut at 80% and 90%."""
+    seen: set[tuple] = set()
     unique = []
     for record in records:
-        if record["text"] not in seen:
-            seen.add(record["text"])
+        key = tuple(text_of(record, f) for f in fields)
+        if key not in seen:
+            seen.add(key)
             unique.append(record)
     n = len(unique)
     order = np.random.default_rng(0).permutation(n)
@@ -51,14 +68,14 @@ def text_of(record: dict, field: str) -> str:
     if field not in record:
         have = ", ".join(repr(k) for k in record) or "none"
         raise DataError(
-            f"A record has no field {field!r} (its fields: {have}); set --config.data.text_field "
-            "(or text_pair_field) to one of its fields."
+            f"{origin(record)} has no field {field!r} (its fields: {have}); set "
+            "--config.data.text_field (or text_pair_field) to one of its fields."
         )
     value = record[field]
     if not isinstance(value, str):
         raise DataError(
-            f"Field {field!r} holds {type(value).__name__} {value!r:.40}, not text; set "
-            "--config.data.text_field (or text_pair_field) to a field that holds strings."
+            f"{origin(record)}: field {field!r} holds {type(value).__name__} {value!r:.40}, not "
+            "text; set --config.data.text_field (or text_pair_field) to a field that holds text."
         )
     return value
 
@@ -76,61 +93,92 @@ def _read_text(path: pathlib.Path) -> str:
 
 def _read_json(path: pathlib.Path) -> list[dict]:
     text = _read_text(path)
-    try:
-        if text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):  # one JSON list of objects
+        try:
             rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise DataError(
-            f"{path} is neither JSON lines nor a JSON list (line {e.lineno}: {e.msg}); "
-            "write one JSON object per line."
-        ) from None
-    if not all(isinstance(row, dict) for row in rows):
-        raise DataError(f"{path} holds JSON values that are not objects; write one object a line.")
-    return rows
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{path} is not valid JSON (line {e.lineno}: {e.msg}); fix it, or write one JSON "
+                "object per line."
+            ) from None
+        where = [f"{path} item {i}" for i in range(len(rows))]
+    else:  # JSON lines
+        rows, where = [], []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(
+                    f"{path} line {n} is not valid JSON ({e.msg}: {line.strip()!r:.60}); fix or "
+                    "remove that line."
+                ) from None
+            where.append(f"{path} line {n}")
+    for row, at in zip(rows, where, strict=True):
+        if not isinstance(row, dict):
+            raise DataError(f"{at} holds {row!r:.40}, not a JSON object; write one object a line.")
+    return [Record(row, at) for row, at in zip(rows, where, strict=True)]
 
 
 def _column_type(values: list[str]) -> type:
-    # CSV has no types; a column is numeric only if every cell is, so labels "0"/"1" become ints
-    # while a text column with one number-looking cell stays text.
+    # CSV has no types; a column is numeric only if every filled cell is, so labels "0"/"1"
+    # become ints (an empty cell None) while a text column with one number-looking cell stays
+    # text.
+    filled = [v for v in values if v.strip()]
     for kind in (int, float):
         try:
-            for v in values:
+            for v in filled:
                 kind(v)
         except (TypeError, ValueError):
             continue
-        return kind
+        return kind if filled else str
     return str
 
 
 def _read_csv(path: pathlib.Path) -> list[dict]:
     # newline="" keeps line breaks inside quoted cells as part of the text.
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), restval="")
+    rows, firsts, end = [], [], 1  # end: the last line read so far (1: the header)
     try:
-        rows = list(csv.DictReader(io.StringIO(_read_text(path), newline=""), restval=""))
+        for row in reader:
+            firsts.append(end + 1)  # a quoted cell can span lines: keep the row's first
+            end = reader.line_num
+            rows.append(row)
     except csv.Error as e:
         raise DataError(
-            f"{path} is not valid CSV ({e}); fix the quoting or export it again."
+            f"{path} is not valid CSV (line {reader.line_num}: {e}); fix the quoting or export "
+            "it again."
         ) from None
-    if not rows:
-        return rows
-    if any(None in row for row in rows):
-        raise DataError(f"{path} has rows with more cells than its header; fix those rows.")
-    kinds = {col: _column_type([row[col] for row in rows]) for col in rows[0]}
-    return [{col: kinds[col](v) for col, v in row.items()} for row in rows]
+    for row, first in zip(rows, firsts, strict=True):
+        if None in row:
+            raise DataError(
+                f"{path} line {first} has more cells than the header; fix that row's quoting."
+            )
+    kinds = {col: _column_type([row[col] for row in rows]) for col in (rows[0] if rows else ())}
+
+    def cell(col: str, value: str):
+        return None if kinds[col] is not str and not value.strip() else kinds[col](value)
+
+    return [
+        Record({col: cell(col, v) for col, v in row.items()}, f"{path} line {first}")
+        for row, first in zip(rows, firsts, strict=True)
+    ]
 
 
 def _read_parquet(path: pathlib.Path) -> list[dict]:
     # pyarrow comes with `datasets`; imported here so text-only runs skip its import time.
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    rows = pq.read_table(path).to_pylist()
+    return [Record(row, f"{path} row {i + 1}") for i, row in enumerate(rows)]
 
 
 def _read_file(path: pathlib.Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        return [{"text": line} for line in _read_text(path).splitlines() if line.strip()]
+        lines = enumerate(_read_text(path).splitlines(), 1)
+        return [Record({"text": line}, f"{path} line {n}") for n, line in lines if line.strip()]
     if suffix in (".json", ".jsonl"):
         return _read_json(path)
     if suffix == ".csv":
@@ -159,13 +207,13 @@ def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
     if by_split:
         order = ("train", "validation", "test")
         return {split: _read_file(by_split[split]) for split in order if split in by_split}
-    docs = [_read_text(p) for p in files if p.suffix.lower() == ".txt"]
+    docs = [(p, _read_text(p)) for p in files if p.suffix.lower() == ".txt"]
     if not docs:
         raise DataError(
             f"data.source {folder} has no train/validation/test file and no .txt files; add "
             f"train.jsonl (or .csv, .parquet, .txt), or point data.source at a file."
         )
-    return {"train": [{"text": doc} for doc in docs if doc.strip()]}
+    return {"train": [Record({"text": doc}, str(p)) for p, doc in docs if doc.strip()]}
 
 
 def _load_hub(spec: str) -> dict[str, list[dict]]:
@@ -184,7 +232,10 @@ def _load_hub(spec: str) -> dict[str, list[dict]]:
         raise DataError(
             f"Could not load hf:{spec} ({e}); check the dataset and config name."
         ) from e
-    return {split: ds.to_list() for split, ds in loaded.items()}
+    return {
+        split: [Record(r, f"hf:{spec} {split} row {i + 1}") for i, r in enumerate(ds.to_list())]
+        for split, ds in loaded.items()
+    }
 
 
 def _load_builtin(name: str) -> dict[str, list[dict]]:
@@ -192,7 +243,10 @@ def _load_builtin(name: str) -> dict[str, list[dict]]:
         known = ", ".join(f"builtin:{n}" for n in builtin.TEXT_BUILTINS)
         hint = " (it holds weights: use it as init_from)" if name in builtin.BUILTINS else ""
         raise DataError(f"Unknown data source 'builtin:{name}'{hint}; use one of {known}.")
-    records = builtin.load_builtin_texts(name)
+    records = [
+        Record(r, f"builtin:{name} record {i + 1}")
+        for i, r in enumerate(builtin.load_builtin_texts(name))
+    ]
     # Unlabeled text has no fixed split: the caller holds out its own eval slice.
     return split_labeled(records) if "label" in records[0] else {"train": records}
 

@@ -15,6 +15,8 @@ from jax.experimental import multihost_utils
 
 from ptft_jax.data.sources import DataError
 
+log = logging.getLogger(__name__)
+
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
@@ -28,7 +30,9 @@ def train_wordpiece(texts: list[str], vocab_size: int):
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     # The trainer numbers tokens of equal frequency in hash order, which changes from run to
     # run; renumber them (special tokens first, then sorted) so ids do not depend on it. Ties
@@ -87,9 +91,7 @@ def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size:
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
     else:
-        logging.info(
-            "training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts)
-        )
+        log.info("training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts))
         return train_wordpiece(texts, vocab_size)
     if len(tokenizer) > vocab_size:
         raise DataError(
