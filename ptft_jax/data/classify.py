@@ -73,13 +73,16 @@ def encode_labels(records, label_field: str, num_labels: int, names, split: str)
     ``num_labels`` or unseen in training stops the run, naming the record."""
     values = _checked_labels(records, label_field, split)
     if num_labels == 1:
+        targets = []
         for record, v in zip(records, values, strict=True):
-            if isinstance(v, bool) or not isinstance(v, int | float):
+            try:
+                targets.append(float(v))  # numbers, or text that spells one
+            except (TypeError, ValueError):
                 raise DataError(
                     f"{origin(record)} has the regression label {v!r:.40} in {label_field!r}, "
                     "not a number; fix it or set --config.data.label_field."
-                )
-        return np.asarray(values, np.float32)
+                ) from None
+        return np.asarray(targets, np.float32)
     if names is not None:
         index = {n: i for i, n in enumerate(names)}
         unseen = sorted({str(v) for v in values if v not in index})

@@ -1,0 +1,155 @@
+"""A user's own data: their column names everywhere, their labels checked (not coerced), and
+every problem named by file, line and value."""
+
+import json
+import logging
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from test_classify import tiny_classifier
+
+from ptft_jax.data import classify, sources
+from ptft_jax.data.sources import DataError, load_records, split_labeled
+from ptft_jax.train import run
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORDS = "good great fine bad dull poor".split()
+
+
+def _rows(n: int, offset: int = 0) -> list[dict]:
+    """``sentence``/``sentiment`` rows; every 10th repeats an earlier sentence (a duplicate)."""
+    rows = []
+    for i in range(offset, offset + n):
+        j = i - 7 if i % 10 == 9 and i >= 7 else i
+        word = WORDS[j % len(WORDS)]
+        rows.append({"sentence": f"a {word} film, take {j}", "sentiment": _label(word)})
+    return rows
+
+
+def _label(word: str) -> str:
+    return "positive" if WORDS.index(word) < 3 else "negative"
+
+
+def _write(path: pathlib.Path, rows: list[dict]) -> None:
+    if path.suffix == ".csv":
+        lines = ["sentence,sentiment"] + [f'"{r["sentence"]}",{r["sentiment"]}' for r in rows]
+        path.write_text("\n".join(lines) + "\n")
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def _source(layout: str, tmp: pathlib.Path) -> tuple[pathlib.Path, int]:
+    """A data source in ``layout`` and the number of test examples it must score."""
+    if layout == "folder":
+        folder = tmp / "data"
+        folder.mkdir()
+        _write(folder / "train.csv", _rows(60))
+        _write(folder / "validation.jsonl", _rows(12, 100))
+        _write(folder / "test.parquet", _rows(11, 200))
+        return folder, 11
+    path = tmp / f"data.{layout}"
+    rows = _rows(80)
+    _write(path, rows)
+    unique = len({r["sentence"] for r in rows})
+    return path, unique - int(0.9 * unique)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["csv", "jsonl", "parquet", "folder"])
+def test_own_column_names_end_to_end(tmp_path, capsys, layout):
+    """Only data.source, text_field and label_field set: the run trains, scores its test split
+    (every example once) and keeps the label names."""
+    source, n_test = _source(layout, tmp_path)
+    c = tiny_classifier(epochs=0, steps=2, eval_every=2, checkpoint_every=2, batch_size=8)
+    c.data.update(source=str(source), text_field="sentence", label_field="sentiment")
+    c.data.update(max_train_examples=0, length_buckets=1)
+    w = tmp_path / "w"
+    run(c, w)
+    test = json.loads((w / "eval_test.json").read_text())
+    assert sum(map(sum, test["confusion_matrix"])) == n_test
+    assert json.loads((w / "labels.json").read_text())["names"] == ["negative", "positive"]
+    out = capsys.readouterr().out
+    assert "step 2 validation: loss " in out and ", accuracy " in out, "each evaluation prints"
+    if layout != "csv":
+        return
+    run(c, w)  # already finished: the summary reports no speed of zero steps
+    done = capsys.readouterr().out.strip().splitlines()[-1]
+    assert done.startswith("done: step 2") and "tokens/s" not in done and "compile" not in done
+    # predict reads the run's own text field from JSON lines and prints label names.
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"sentence": "a great film"}\n\n{"sentence": "a dull film"}\n')
+    cmd = [sys.executable, "-m", "ptft_jax.predict", "--workdir", str(w), "--file", str(inputs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["a great film", "a dull film"]
+    assert all(r["label"] in ("negative", "positive") for r in rows)
+    assert all(set(r["probs"]) == {"negative", "positive"} for r in rows)
+
+
+def test_the_split_deduplicates_on_the_configured_fields():
+    rows = [
+        {"premise": "p", "hypothesis": "h1", "y": 0},
+        {"premise": "p", "hypothesis": "h2", "y": 1},
+        {"premise": "p", "hypothesis": "h1", "y": 1},
+    ]
+    got = classify.splits({"train": rows}, ("premise", "hypothesis"), "y")
+    assert sum(len(v) for v in got.values()) == 2, "pairs are duplicates only as pairs"
+    assert sum(len(v) for v in split_labeled(rows, ("premise",)).values()) == 1
+
+
+def test_a_test_split_without_labels_is_announced(tmp_path, caplog):
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _write(folder / "train.csv", _rows(10))
+    _write(folder / "validation.csv", _rows(4, 50))
+    (folder / "test.csv").write_text("sentence,sentiment\nan unseen film,\nanother one,\n")
+    with caplog.at_level(logging.WARNING):
+        got = classify.splits(load_records(str(folder)), ("sentence",), "sentiment")
+    assert set(got) == {"train", "validation"}
+    assert "the test split has no labels in 'sentiment'" in caplog.text
+    # The same test file with labels is kept: the check reads the configured label field.
+    _write(folder / "test.csv", _rows(3, 90))
+    got = classify.splits(load_records(str(folder)), ("sentence",), "sentiment")
+    assert len(got["test"]) == 3
+
+
+@pytest.mark.parametrize(
+    "content,num_labels,match",
+    [
+        ("text,y\na,0.0\nb,1.0\nc,0.7\n", 2, r"d.csv line 4 has the label 0.7 in 'y', not a class"),
+        ("text,y\na,0\nb,\nc,1\n", 2, r"d.csv line 3 has no 'y' \(the train split's label"),
+        ("text,y\na,pos\nb,\nc,neg\n", 2, r"d.csv line 3 has no 'y'"),
+        ("text,y\na,0\nb,1\nc,2\n", 2, r"d.csv line 4 has label 2, outside 0..1; set"),
+        ("text,y\na,0.5\nb,x\n", 1, r"d.csv line 3 has the regression label 'x' in 'y', not a"),
+        ('text,y\na,0\n"two\nlines",1\nc,1.5\n', 2, r"d.csv line 5 has the label 1.5"),
+    ],
+    ids=["fractional", "empty-int", "empty-name", "out-of-range", "regression-text", "multiline"],
+)
+def test_labels_are_checked_not_coerced(tmp_path, content, num_labels, match):
+    (tmp_path / "d.csv").write_text(content)
+    records = load_records(str(tmp_path / "d.csv"))["train"]
+    with pytest.raises(DataError, match=match):
+        names = classify.label_names(records, "y", num_labels)
+        classify.encode_labels(records, "y", num_labels, names, "train")
+
+
+def test_whole_float_labels_are_classes(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "y": 1.0}\n{"text": "b", "y": 0.0}\n')
+    records = load_records(str(tmp_path / "d.jsonl"))["train"]
+    assert classify.encode_labels(records, "y", 2, None, "train").tolist() == [1, 0]
+
+
+def test_a_missing_text_field_names_the_record(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"sentence": "a", "y": 1}\n\n{"review": "b", "y": 0}\n')
+    records = load_records(str(tmp_path / "d.jsonl"))["train"]
+    assert sources.text_of(records[0], "sentence") == "a"
+    with pytest.raises(DataError, match=r"d.jsonl line 3 has no field 'sentence' \(its fields"):
+        sources.text_of(records[1], "sentence")
