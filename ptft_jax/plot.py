@@ -155,7 +155,7 @@ def plot_curves(workdir: pathlib.Path, out):
         ax.set(xlabel="step", ylabel=metric.replace("_", " "), title=metric.replace("_", " "))
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(_fit(f"Training curves of {workdir.name}", 11))
+    fig.suptitle(_fit(f"Training curves of {workdir.name}", 0.9 * 11), fontsize=12)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return fig  # the caller closes it (plt.close) once done with it
@@ -170,7 +170,8 @@ def plot_confusion(matrix, names, out, title: str):
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(len(names)), names, rotation=90)
     ax.set_yticks(range(len(names)), names)
-    ax.set(xlabel="predicted label", ylabel="true label", title=_fit(title, size))
+    ax.set(xlabel="predicted label", ylabel="true label")
+    fig.suptitle(_fit(title, 0.9 * size), fontsize=12)  # centred on the figure, not the axes
     for (i, j), v in np.ndenumerate(cm):
         color = "white" if v > cm.max() / 2 else "black"
         ax.text(j, i, str(v), ha="center", va="center", color=color)
@@ -208,7 +209,7 @@ def plot_learning_curve(rows: list[dict], out, title: str):
     ax.set_xscale("log", base=2)
     ax.set_xticks(n, [str(x) for x in n])
     ax.set(xlabel="training examples (stratified subsample)", ylabel="test score")
-    ax.set_title(_fit(title, 6.5))
+    fig.suptitle(_fit(title, 0.9 * 6.5), fontsize=12)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
