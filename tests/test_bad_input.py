@@ -113,7 +113,7 @@ CASES = [
     ("empty data", "has no records (in its train split); add records", False),
     ("non-UTF-8 data", "is not valid UTF-8 (byte 6); re-encode it as UTF-8", False),
     ("label outside num_labels", "has label 5, outside 0..1; set --config.model.num_labels", False),
-    ("label unseen in training", "labels never seen in training (neutral)", False),
+    ("label unseen in training", "labels never seen in training (neutral; first at", False),
     (
         "tokenizer larger than the model's vocabulary",
         "has 30522 tokens but model.vocab_size is 1024; set --config.model.vocab_size=30522",
