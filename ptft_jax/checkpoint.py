@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import pathlib
 import shutil
+import sys
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from ptft_jax.errors import UserError
+from ptft_jax.errors import DataError, UserError
+
+log = logging.getLogger(__name__)
 
 
 class DiskFullError(UserError):
@@ -129,7 +133,9 @@ def restore_params(mgr: ocp.CheckpointManager, like):
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: dict) -> None:
-    """Start an async save of step ``step`` (returns once device arrays are copied)."""
+    """Start an async save of step ``step`` (returns once device arrays are copied); ``meta``
+    gets the checksum of every array of the state, which a restore verifies."""
+    meta = {**meta, "checksums": checksums(state)}
     with _filling_up(mgr):
         mgr.wait_until_finished()  # the previous save is on disk: its size counts below
         _check_space(mgr, step, state)
@@ -156,8 +162,155 @@ def restore(mgr: ocp.CheckpointManager, step: int, abstract_state):
     return restored.state, restored.data, restored.meta
 
 
+class DamagedError(DataError):
+    """A checkpoint that cannot be read back, or whose arrays do not match their checksums."""
+
+
+def restore_checked(mgr: ocp.CheckpointManager, step: int, abstract_state):
+    """``restore`` that raises DamagedError, naming the problem, when the step cannot be read
+    or an array differs from its saved checksum (checkpoints from before checksums pass)."""
+    _ignore_abandoned_reads()
+    try:
+        state, data_state, meta = restore(mgr, step, abstract_state)
+    except Exception as e:  # any failure to read a step is damage to it
+        problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise DamagedError(f"the checkpoint of step {step} is damaged ({problem})") from None
+    bad = mismatches(state, meta.get("checksums"))
+    if bad:
+        raise DamagedError(
+            f"the checkpoint of step {step} is damaged ({bad[0]} does not match its checksum)"
+        )
+    return state, data_state, meta
+
+
+def restore_verified(mgr: ocp.CheckpointManager, abstract_state):
+    """``(step, state, data_state, meta)`` of the newest checkpoint that restores and matches
+    its checksums, or None when there is none. A damaged one (a file missing, cut short or
+    overwritten) is moved to ``W/damaged/<step>``, kept, with a line naming it; if every
+    checkpoint is damaged the run stops rather than start over."""
+    damaged = []
+    for step in sorted(mgr.all_steps(), reverse=True):
+        try:
+            found, problem = (step, *restore_checked(mgr, step, abstract_state)), None
+        except DamagedError as e:
+            found, problem = None, str(e)
+        if _everywhere(problem is None):
+            return found
+        damaged.append(_set_aside(mgr, step, problem))
+    if damaged:
+        raise DataError(
+            f"Every checkpoint in {mgr.directory} is damaged (moved to {damaged[-1].parent}); "
+            "restore one from a backup, or start a new --workdir."
+        )
+    return None
+
+
+def _ignore_abandoned_reads() -> None:
+    """A failed restore leaves reads in flight that later report to an event loop Orbax has
+    closed: hundreds of "Event loop is closed" tracebacks that say nothing about the damage
+    (already named). Those alone are dropped; anything else still reaches the previous hook."""
+    previous = sys.unraisablehook
+    if getattr(previous, "ptft_jax", False):
+        return
+
+    def hook(unraisable) -> None:
+        e = unraisable.exc_value
+        if not (isinstance(e, RuntimeError) and str(e) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.ptft_jax = True
+    sys.unraisablehook = hook
+
+
+def _everywhere(ok: bool) -> bool:
+    """``ok`` on every process (one process's unreadable shard damages the step for all)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def _set_aside(mgr: ocp.CheckpointManager, step: int, problem: str | None) -> pathlib.Path:
+    """Move the damaged ``step`` out of the checkpoints (process 0), so no resume reads it and
+    no rotation counts it; the files stay for a look."""
+    folder = pathlib.Path(mgr.directory)
+    dest = folder.parent / "damaged" / str(step)
+    if jax.process_index() == 0:
+        dest.parent.mkdir(exist_ok=True)
+        n = 1
+        while dest.exists():  # an earlier damage of the same step number
+            dest, n = folder.parent / "damaged" / f"{step}.{n}", n + 1
+        (folder / str(step)).rename(dest)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"ptft_jax: set aside step {step}")
+    mgr.reload()
+    log.warning(
+        "%s; moved it to %s and resuming from an earlier one",
+        problem or f"the checkpoint of step {step} could not be read on another process",
+        dest,
+    )
+    return dest
+
+
 def abstract_like(shapes, shardings):
     """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
+
+
+# --- Integrity: a checksum of every array, written with the step and verified on restore.
+
+
+def _as_uint32(x):
+    """The bits of ``x`` as uint32 values (16-bit and 8-bit values widened, 64-bit split)."""
+    import jax.numpy as jnp
+
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    width = x.dtype.itemsize
+    if width == 4:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)
+    if width == 8:
+        return jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
+    narrow = {2: jnp.uint16, 1: jnp.uint8}[width]
+    return jax.lax.bitcast_convert_type(x, narrow).astype(jnp.uint32)
+
+
+def _mix(h):
+    """MurmurHash3's 32-bit finaliser: a bijection on uint32 in which every input bit moves
+    about half of the output bits."""
+    h = h ^ (h >> 16)
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+@jax.jit
+def _checksums(leaves):
+    """Per array: the sum over elements of mix(bits + 0x9E3779B9 * index), modulo 2**32.
+    Integer sums wrap and commute, so the value is exact whatever the sharding or reduction
+    order; a changed bit anywhere changes it (but for a 2**-32 chance)."""
+    import jax.numpy as jnp
+
+    out = []
+    for x in leaves:
+        bits = _as_uint32(x).reshape(-1)
+        index = jax.lax.iota(jnp.uint32, bits.shape[0])
+        out.append(jnp.sum(_mix(bits + index * np.uint32(0x9E3779B9)), dtype=jnp.uint32))
+    return out
+
+
+def checksums(tree) -> dict[str, int]:
+    """``{path: checksum}`` of every array in ``tree``, computed where the arrays live."""
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    values = jax.device_get(_checksums([x for _, x in flat]))
+    return {jax.tree_util.keystr(path): int(v) for (path, _), v in zip(flat, values, strict=True)}
+
+
+def mismatches(tree, expected: dict[str, int] | None) -> list[str]:
+    """Paths whose checksum differs from ``expected`` (none when no checksums were saved)."""
+    if not expected:
+        return []
+    got = checksums(tree)
+    return [k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k)]

@@ -71,6 +71,23 @@ def parse_absl_flags(argv: list[str]) -> list[str]:
         fail(f"{message[0].lower()}{message[1:].rstrip('.')}; see {command} --help.")
 
 
+def parse_config_flags(argv: list[str]) -> list[str]:
+    """absl parsing for commands with ``--config``: a config file that cannot be used, an
+    unknown key or a value of the wrong type is one sentence, before the file runs."""
+    from absl import flags
+
+    from ptft_jax import config
+
+    spec = flag_value(argv[1:], "config")
+    problem = (config_file_problem(spec) if spec else None) or config.flag_problem(argv[1:])
+    if problem is None:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            problem = config.flag_problem(argv[1:], e)
+    fail(problem)
+
+
 def flag_value(argv: list[str], name: str) -> str | None:
     """The value of ``--name=V`` or ``--name V`` on a command line, if given."""
     for i, arg in enumerate(argv):

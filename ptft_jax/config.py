@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import re
@@ -246,6 +247,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"train.{key}={t[key]} must be at least {low}; fix --config.train.{key}."
             )
+    _check_numbers(t)
     if d.max_predictions_per_seq < 1 or d.num_threads < 0 or d.prefetch < 1:
         raise ConfigError(
             "data.max_predictions_per_seq and data.prefetch must be at least 1 and "
@@ -269,6 +271,32 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
+
+
+# Optimizer and loss numbers: each must be finite and inside its range.
+NUMBERS = {
+    "learning_rate": ("at least 0", lambda v: v >= 0),
+    "weight_decay": ("at least 0", lambda v: v >= 0),
+    "max_grad_norm": ("at least 0 (0: no clipping)", lambda v: v >= 0),
+    "adam_b1": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_b2": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "adam_eps": ("at least 0", lambda v: v >= 0),
+    "warmup_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "distill_alpha": ("in [0, 1]", lambda v: 0 <= v <= 1),
+    "distill_temperature": ("above 0", lambda v: v > 0),
+    "temperature": ("above 0", lambda v: v > 0),
+}
+
+
+def _check_numbers(t) -> None:
+    """A NaN, infinite or negative learning rate (and the like) would otherwise train uphill
+    or into NaN without a word."""
+    for key, (rule, ok) in NUMBERS.items():
+        value = t[key]
+        if isinstance(value, bool) or not math.isfinite(value) or not ok(value):
+            raise ConfigError(
+                f"train.{key}={value} must be a finite number {rule}; fix --config.train.{key}."
+            )
 
 
 def is_workdir(path: str | pathlib.Path) -> bool:

@@ -173,18 +173,20 @@ def train_step(
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (grads, sums), _ = jax.lax.scan(microbatch, zeros, (jnp.arange(num_micro), batch))
     loss, grad_norm = loss_of(sums), optax.global_norm(grads)
-    # A non-finite loss or gradient never reaches the state: that update is dropped (and
-    # counted), so every checkpoint holds finite parameters. (A cond, not a select over the
-    # whole state: the update then runs in place, without a second pass over params and
-    # moments.)
+    # An update whose loss, gradient or new parameters are not finite never reaches the state:
+    # it is dropped (and counted), so no checkpoint can hold a NaN, whatever the cause (a bad
+    # batch, a NaN learning rate, an optimizer number). The new parameters are checked, not
+    # predicted: their finiteness is reduced to one flag per leaf, then a select keeps the old
+    # state where the flag is down.
+    updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-    def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state
-
+    for leaf in jax.tree.leaves(new_params):
+        finite &= jnp.all(jnp.isfinite(leaf))
     params, opt_state = jax.lax.cond(
-        finite, update, lambda p, o: (p, o), params, state["opt_state"]
+        finite,
+        lambda: (new_params, new_opt_state),
+        lambda: (params, state["opt_state"]),
     )
     metrics = {
         "loss": loss,

@@ -32,6 +32,7 @@ from ptft_jax import (
     hf,
     metrics,
     optim,
+    runlock,
     sharding,
     steps,
     stopping,
@@ -43,13 +44,18 @@ log = logging.getLogger("ptft_jax.train")
 
 
 def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
-    """Train as ``cfg`` says in ``workdir``; returns the final summary.
+    """Train as ``cfg`` says in ``workdir``, the only run there (``W/run.lock``); returns the
+    final summary.
 
     ``cli_model_keys`` are the ``model.*`` keys set on the command line: with ``init_from``
     the checkpoint decides the model shape, and only those may contradict it (an error).
     """
+    with runlock.RunLock(pathlib.Path(workdir)) as lock:
+        return _run(cfg, pathlib.Path(workdir), cli_model_keys, lock)
+
+
+def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> dict:
     t_start = time.time()
-    workdir = pathlib.Path(workdir)
 
     # --- Check everything a user can get wrong before building or compiling anything.
     config.validate(cfg)
@@ -98,8 +104,8 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         log.info("loaded %s%s", origin, note)
 
     # --- Everything checked: only now does the workdir get written.
+    lock.create(resuming)
     if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
         if not (resuming and (workdir / "tokenizer").exists()):
             tokenize.save_tokenizer(data.tokenizer, workdir / "tokenizer")
         if data.label_names is not None:
@@ -128,11 +134,12 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
         )
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
         best_ckpt = checkpoint.manager(workdir, 1, "best") if kind == "classification" else None
-        latest = ckpt.latest_step()
-        tracker = {"best": None, "best_step": None, "since_best": 0}
-        if latest is not None:
-            abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
-            state, data_state, meta = checkpoint.restore(ckpt, latest, abstract)
+        abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
+        found = checkpoint.restore_verified(ckpt, abstract) if resuming else None
+        latest, tracker = None, {"best": None, "best_step": None, "since_best": 0}
+        if found is not None:
+            latest, state, data_state, meta = found
+            tokenize.check_resumed(data.tokenizer, meta.get("tokenizer"), workdir, latest)
             data_iter.set_state(data_state)
             tracker.update(meta.get("tracker", {}))
         else:
@@ -260,6 +267,7 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
                     "step": step,
                     "tracker": tracker,
                     "config": json.loads(cfg.to_json_best_effort()),
+                    "tokenizer": tokenize.tokenizer_fingerprint(data.tokenizer),
                 }
                 checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
             if stop_early:
@@ -376,19 +384,6 @@ def main(argv) -> None:
         sys.exit(errors.INTERRUPTED)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with config mistakes reported in one sentence instead of a traceback."""
-    spec = cli.flag_value(argv[1:], "config")
-    problem = cli.config_file_problem(spec) if spec else None
-    problem = problem or config.flag_problem(argv[1:])
-    if problem is None:
-        try:
-            return flags.FLAGS(argv)
-        except flags.Error as e:
-            problem = config.flag_problem(argv[1:], e)
-    cli.fail(problem)
-
-
 if __name__ == "__main__":
     # Flags are defined only when run as a program, so entry points import each other freely.
     config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
@@ -400,4 +395,4 @@ if __name__ == "__main__":
     flags.DEFINE_string(
         "topology", "v5p:2x2x1", "With --compile_only: a TPU slice, e.g. v5p:4x4x4."
     )
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.parse_config_flags)

@@ -50,7 +50,13 @@ def load(workdir: str | pathlib.Path) -> Run:
     abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
     mgr = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
     step = mgr.latest_step()
-    state, _, _ = checkpoint.restore(mgr, step, abstract)
+    try:
+        state, _, _ = checkpoint.restore_checked(mgr, step, abstract)
+    except checkpoint.DamagedError as e:
+        raise checkpoint.DamagedError(
+            f"In {workdir}, {e}; run its train command once to set it aside and resume from "
+            "the one before."
+        ) from None
     mgr.close()
     params = state["params"]
     if (workdir / "best").is_dir():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import pathlib
@@ -86,7 +87,12 @@ def load_tokenizer(path: str):
 def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming):
     """The run's tokenizer, not yet saved: ``W/tokenizer`` when resuming, else the one given in
     ``data.tokenizer``, else WordPiece trained on ``texts``."""
-    if resuming and (workdir / "tokenizer").exists():
+    if resuming:  # the run's own tokenizer, never a new one
+        if not (workdir / "tokenizer").is_dir():
+            raise DataError(
+                f"{workdir / 'tokenizer'} is missing, but the checkpoints in {workdir} were "
+                "trained with it; restore that folder or start a new --workdir."
+            )
         tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
@@ -119,8 +125,25 @@ def factory(data_cfg, workdir: pathlib.Path, vocab_size: int, resuming: bool):
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
-    """A hash of the tokenizer's full definition, for cache keys."""
-    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+    """A hash of the tokenizer's definition (vocabulary, normaliser, pre-tokeniser, model), for
+    cache keys and to tie a checkpoint to its tokenizer. The truncation and padding a call sets
+    on the backend are left out: they change with every call, not the tokens."""
+    definition = json.loads(tokenizer.backend_tokenizer.to_str())
+    definition.pop("truncation", None)
+    definition.pop("padding", None)
+    text = json.dumps(definition, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_resumed(tokenizer, saved: str | None, workdir: pathlib.Path, step: int) -> None:
+    """Stop when ``W/tokenizer`` is not the tokenizer the checkpoint of ``step`` trained with
+    (``saved``: its fingerprint; checkpoints older than fingerprints have none)."""
+    if saved and tokenizer_fingerprint(tokenizer) != saved:
+        raise DataError(
+            f"{workdir / 'tokenizer'} is not the tokenizer the checkpoint of step {step} was "
+            "trained with (it was changed or partly deleted); restore that folder or start a "
+            "new --workdir."
+        )
 
 
 def tokenize_cached(texts: list[str], tokenizer, cache_root: pathlib.Path) -> list[np.ndarray]:
