@@ -98,7 +98,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
     pretrained = None
     if source is not None and not resuming:
         pretrained, fresh = hf.load_params(source.tensors(), jax.eval_shape(init_fn)["params"])
-        heads = sorted({"/".join(p.split("/")[:2]) for p in fresh})
+        heads = sorted({p.rsplit("/", 1)[0] for p in fresh})  # the modules, not each tensor
         note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
         origin = cfg.init_from or f"layers {layers} of the teacher {cfg.train.teacher}"
         log.info("loaded %s%s", origin, note)
