@@ -19,7 +19,6 @@ from absl import app, flags
 
 from ptft_jax import cli, config, evaluation, metrics, sharding, steps, workdir
 from ptft_jax.data import pipeline, prepare, sources
-from ptft_jax.data.builtin import cache_dir
 
 
 def _mlm_batches(run, split: str, layout) -> list:
@@ -33,7 +32,7 @@ def _mlm_batches(run, split: str, layout) -> list:
         raise sources.DataError(
             f"data.source {cfg.data.source!r} has no test split; use --split=validation."
         )
-    blocks = pipeline.pack_texts(texts, run.tokenizer, cfg.data.max_seq_length, cache_dir())
+    blocks = prepare.mlm_blocks(cfg, texts, run.tokenizer, held_out=True)  # NSP pairs too
     spec = pipeline.masking_spec(cfg.data, run.tokenizer)
     return list(pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0))
 

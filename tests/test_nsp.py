@@ -8,6 +8,7 @@ import transformers
 from test_train import tiny_config
 
 from ptft_jax.data.nsp import make_pairs, split_sentences
+from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
 from ptft_jax.train import run
 
@@ -71,7 +72,7 @@ def test_sentences():
 
 @pytest.mark.slow
 def test_mlm_and_nsp_run_and_export_as_bert_for_pretraining(tmp_path):
-    cfg = tiny_config(steps=4, checkpoint_every=4, eval_every=4, log_every=2)
+    cfg = tiny_config(steps=4, checkpoint_every=4, eval_every=4, log_every=2, eval_batches=0)
     cfg.train.objectives = ("mlm", "nsp")
     w = tmp_path / "w"
     summary = run(cfg, w)
@@ -82,6 +83,10 @@ def test_mlm_and_nsp_run_and_export_as_bert_for_pretraining(tmp_path):
     assert final["loss"] == pytest.approx(final["mlm_loss"] + final["nsp_loss"])
     assert 0.3 < final["nsp_accuracy"] < 0.7 and 0.6 < final["nsp_loss"] < 0.8  # untrained
     assert "nsp_accuracy" in [r for r in rows if r["split"] == "train"][-1]
+    # evaluate scores the same held-out pairs as training did (its NSP head reads their labels)
+    again = evaluate(str(w))
+    for key in ("loss", "mlm_accuracy", "nsp_accuracy", "nsp_loss"):
+        assert again[key] == pytest.approx(final[key], rel=1e-5), key
     export(str(w), str(tmp_path / "hf"))
     model = transformers.AutoModelForPreTraining.from_pretrained(tmp_path / "hf")
     assert type(model).__name__ == "BertForPreTraining"

@@ -46,14 +46,8 @@ def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
     train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
     tokenizer = get_tokenizer(train_texts)
     seq_len = cfg.data.max_seq_length
-    if "nsp" in cfg.train.objectives:  # sentence pairs, half of them with a random B
-        train_blocks, eval_blocks = (
-            nsp.pair_texts(texts, tokenizer, seq_len, cache_dir(), cfg.train.seed + i)
-            for i, texts in enumerate((train_texts, eval_texts))
-        )
-    else:
-        train_blocks = pipeline.pack_texts(train_texts, tokenizer, seq_len, cache_dir())
-        eval_blocks = pipeline.pack_texts(eval_texts, tokenizer, seq_len, cache_dir())
+    train_blocks = mlm_blocks(cfg, train_texts, tokenizer, held_out=False)
+    eval_blocks = mlm_blocks(cfg, eval_texts, tokenizer, held_out=True)
     spec = pipeline.masking_spec(cfg.data, tokenizer)
     t = cfg.train
     return TaskData(
@@ -62,6 +56,16 @@ def mlm(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
         eval=list(pipeline.eval_batches(eval_blocks, spec, eval_layout, t.seed, t.eval_batches)),
         summary=f"{len(train_blocks)} train / {len(eval_blocks)} eval blocks of {seq_len}",
     )
+
+
+def mlm_blocks(cfg, texts: list[str], tokenizer, held_out: bool):
+    """The blocks MLM trains or evaluates on: ``texts`` packed into ``max_seq_length``, or, when
+    the run trains NSP, sentence pairs (half with a random B, seeded apart for held-out text)."""
+    seq_len = cfg.data.max_seq_length
+    if "nsp" in cfg.train.objectives:
+        seed = cfg.train.seed + int(held_out)
+        return nsp.pair_texts(texts, tokenizer, seq_len, cache_dir(), seed)
+    return pipeline.pack_texts(texts, tokenizer, seq_len, cache_dir())
 
 
 def contrastive_data(cfg, get_tokenizer: Callable, layout, eval_layout) -> TaskData:
