@@ -11,64 +11,25 @@ there; the checkpoint holds the student only, which exports like any model of it
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import re
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import ml_collections
 from flax import nnx
 
-from ptft_jax import config, hf, sharding, steps
-from ptft_jax import workdir as workdir_lib
+from ptft_jax import config, hf, sharding, steps, weights
 from ptft_jax.data.sources import DataError
-from ptft_jax.model import SHAPE_FIELDS, ModelConfig
+from ptft_jax.model import SHAPE_FIELDS
 
-
-@dataclasses.dataclass
-class Teacher:
-    """Where the teacher comes from and what it is; its tensors are read on demand."""
-
-    task: str  # "classification" or "mlm"
-    model_cfg: ModelConfig
-    fields: dict  # its model.* shape fields
-    tokenizer: pathlib.Path
-    tensors: Callable[[], dict]  # HF-named float32 arrays
+# The teacher is a pretrained model like any init_from: a workdir, hf:<folder> or a built-in.
+Teacher = weights.Pretrained
 
 
 def teacher_of(cfg: ml_collections.ConfigDict) -> Teacher:
-    """The teacher named by ``train.teacher``: a finished workdir or an HF/builtin model."""
-    source = cfg.train.teacher
-    if config.is_workdir(source):
-        path = pathlib.Path(source).expanduser()
-        saved = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
-        task = config.model_task(saved)
-        model_cfg = config.model_config(saved)
-        fields = {k: saved.model[k] for k in hf.CONFIG_FIELDS if k in saved.model}
-        return Teacher(
-            task,
-            model_cfg,
-            fields,
-            path / "tokenizer",
-            lambda: hf.to_hf_tensors(jax.device_get(workdir_lib.load(path).params)),
-        )
-    if not source.startswith(("hf:", "builtin:")):
-        raise config.ConfigError(
-            f"train.teacher={source!r} is neither a finished workdir nor hf:<folder or hub id>; "
-            "point it at the run to distill from."
-        )
-    folder = hf.resolve(source)
-    fields = hf.read_config(folder)
-    raw = json.loads((folder / "config.json").read_text())
-    arch = (raw.get("architectures") or ["BertForMaskedLM"])[0]
-    task = "classification" if "SequenceClassification" in arch else "mlm"
-    labels = raw.get("num_labels") or len(raw.get("id2label") or {}) or 2
-    model_cfg = ModelConfig(**fields, num_labels=labels, add_pooling_layer=task == "classification")
-    return Teacher(
-        task, model_cfg, fields, folder, lambda: hf.read_tensors(folder, cfg.allow_pytorch_bin)
-    )
+    """The teacher named by ``train.teacher``."""
+    return weights.resolve(cfg.train.teacher, cfg.allow_pytorch_bin, "train.teacher")
 
 
 def student_config(cfg: ml_collections.ConfigDict, teacher: Teacher) -> ml_collections.ConfigDict:
@@ -114,7 +75,7 @@ def student_config(cfg: ml_collections.ConfigDict, teacher: Teacher) -> ml_colle
     return cfg
 
 
-def student_source(teacher: Teacher, layers: tuple[int, ...]) -> workdir_lib.Pretrained:
+def student_source(teacher: Teacher, layers: tuple[int, ...]) -> weights.Pretrained:
     """The student's initial weights: the teacher's embeddings, pooler and heads, and its
     encoder layers ``layers`` renumbered 0, 1, ... (DistilBERT's initialisation)."""
     layers = tuple(layers)
@@ -130,7 +91,8 @@ def student_source(teacher: Teacher, layers: tuple[int, ...]) -> workdir_lib.Pre
         return out
 
     fields = dict(_shape(teacher.fields), num_hidden_layers=len(layers))
-    return workdir_lib.Pretrained(fields, teacher.tokenizer, tensors)
+    model_cfg = dataclasses.replace(teacher.model_cfg, num_hidden_layers=len(layers))
+    return weights.Pretrained(teacher.task, model_cfg, fields, teacher.tokenizer, tensors)
 
 
 def _shape(fields: dict) -> dict:

@@ -36,8 +36,8 @@ from ptft_jax import (
     sharding,
     steps,
     stopping,
+    weights,
 )
-from ptft_jax import workdir as workdir_lib
 from ptft_jax.data import pipeline, prepare, tokenize
 
 log = logging.getLogger("ptft_jax.train")
@@ -64,7 +64,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
     layers = tuple(cfg.train.student_layers_from_teacher)
     if teacher is not None:
         cfg = distill.student_config(cfg, teacher)  # the teacher's task, tokenizer, labels
-    source = workdir_lib.pretrained(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
+    source = weights.resolve(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
     if teacher is not None and layers:
         source = distill.student_source(teacher, layers)
     if source is not None:

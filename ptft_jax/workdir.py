@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Callable
 
 import jax
 import ml_collections
-import numpy as np
 
-from ptft_jax import checkpoint, config, hf, optim, sharding, steps
+from ptft_jax import checkpoint, config, optim, sharding, steps
 from ptft_jax.data.tokenize import load_tokenizer
 
 
@@ -76,33 +74,3 @@ def label_names(run: Run) -> list[str]:
     if path.exists():
         return json.loads(path.read_text())["names"]
     return [str(i) for i in range(run.model_cfg.num_labels)]
-
-
-@dataclasses.dataclass
-class Pretrained:
-    """Where ``init_from`` points: the model fields it fixes, its tokenizer, its tensors."""
-
-    fields: dict
-    tokenizer: pathlib.Path
-    tensors: Callable[[], dict[str, np.ndarray]]  # HF-named float32 arrays, read on call
-
-
-def pretrained(init_from: str, allow_pytorch_bin: bool = False) -> Pretrained:
-    """A HF folder, a hub id, a built-in, or a ptft_jax workdir (its best or latest params;
-    heads the new task lacks, such as an MLM head under classification, are dropped later)."""
-    if config.is_workdir(init_from):
-        path = pathlib.Path(init_from).expanduser()
-        try:
-            saved = json.loads((path / "config.json").read_text())["model"]
-        except (OSError, ValueError, KeyError):
-            raise config.ConfigError(
-                f"{path / 'config.json'} is unreadable; point init_from at a finished workdir."
-            ) from None
-        fields = {k: saved[k] for k in hf.CONFIG_FIELDS if k in saved}
-        return Pretrained(
-            fields, path / "tokenizer", lambda: hf.to_hf_tensors(jax.device_get(load(path).params))
-        )
-    folder = hf.resolve(init_from)
-    return Pretrained(
-        hf.read_config(folder), folder, lambda: hf.read_tensors(folder, allow_pytorch_bin)
-    )
