@@ -93,12 +93,12 @@ def _confusion_png(run, split: str, scores: dict) -> None:
     except ImportError:
         logging.warning('no confusion_%s.png: pip install -e ".[plot]" for plots', split)
         return
-    from ptft_jax import plot
+    from ptft_jax import figures
 
     title = f"{run.path.name}, {split} split (step {run.step}): accuracy {scores['accuracy']:.3f}"
     out = run.path / f"confusion_{split}.png"
-    fig = plot.plot_confusion(scores["confusion_matrix"], workdir.label_names(run), out, title)
-    plot._pyplot().close(fig)
+    fig = figures.plot_confusion(scores["confusion_matrix"], workdir.label_names(run), out, title)
+    figures._pyplot().close(fig)
 
 
 @cli.guarded

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
-from ptft_jax import plot, workdir  # noqa: E402
+from ptft_jax import figures, plot, workdir  # noqa: E402
 from ptft_jax.export import export  # noqa: E402
 from ptft_jax.train import run  # noqa: E402
 
@@ -57,7 +57,7 @@ def test_attention_maps_equal_transformers_and_read_well(mlm_run, tmp_path):
     np.testing.assert_allclose(probs, np.stack([a[0].numpy() for a in want]), atol=2e-5)
 
     out = tmp_path / "attention.png"
-    fig = plot.plot_attention(tokens, probs, out)
+    fig = figures.plot_attention(tokens, probs, out)
     assert out.read_bytes()[:8] == PNG
     assert len(fig.axes) == probs.shape[0] * probs.shape[1]
     assert fig.axes[0].get_title() == "head 0" and "layer 0" in fig.axes[0].get_ylabel()
@@ -67,7 +67,7 @@ def test_attention_maps_equal_transformers_and_read_well(mlm_run, tmp_path):
 
 @pytest.mark.slow
 def test_curves_and_confusion_matrix(mlm_run, tmp_path):
-    fig = plot.plot_curves(mlm_run, tmp_path / "curves.png")
+    fig = figures.plot_curves(mlm_run, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
     loss, metric = fig.axes
     assert loss.get_xlabel() == "step" and loss.get_ylabel() == "loss"
@@ -78,7 +78,7 @@ def test_curves_and_confusion_matrix(mlm_run, tmp_path):
 
     names = ["business", "entertainment", "politics", "sport", "tech"]
     cm = np.random.default_rng(0).integers(0, 90, (5, 5))
-    fig = plot.plot_confusion(cm, names, tmp_path / "cm.png", "validation")
+    fig = figures.plot_confusion(cm, names, tmp_path / "cm.png", "validation")
     assert (tmp_path / "cm.png").read_bytes()[:8] == PNG
     ax = fig.axes[0]
     assert ax.get_xlabel() == "predicted label" and ax.get_ylabel() == "true label"
@@ -101,7 +101,7 @@ def test_learning_curve_runs_and_plots(tmp_path):
         evals = [r["step"] for r in map(json.loads, lines) if r.get("split") == "validation"]
         assert evals == [0, 2, 4], (n, evals)
     assert json.loads((tmp_path / "learning_curve.json").read_text()) == rows
-    fig = plot.plot_learning_curve(rows, tmp_path / "lc.png", "tiny on builtin:mr")
+    fig = figures.plot_learning_curve(rows, tmp_path / "lc.png", "tiny on builtin:mr")
     assert (tmp_path / "lc.png").read_bytes()[:8] == PNG
     ax = fig.axes[0]
     assert ax.get_xlabel().startswith("training examples") and ax.get_ylabel() == "test score"
