@@ -16,6 +16,7 @@ import jax
 from absl import app, flags
 
 from ptft_jax import cli, config, hf, metrics, workdir
+from ptft_jax.model import SHAPE_FIELDS
 
 ARCHITECTURES = {
     "mlm": "BertForMaskedLM",
@@ -36,7 +37,83 @@ def export(workdir_path: str, out: str) -> dict:
     if config.model_task(run.cfg) == "classification" and run.model_cfg.num_labels > 1:
         id2label = dict(enumerate(workdir.label_names(run)))
     hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture, id2label)
+    (pathlib.Path(out) / "README.md").write_text(model_card(run, architecture), encoding="utf-8")
     return {"out": str(out), "architecture": architecture, "step": run.step}
+
+
+def _scores(run: workdir.Run) -> tuple[str, dict]:
+    """The run's measured metrics: ``evaluate``'s or the final test pass's files, else the last
+    validation row of ``metrics.jsonl``."""
+    for split in ("test", "validation"):
+        path = run.path / f"eval_{split}.json"
+        if path.is_file():
+            found = json.loads(path.read_text())
+            return f"{split} split, step {found.get('step', run.step)}", found
+    path = run.path / "metrics.jsonl"
+    rows = (
+        [r for r in metrics.read_rows(path) if r["split"] == "validation"] if path.is_file() else []
+    )
+    if rows:
+        return f"held-out validation split, step {rows[-1]['step']}", rows[-1]
+    return "none measured", {}
+
+
+def model_card(run: workdir.Run, architecture: str) -> str:
+    """The export's README.md: what the model is, how it was trained, what it scored."""
+    c, m = run.cfg, run.model_cfg
+    where, scores = _scores(run)
+    numbers = [
+        f"| {k} | {v:.4f} |"
+        for k, v in scores.items()
+        if isinstance(v, int | float) and k not in ("step", "split")
+    ]
+    shape = ", ".join(f"{k} {getattr(m, k)}" for k in SHAPE_FIELDS)
+    pair = f", pairs from `{c.data.text_pair_field}`" if c.data.text_pair_field else ""
+    how = f"{c.train.epochs} epochs" if c.train.epochs else f"{c.train.steps} steps"
+    label = (
+        f", labels from `{c.data.label_field}`" if config.model_task(c) == "classification" else ""
+    )
+    return "\n".join(
+        [
+            "---",
+            "library_name: transformers",
+            f"tags: [ptft_jax, bert, {config.model_task(c)}]",
+            "---",
+            "",
+            f"# {run.path.name}",
+            "",
+            f"`{architecture}` trained with ptft_jax (task `{c.task}`), exported at step "
+            f"{run.step}. Shape: {shape}.",
+            "",
+            "## Training",
+            "",
+            f"- data: `{c.data.source}`, text from `{c.data.text_field}`{pair}{label}, "
+            f"max_seq_length {c.data.max_seq_length}",
+            f"- started from: `{c.init_from or 'random initialisation'}`",
+            f"- {how} of batch {c.train.batch_size}, learning rate {c.train.learning_rate}, "
+            f"seed {c.train.seed}; the whole config is below",
+            "",
+            f"## Evaluation ({where})",
+            "",
+            *(["| metric | value |", "|---|---|", *numbers] if numbers else ["No evaluation yet."]),
+            "",
+            "## Use",
+            "",
+            "```python",
+            f"from transformers import AutoTokenizer, {architecture}",
+            "",
+            "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+            f"model = {architecture}.from_pretrained(FOLDER)  # needs PyTorch",
+            "```",
+            "",
+            "## Config",
+            "",
+            "```json",
+            c.to_json_best_effort(indent=2),
+            "```",
+            "",
+        ]
+    )
 
 
 @cli.guarded

@@ -159,6 +159,10 @@ def test_finetune_evaluate_predict_export(tmp_path):
             [row["probs"]["negative"], row["probs"]["positive"]], p, atol=1e-5
         )
     assert model.config.id2label == {0: "negative", 1: "positive"}
+    card = (tmp_path / "hf" / "README.md").read_text()  # the model card
+    assert "`BertForSequenceClassification` trained with ptft_jax" in card
+    assert "data: `builtin:mr`" in card and "## Evaluation (test split" in card
+    assert f"| accuracy | {again['accuracy']:.4f} |" in card
     umask = os.umask(0)
     os.umask(umask)
     for f in (tmp_path / "hf").iterdir():  # the usual mode, as for any file the user writes
