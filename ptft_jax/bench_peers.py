@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ptft_jax.bench import TRAIN, model_fields, peak_rss, random_batch
+from ptft_jax.bench_workload import TRAIN, model_fields, peak_rss, random_batch
 
 
 def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled: bool) -> dict:

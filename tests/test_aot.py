@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from ptft_jax import aot, bench, config
+from ptft_jax import aot, bench_workload, config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_bert_base_compiles_for_a_v5p_slice():
     assert 1.1 < arguments < 1.4, out
     flops = float(re.search(r"FLOPs per step: ([\d.e+]+)", out)[1])
     assert flops == pytest.approx(
-        bench.model_flops("bert-base", 256, 128, 256 * 20, 256 * 20), rel=0.1
+        bench_workload.model_flops("bert-base", 256, 128, 256 * 20, 256 * 20), rel=0.1
     ), out
 
 

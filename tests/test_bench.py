@@ -10,7 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
-from ptft_jax import bench, optim, sharding, steps
+from ptft_jax import bench, bench_workload, optim, sharding, steps
 from ptft_jax.model import ModelConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -26,9 +26,9 @@ runpy.run_module("ptft_jax.bench", run_name="__main__")
 def test_flops_formula_matches_the_compiler():
     """The formula against XLA's count for ptft_jax's compiled train step (bert-mini, 8 x 128):
     the matmuls and attention it counts are nearly all the step's FLOPs."""
-    layers, hidden, heads, inter = bench.MODELS["bert-mini"]
+    layers, hidden, heads, inter = bench_workload.MODELS["bert-mini"]
     cfg = ModelConfig(
-        vocab_size=bench.VOCAB,
+        vocab_size=bench_workload.VOCAB,
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -36,8 +36,8 @@ def test_flops_formula_matches_the_compiler():
         max_position_embeddings=512,
     )
     batch, seq = 8, 128
-    k = bench.masked_per_row(seq)
-    tx, schedule = optim.make_optimizer(bench._TrainCfg(bench.TRAIN), 100)
+    k = bench_workload.masked_per_row(seq)
+    tx, schedule = optim.make_optimizer(bench._TrainCfg(bench_workload.TRAIN), 100)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     shapes = {
         "input_ids": (seq, "int32"),
@@ -53,7 +53,7 @@ def test_flops_formula_matches_the_compiler():
         state = jax.eval_shape(steps.make_init_fn(cfg, "mlm", tx, mesh, 0))
         cost = train.lower(state, abstract).compile().cost_analysis()
     compiled = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    formula = bench.model_flops("bert-mini", batch, seq, batch * k, batch * k)
+    formula = bench_workload.model_flops("bert-mini", batch, seq, batch * k, batch * k)
     assert formula == pytest.approx(compiled, rel=0.1)
 
 
