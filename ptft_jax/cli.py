@@ -2,7 +2,8 @@
 
 ``guarded(main)`` prints a ``UserError`` as ``error: <sentence>`` and exits 2, Ctrl-C before
 anything is saved as one line and exit 130, and a full disk as advice. The config-file checks
-and the quiet start-up live here too. Standard library only: ``bench`` imports this module on
+and the quiet start-up live here too. Standard library only at import (absl and the config are
+imported inside the functions that need them): ``bench`` imports this module on
 machines that lack the training stack's data libraries.
 """
 
