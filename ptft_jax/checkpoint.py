@@ -114,22 +114,43 @@ def manager(workdir: pathlib.Path, keep: int, name: str = "checkpoints") -> ocp.
 
 
 def save_params(mgr: ocp.CheckpointManager, step: int, params) -> None:
-    """Save parameters alone (the best model so far)."""
+    """Save parameters alone (the best model so far), with their checksums."""
+    meta = {"checksums": checksums(params)}
     with _filling_up(mgr):
         mgr.wait_until_finished()
         _check_space(mgr, step, params)
-        mgr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)))
+        mgr.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)
+            ),
+        )
 
 
 def restore_params(mgr: ocp.CheckpointManager, like):
-    """The latest saved parameters, placed like ``like`` (arrays or ShapeDtypeStructs)."""
+    """The latest saved parameters, placed like ``like`` (arrays or ShapeDtypeStructs);
+    DamagedError when they cannot be read or differ from their checksums."""
+    step = mgr.latest_step()
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like
     )
-    restored = mgr.restore(
-        mgr.latest_step(), args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract))
+    items = {"params": ocp.args.StandardRestore(abstract)}
+    if (pathlib.Path(mgr.directory) / str(step) / "meta").is_dir():  # saved with checksums
+        items["meta"] = ocp.args.JsonRestore()
+    _ignore_abandoned_reads()
+    try:
+        restored = mgr.restore(step, args=ocp.args.Composite(**items))
+    except Exception as e:  # any failure to read a step is damage to it
+        problem = f"({_first_line(e)})"
+    else:
+        bad = mismatches(restored.params, (restored.get("meta") or {}).get("checksums"))
+        if not bad:
+            return restored.params
+        problem = f"({bad[0]} does not match its checksum)"
+    raise DamagedError(
+        f"The best checkpoint (step {step}) in {mgr.directory} is damaged {problem}; move that "
+        "folder aside to use the latest checkpoint instead."
     )
-    return restored.params
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: dict) -> None:
@@ -173,8 +194,7 @@ def restore_checked(mgr: ocp.CheckpointManager, step: int, abstract_state):
     try:
         state, data_state, meta = restore(mgr, step, abstract_state)
     except Exception as e:  # any failure to read a step is damage to it
-        problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise DamagedError(f"the checkpoint of step {step} is damaged ({problem})") from None
+        raise DamagedError(f"the checkpoint of step {step} is damaged ({_first_line(e)})") from None
     bad = mismatches(state, meta.get("checksums"))
     if bad:
         raise DamagedError(
@@ -203,6 +223,11 @@ def restore_verified(mgr: ocp.CheckpointManager, abstract_state):
             "restore one from a backup, or start a new --workdir."
         )
     return None
+
+
+def _first_line(e: Exception) -> str:
+    """The first line of an error (Orbax's and TensorStore's run long), at most 200 characters."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 def _ignore_abandoned_reads() -> None:

@@ -269,3 +269,19 @@ def test_every_checkpoint_damaged_stops(tmp_path):
     with pytest.raises(DataError, match="Every checkpoint in .* is damaged"):
         checkpoint.restore_verified(mgr, abstract)
     mgr.close()
+
+
+def test_a_damaged_best_checkpoint_is_named(tmp_path):
+    """The best parameters (classification's W/best) carry checksums too."""
+    mgr = checkpoint.manager(tmp_path, keep=1, name="best")
+    params = {"w": jax.numpy.arange(8.0)}
+    checkpoint.save_params(mgr, 3, params)
+    mgr.wait_until_finished()
+    np.testing.assert_array_equal(checkpoint.restore_params(mgr, params)["w"], params["w"])
+    meta_file = tmp_path / "best" / "3" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta["checksums"]["['w']"] ^= 1
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"The best checkpoint \(step 3\) in .* is damaged \("):
+        checkpoint.restore_params(mgr, params)
+    mgr.close()
