@@ -162,6 +162,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"task={cfg.task!r} is not supported; set --config.task to one of {TASKS}."
         )
     m, d, t = cfg.model, cfg.data, cfg.train
+    _check_numbers(t)  # optimizer and loss numbers, distill_alpha and temperatures too
     if cfg.task == "distill":
         if not t.teacher:
             raise ConfigError("task=distill needs a teacher; set --config.train.teacher.")
@@ -169,11 +170,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"train.distill_task={t.distill_task!r} is unknown; use 'classification' or "
                 "'mlm' (or '' for the teacher's task)."
-            )
-        if not 0.0 <= t.distill_alpha <= 1.0 or t.distill_temperature <= 0:
-            raise ConfigError(
-                "train.distill_alpha must be within [0, 1] and train.distill_temperature "
-                "positive; fix them."
             )
     if t.distill_augment < 0 or (
         t.distill_augment and (cfg.task != "distill" or not t.distill_alpha)
@@ -247,7 +243,6 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             raise ConfigError(
                 f"train.{key}={t[key]} must be at least {low}; fix --config.train.{key}."
             )
-    _check_numbers(t)
     if d.max_predictions_per_seq < 1 or d.num_threads < 0 or d.prefetch < 1:
         raise ConfigError(
             "data.max_predictions_per_seq and data.prefetch must be at least 1 and "

@@ -176,8 +176,7 @@ def train_step(
     # An update whose loss, gradient or new parameters are not finite never reaches the state:
     # it is dropped (and counted), so no checkpoint can hold a NaN, whatever the cause (a bad
     # batch, a NaN learning rate, an optimizer number). The new parameters are checked, not
-    # predicted: their finiteness is reduced to one flag per leaf, then a select keeps the old
-    # state where the flag is down.
+    # predicted: one flag for all of them, then a cond keeps the old state when it is down.
     updates, new_opt_state = tx.update(grads, state["opt_state"], params)
     new_params = optax.apply_updates(params, updates)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
