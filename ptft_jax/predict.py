@@ -12,6 +12,7 @@ run's text field (and pair field), per line.
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,7 @@ from absl import app, flags
 from flax import nnx
 
 from ptft_jax import cli, config, metrics, steps, workdir
+from ptft_jax.data import sources
 from ptft_jax.data.sources import DataError
 
 
@@ -119,13 +121,9 @@ def classify(run: workdir.Run, texts: list[str], pairs: list[str] | None = None)
 def _read_file(path: str, text_field: str, pair_field: str) -> tuple[list[str], list[str]]:
     """Texts (and pairs) of ``--file``: one text, or one JSON object with the run's text field
     (and pair field), per line; blank lines are skipped."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        raise DataError(f"--file {path} does not exist; check the path.") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path} is not valid UTF-8 (byte {e.start}); re-encode it.") from None
+    if not pathlib.Path(path).is_file():
+        raise DataError(f"--file {path} does not exist; check the path.")
+    lines = sources.read_text(pathlib.Path(path)).splitlines()
     texts, pairs = [], []
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -138,8 +136,8 @@ def _read_file(path: str, text_field: str, pair_field: str) -> tuple[list[str], 
             texts.append(line)
             pairs.append("")
             continue
-        for field in (text_field, pair_field or None):
-            if field is not None and not isinstance(obj.get(field, ""), str):
+        for field in filter(None, (text_field, pair_field)):
+            if not isinstance(obj.get(field, ""), str):
                 raise DataError(f"{path} line {n}: {field!r} is not text; write it as a string.")
         if text_field not in obj:
             raise DataError(

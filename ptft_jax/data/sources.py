@@ -16,7 +16,7 @@ import numpy as np
 from ptft_jax.data import builtin
 from ptft_jax.data.builtin import DataError
 
-__all__ = ["DataError", "Record", "load_records", "origin", "split_labeled", "text_of"]
+__all__ = ["DataError", "Record", "load_records", "origin", "read_text", "split_labeled", "text_of"]
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 # File stems a split folder may use, and the split each one means.
@@ -80,7 +80,8 @@ def text_of(record: dict, field: str) -> str:
     return value
 
 
-def _read_text(path: pathlib.Path) -> str:
+def read_text(path: pathlib.Path) -> str:
+    """The text of ``path``, or DataError naming the first byte that is not UTF-8."""
     try:
         # utf-8-sig: spreadsheet exports start with a byte-order mark that would rename a column.
         return path.read_text(encoding="utf-8-sig")
@@ -92,7 +93,7 @@ def _read_text(path: pathlib.Path) -> str:
 
 
 def _read_json(path: pathlib.Path) -> list[dict]:
-    text = _read_text(path)
+    text = read_text(path)
     if text.lstrip().startswith("["):  # one JSON list of objects
         try:
             rows = json.loads(text)
@@ -138,7 +139,7 @@ def _column_type(values: list[str]) -> type:
 
 def _read_csv(path: pathlib.Path) -> list[dict]:
     # newline="" keeps line breaks inside quoted cells as part of the text.
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""), restval="")
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), restval="")
     rows, firsts, end = [], [], 1  # end: the last line read so far (1: the header)
     try:
         for row in reader:
@@ -177,7 +178,7 @@ def _read_parquet(path: pathlib.Path) -> list[dict]:
 def _read_file(path: pathlib.Path) -> list[dict]:
     suffix = path.suffix.lower()
     if suffix == ".txt":
-        lines = enumerate(_read_text(path).splitlines(), 1)
+        lines = enumerate(read_text(path).splitlines(), 1)
         return [Record({"text": line}, f"{path} line {n}") for n, line in lines if line.strip()]
     if suffix in (".json", ".jsonl"):
         return _read_json(path)
@@ -207,7 +208,7 @@ def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
     if by_split:
         order = ("train", "validation", "test")
         return {split: _read_file(by_split[split]) for split in order if split in by_split}
-    docs = [(p, _read_text(p)) for p in files if p.suffix.lower() == ".txt"]
+    docs = [(p, read_text(p)) for p in files if p.suffix.lower() == ".txt"]
     if not docs:
         raise DataError(
             f"data.source {folder} has no train/validation/test file and no .txt files; add "
