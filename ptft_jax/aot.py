@@ -15,10 +15,9 @@ import os
 import re
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
-from ptft_jax import checkpoint, config, optim, sharding, steps
+from ptft_jax import checkpoint, config, optim, sharding, steps, tasks
 
 # Per chip: HBM (GiB) and dense bf16 peak (TFLOP/s), as the vendor publishes them.
 CHIPS = {"v4": (32, 275), "v5e": (16, 197), "v5p": (95, 459), "v6e": (32, 918)}
@@ -80,19 +79,18 @@ def topology_devices(name: str):
     return m[1], topo.devices
 
 
-def abstract_batch(cfg, mesh) -> dict:
-    """ShapeDtypeStructs of one global MLM batch, sharded as the real input pipeline's."""
+def abstract_batch(cfg, task, mesh) -> dict:
+    """ShapeDtypeStructs of one global batch of ``task`` (its ``batch_spec``), sharded as the
+    real input pipeline's."""
     accum = cfg.train.grad_accum_steps
-    rows, length = cfg.train.batch_size // accum, cfg.data.max_seq_length
-    preds = cfg.data.max_predictions_per_seq
-    fields = {"input_ids": (length, jnp.int32), "attention_mask": (length, jnp.int32)}
-    fields |= {"token_type_ids": (length, jnp.int32), "masked_positions": (preds, jnp.int32)}
-    fields |= {"masked_ids": (preds, jnp.int32), "masked_weights": (preds, jnp.float32)}
+    rows = cfg.train.batch_size // accum
     return {
         k: jax.ShapeDtypeStruct(
-            (accum, rows, n), dtype, sharding=jax.NamedSharding(mesh, sharding.batch_spec(3))
+            (accum, rows, *shape),
+            dtype,
+            sharding=jax.NamedSharding(mesh, sharding.batch_spec(2 + len(shape))),
         )
-        for k, (n, dtype) in fields.items()
+        for k, (shape, dtype) in task.batch_spec().items()
     }
 
 
@@ -102,8 +100,12 @@ def compile_report(cfg, topology: str) -> Report:
     import time
 
     config.validate(cfg)
-    if cfg.task != "mlm":
-        raise config.ConfigError("--compile_only compiles pretraining; set --config.task=mlm.")
+    task = tasks.get(cfg)
+    if task.uses_teacher:
+        raise config.ConfigError(
+            "--compile_only compiles one model's train step; a distillation also runs its "
+            "teacher, so compile the student's task (--config.task=mlm or classification)."
+        )
     chip, devices = topology_devices(topology)
     mesh = sharding.make_mesh(cfg.mesh, devices)
     sharding.check_rows(mesh, cfg.train.batch_size // cfg.train.grad_accum_steps)
@@ -111,11 +113,9 @@ def compile_report(cfg, topology: str) -> Report:
     tx, schedule = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1))
     t0 = time.time()
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        batch = abstract_batch(cfg, mesh)
-        train, _, state_sh = steps.jit_steps(
-            model_cfg, "mlm", tx, schedule, mesh, 0, {k: 3 for k in batch}
-        )
-        init_fn = steps.make_init_fn(model_cfg, "mlm", tx, mesh, 0)
+        batch = abstract_batch(cfg, task, mesh)
+        train, _, state_sh = steps.jit_steps(model_cfg, task, tx, schedule, mesh, 0)
+        init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, 0)
         state = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
         compiled = train.lower(state, batch).compile()
     mem = compiled.memory_analysis()

@@ -87,9 +87,9 @@ def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> 
     the attention kernel ``model.attention="auto"`` picks; should cuDNN's refuse the shape or
     the GPU, XLA's is measured instead and the JSON says so."""
     from ptft_jax import ops
-    from ptft_jax.model import ModelConfig
+    from ptft_jax.models.bert import BertConfig
 
-    cfg = ModelConfig(**model_fields(model, seq, attention_dropout), dtype=dtype)
+    cfg = BertConfig(**model_fields(model, seq, attention_dropout), dtype=dtype)
     kernel = ops.attention_implementation(cfg.attention, dtype, cfg.head_dim)
     try:
         out = _time_steps(dataclasses.replace(cfg, attention=kernel), batch, seq, warmup, steps)
@@ -109,7 +109,9 @@ def _time_steps(model_cfg, batch, seq, warmup, steps) -> dict:
 
     from ptft_jax import optim, sharding
     from ptft_jax import steps as steps_lib
+    from ptft_jax.tasks.mlm import MLM
 
+    task = MLM(seq_len=seq, max_predictions=masked_per_row(seq))
     tx, schedule = optim.make_optimizer(_TrainCfg(TRAIN), 10_000)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     raw = random_batch(batch, seq)
@@ -121,12 +123,11 @@ def _time_steps(model_cfg, batch, seq, warmup, steps) -> dict:
         "masked_ids": raw["masked_ids"],
         "masked_weights": np.ones(raw["masked_ids"].shape, np.float32),
     }
-    host = {k: v[None] for k, v in host.items()}  # one microbatch
+    # One microbatch, in the dtypes of the MLM task's batch spec.
+    host = {k: host[k][None].astype(dtype) for k, (_, dtype) in task.batch_spec().items()}
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        train, _, _ = steps_lib.jit_steps(
-            model_cfg, "mlm", tx, schedule, mesh, 0, {k: v.ndim for k, v in host.items()}
-        )
-        state = steps_lib.make_init_fn(model_cfg, "mlm", tx, mesh, 0)()
+        train, _, _ = steps_lib.jit_steps(model_cfg, task, tx, schedule, mesh, 0)
+        state = steps_lib.make_init_fn(model_cfg, task.head, tx, mesh, 0)()
         device_batch = sharding.to_global(host, mesh, batch)
         t0 = time.perf_counter()
         step = train.lower(state, device_batch).compile()

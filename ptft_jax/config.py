@@ -15,11 +15,9 @@ import re
 
 import ml_collections
 
-from ptft_jax import ops
+from ptft_jax import models, ops, tasks
 from ptft_jax.errors import ConfigError
-from ptft_jax.model import SHAPE_FIELDS, ModelConfig
-
-TASKS = ("mlm", "classification", "contrastive", "distill")
+from ptft_jax.models.bert import BertConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -32,8 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict(
         {
             f.name: f.default
-            for f in dataclasses.fields(ModelConfig)
-            if f.name not in ("add_pooling_layer", "next_sentence")  # from task and objectives
+            for f in dataclasses.fields(BertConfig)  # "family" first: "bert" (models/)
+            if f.name not in ("add_pooling_layer", "next_sentence")  # the task decides them
         }
     )
 
@@ -157,64 +155,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"Unknown config key {unknown[0]!r}; check its spelling against ptft_jax/config.py."
         )
-    if cfg.task not in TASKS:
-        raise ConfigError(
-            f"task={cfg.task!r} is not supported; set --config.task to one of {TASKS}."
-        )
+    tasks.task_class(cfg.task)  # one sentence naming the tasks when it is none of them
     m, d, t = cfg.model, cfg.data, cfg.train
     _check_numbers(t)  # optimizer and loss numbers, distill_alpha and temperatures too
-    if cfg.task == "distill":
-        if not t.teacher:
-            raise ConfigError("task=distill needs a teacher; set --config.train.teacher.")
-        if t.distill_task not in ("", "mlm", "classification"):
-            raise ConfigError(
-                f"train.distill_task={t.distill_task!r} is unknown; use 'classification' or "
-                "'mlm' (or '' for the teacher's task)."
-            )
-    if t.distill_augment < 0 or (
-        t.distill_augment and (cfg.task != "distill" or not t.distill_alpha)
-    ):
-        raise ConfigError(
-            "train.distill_augment adds rows that only a teacher labels: use it with "
-            "task=distill and distill_alpha > 0, as a count >= 0."
-        )
-    if cfg.task == "contrastive" and t.grad_accum_steps != 1:
-        raise ConfigError(
-            "task=contrastive takes its negatives from the whole batch; set "
-            "--config.train.grad_accum_steps=1 and use FSDP to fit a larger batch."
-        )
-    if tuple(t.objectives) not in (("mlm",), ("mlm", "nsp")) or (
-        cfg.task != "mlm" and "nsp" in t.objectives
-    ):
-        raise ConfigError(
-            f"train.objectives={tuple(t.objectives)} is not supported; use ('mlm',) or "
-            "('mlm', 'nsp') with task=mlm."
-        )
-    if m.hidden_size % m.num_attention_heads:
-        raise ConfigError(
-            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
-            f"{m.num_attention_heads}; change one of them."
-        )
-    if d.max_seq_length > m.max_position_embeddings:
-        raise ConfigError(
-            f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
-            f"{m.max_position_embeddings}; lower data.max_seq_length or raise the model's limit."
-        )
-    if d.max_seq_length < 8:
-        raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
-    if m.dtype not in ("float32", "bfloat16", "float16"):
-        raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
-    if m.remat_policy not in ops.REMAT_POLICIES:
-        raise ConfigError(f"model.remat_policy={m.remat_policy!r} is unknown; use full or dots.")
-    if m.attention not in ("auto", "xla", "cudnn"):
-        raise ConfigError(f"model.attention={m.attention!r} is unknown; use auto, xla or cudnn.")
-    if m.attention == "cudnn" and not ops.cudnn_fits(
-        m.dtype, m.hidden_size // m.num_attention_heads
-    ):
-        raise ConfigError(
-            "model.attention='cudnn' needs model.dtype='bfloat16' (or float16) and a head size "
-            "that is a multiple of 8 up to 128; use model.attention='auto' to fall back to XLA."
-        )
+    tasks.task_class(cfg.task).check(cfg)
+    _check_model(m, d)
     if (
         cfg.init_from
         and not cfg.init_from.startswith(("hf:", "builtin:"))
@@ -268,6 +213,36 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
 
 
+def _check_model(m, d) -> None:
+    """The model's family, shape and numerics, and the sequence length it must hold."""
+    models.get(m.family)  # one sentence naming the families when it is none of them
+    if m.hidden_size % m.num_attention_heads:
+        raise ConfigError(
+            f"model.hidden_size={m.hidden_size} is not divisible by model.num_attention_heads="
+            f"{m.num_attention_heads}; change one of them."
+        )
+    if d.max_seq_length > m.max_position_embeddings:
+        raise ConfigError(
+            f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
+            f"{m.max_position_embeddings}; lower data.max_seq_length or raise the model's limit."
+        )
+    if d.max_seq_length < 8:
+        raise ConfigError(f"data.max_seq_length={d.max_seq_length} is too short; use 8 or more.")
+    if m.dtype not in ("float32", "bfloat16", "float16"):
+        raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use 'float32' or 'bfloat16'.")
+    if m.remat_policy not in ops.REMAT_POLICIES:
+        raise ConfigError(f"model.remat_policy={m.remat_policy!r} is unknown; use full or dots.")
+    if m.attention not in ("auto", "xla", "cudnn"):
+        raise ConfigError(f"model.attention={m.attention!r} is unknown; use auto, xla or cudnn.")
+    if m.attention == "cudnn" and not ops.cudnn_fits(
+        m.dtype, m.hidden_size // m.num_attention_heads
+    ):
+        raise ConfigError(
+            "model.attention='cudnn' needs model.dtype='bfloat16' (or float16) and a head size "
+            "that is a multiple of 8 up to 128; use model.attention='auto' to fall back to XLA."
+        )
+
+
 # Optimizer and loss numbers: each must be finite and inside its range.
 NUMBERS = {
     "learning_rate": ("at least 0", lambda v: v >= 0),
@@ -318,18 +293,11 @@ def apply_checkpoint_model(
     return cfg
 
 
-def model_task(cfg: ml_collections.ConfigDict) -> str:
-    """The model and data a run trains: its task, or for distillation the student's task."""
-    if cfg.task == "distill":
-        return cfg.train.distill_task or "classification"
-    return cfg.task
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
-    """The frozen model description, built once from ``config.model``."""
-    nsp = "nsp" in cfg.train.get("objectives", ())
-    pooler = model_task(cfg) == "classification" or nsp
-    return ModelConfig(**cfg.model.to_dict(), add_pooling_layer=pooler, next_sentence=nsp)
+def model_config(cfg: ml_collections.ConfigDict):
+    """The frozen model description, built once from ``config.model`` and what the task
+    decides (the pooler, the NSP head)."""
+    family = models.get(cfg.model.get("family", "bert"))
+    return family.CONFIG(**cfg.model.to_dict(), **tasks.get(cfg).model_options())
 
 
 def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:
@@ -370,8 +338,8 @@ def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) 
             f"The workdir holds a {saved_task!r} run {saved_objectives} but the config asks "
             f"for task={cfg.task!r} {tuple(cfg.train.objectives)}; use a new --workdir."
         )
-    for key in SHAPE_FIELDS:
-        old, new = saved_model.get(key), cfg.model[key]
+    for key in ("family", *models.get(cfg.model.family).SHAPE_FIELDS):
+        old, new = saved_model.get(key, "bert" if key == "family" else None), cfg.model[key]
         if old != new:
             raise ConfigError(
                 f"The checkpoint in the workdir has model.{key}={old} but the config says {new}; "

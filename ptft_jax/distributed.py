@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ptft_jax import __version__
-from ptft_jax.config import ConfigError
+from ptft_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -17,24 +17,9 @@ import pathlib
 import jax
 from absl import app, flags
 
-from ptft_jax import cli, config, evaluation, metrics, sharding, steps, workdir
-from ptft_jax.data import pipeline, prepare, sources
-
-
-def _mlm_batches(run, split: str, layout) -> list:
-    cfg = run.cfg
-    records = sources.load_records(cfg.data.source)
-    if split == "validation":
-        texts = pipeline.mlm_texts(cfg.data, records)[1]
-    elif "test" in records:
-        texts = [sources.text_of(r, cfg.data.text_field) for r in records["test"]]
-    else:
-        raise sources.DataError(
-            f"data.source {cfg.data.source!r} has no test split; use --split=validation."
-        )
-    blocks = prepare.mlm_blocks(cfg, texts, run.tokenizer, held_out=True)  # NSP pairs too
-    spec = pipeline.masking_spec(cfg.data, run.tokenizer)
-    return list(pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0))
+from ptft_jax import cli, config, metrics, sharding, steps, workdir
+from ptft_jax.data import pipeline
+from ptft_jax.tasks.base import EvalContext
 
 
 def evaluate(workdir_path: str, split: str = "validation") -> dict:
@@ -42,41 +27,17 @@ def evaluate(workdir_path: str, split: str = "validation") -> dict:
     if split not in ("validation", "test"):
         raise config.ConfigError(f"--split={split!r} is unknown; use validation or test.")
     run = workdir.load(workdir_path)
-    cfg = run.cfg
-    if config.model_task(cfg) == "contrastive":
-        raise config.ConfigError(
-            "A contrastive run is evaluated while it trains (loss, probe_accuracy in "
-            "metrics.jsonl); export it and fine-tune the encoder for a task to score it."
-        )
+    cfg, task = run.cfg, run.task
     shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
     rows = math.ceil(cfg.train.batch_size // cfg.train.grad_accum_steps / shards) * shards
     start, stop = sharding.process_rows(run.mesh, rows)
     layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop)
-    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(cfg))
-    eval_step = jax.jit(
-        functools.partial(steps.eval_step, task=config.model_task(cfg), graphdef=graphdef)
-    )
+    data = task.split_data(cfg, run.tokenizer, layout, split, run.path / "labels.json")
+    # The eval step training ran (in_shardings aside: batches here may take any rows).
+    graphdef, _ = steps.abstract_model(run.model_cfg, task.head)
+    eval_step = jax.jit(functools.partial(steps.eval_step, task=task, graphdef=graphdef))
     with jax.set_mesh(run.mesh):
-        if config.model_task(cfg) == "classification":
-            data = prepare.classification(
-                cfg, lambda _: run.tokenizer, layout, layout, run.path / "labels.json"
-            )
-            batches, labels = (
-                (data.eval, data.eval_labels)
-                if split == "validation"
-                else (data.test, data.test_labels)
-            )
-            if batches is None:
-                raise sources.DataError(
-                    f"data.source {cfg.data.source!r} has no {split} split; use another --split."
-                )
-            scores = evaluation.classification(
-                eval_step, run.params, batches, labels, run.mesh, rows, run.model_cfg.num_labels
-            )
-        else:
-            scores = evaluation.mlm(
-                eval_step, run.params, _mlm_batches(run, split, layout), run.mesh, rows
-            )
+        scores = task.evaluate(EvalContext(eval_step, data, run.mesh, rows), run.params, split)
     result = {"step": run.step, "split": split, **scores}
     if jax.process_index() == 0:
         out = pathlib.Path(workdir_path) / f"eval_{split}.json"
@@ -97,7 +58,7 @@ def _confusion_png(run, split: str, scores: dict) -> None:
 
     title = f"{run.path.name}, {split} split (step {run.step}): accuracy {scores['accuracy']:.3f}"
     out = run.path / f"confusion_{split}.png"
-    fig = figures.plot_confusion(scores["confusion_matrix"], workdir.label_names(run), out, title)
+    fig = figures.plot_confusion(scores["confusion_matrix"], run.label_names(), out, title)
     figures._pyplot().close(fig)
 
 

@@ -15,28 +15,21 @@ import pathlib
 import jax
 from absl import app, flags
 
-from ptft_jax import cli, config, hf, metrics, workdir
-from ptft_jax.model import SHAPE_FIELDS
-
-ARCHITECTURES = {
-    "mlm": "BertForMaskedLM",
-    "classification": "BertForSequenceClassification",
-    "contrastive": "BertModel",
-}
+from ptft_jax import cli, hf, metrics, models, workdir
 
 
 def export(workdir_path: str, out: str) -> dict:
     """Write ``out`` from the latest checkpoint in ``workdir_path``; returns a short summary."""
     run = workdir.load(workdir_path)
     params = jax.device_get(run.params)
-    architecture = ARCHITECTURES[config.model_task(run.cfg)]
-    if run.model_cfg.next_sentence:
-        architecture = "BertForPreTraining"
+    family = models.get(run.model_cfg.family)
+    architecture = family.architecture(run.task.head, run.model_cfg)
     fields = dataclasses.asdict(run.model_cfg)
     id2label = None
-    if config.model_task(run.cfg) == "classification" and run.model_cfg.num_labels > 1:
-        id2label = dict(enumerate(workdir.label_names(run)))
-    hf.export(params, fields, run.tokenizer, pathlib.Path(out), architecture, id2label)
+    if run.task.labelled and run.model_cfg.num_labels > 1:
+        id2label = dict(enumerate(run.label_names()))
+    out_dir = pathlib.Path(out)
+    hf.export(params, fields, run.tokenizer, out_dir, architecture, id2label, run.model_cfg.family)
     (pathlib.Path(out) / "README.md").write_text(model_card(run, architecture), encoding="utf-8")
     return {"out": str(out), "architecture": architecture, "step": run.step}
 
@@ -67,17 +60,15 @@ def model_card(run: workdir.Run, architecture: str) -> str:
         for k, v in scores.items()
         if isinstance(v, int | float) and k not in ("step", "split")
     ]
-    shape = ", ".join(f"{k} {getattr(m, k)}" for k in SHAPE_FIELDS)
+    shape = ", ".join(f"{k} {getattr(m, k)}" for k in models.get(m.family).SHAPE_FIELDS)
     pair = f", pairs from `{c.data.text_pair_field}`" if c.data.text_pair_field else ""
     how = f"{c.train.epochs} epochs" if c.train.epochs else f"{c.train.steps} steps"
-    label = (
-        f", labels from `{c.data.label_field}`" if config.model_task(c) == "classification" else ""
-    )
+    label = f", labels from `{c.data.label_field}`" if run.task.labelled else ""
     return "\n".join(
         [
             "---",
             "library_name: transformers",
-            f"tags: [ptft_jax, bert, {config.model_task(c)}]",
+            f"tags: [ptft_jax, {m.family}, {run.task.model_task}]",
             "---",
             "",
             f"# {run.path.name}",

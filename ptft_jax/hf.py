@@ -1,8 +1,9 @@
-"""Hugging Face BERT checkpoints: find them, read them into our parameters, write them back.
+"""Hugging Face checkpoints: find them, read them into our parameters, write them back.
 
-Names map one-to-one: ``bert.encoder.layer.0.attention.self.query.weight`` (torch, (out, in))
-is our ``bert/encoder/layer/0/attention/self/query/kernel`` (in, out). Bare ``BertModel`` names
-(no ``bert.`` prefix) are read as the encoder. The MLM decoder is tied to the word embeddings.
+Names map one-to-one through the model family (``models/``): ``bert.encoder.layer.0.attention.
+self.query.weight`` (torch nn.Linear, (out, in)) is our ``bert/encoder/layer/0/attention/self/
+query/kernel`` (in, out); a LayerNorm's weight is our ``scale``, an nn.Embedding's our
+``embedding``. The family says which torch module each name is, and what is tied or a buffer.
 """
 
 from __future__ import annotations
@@ -15,22 +16,13 @@ import pickle
 
 import numpy as np
 
-from ptft_jax.data.builtin import DataError, extract
-from ptft_jax.model import SHAPE_FIELDS
+from ptft_jax import models
+from ptft_jax.data.builtin import extract
+from ptft_jax.errors import DataError
 
 log = logging.getLogger(__name__)
-
-# Buffers HF keeps in state dicts; not parameters.
-_BUFFERS = ("position_ids", "token_type_ids")
-# Tied to the word embeddings / to cls.predictions.bias in HF's BertLMPredictionHead.
-_TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-_TOP = ("bert", "cls", "classifier")
-CONFIG_FIELDS = (
-    *SHAPE_FIELDS,
-    "hidden_dropout_prob",
-    "attention_probs_dropout_prob",
-    "layer_norm_eps",
-)
+# Our leaf name for a torch module's ``weight``, by the module's kind (family.module_kind).
+_LEAF = {"norm": "scale", "embedding": "embedding", "linear": "kernel"}
 
 
 def resolve(init_from: str) -> pathlib.Path:
@@ -66,8 +58,8 @@ def _download(repo_id: str) -> pathlib.Path:
     return pathlib.Path(folder)
 
 
-def read_config(folder: pathlib.Path) -> dict:
-    """Our ``model.*`` fields from a HF ``config.json``; stops on an architecture we lack."""
+def read_json(folder: pathlib.Path) -> dict:
+    """A HF folder's config.json as a dict, or one sentence on what is wrong with it."""
     path = folder / "config.json"
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
@@ -79,21 +71,28 @@ def read_config(folder: pathlib.Path) -> dict:
         raise DataError(f"{path} is not valid JSON ({e}); fix it or download it again.") from None
     if not isinstance(hf, dict):
         raise DataError(f"{path} holds no JSON object; fix it or download it again.")
-    for key in CONFIG_FIELDS:
-        value, whole = hf.get(key, 0), key in SHAPE_FIELDS
+    return hf
+
+
+def read_config(folder: pathlib.Path) -> dict:
+    """Our ``model.*`` fields from a HF ``config.json`` (with ``family``); stops on a model
+    no family computes exactly."""
+    hf = read_json(folder)
+    family = models.of_hf_config(hf, folder)
+    for key in family.HF_FIELDS:
+        value, whole = hf.get(key, 0), key in family.SHAPE_FIELDS
         if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
             kind = "an integer" if whole else "a number"
-            raise DataError(f"{path} has {key}={value!r:.40}, not {kind}; fix that value.")
-    if hf.get("model_type", "bert") != "bert" or hf.get("hidden_act", "gelu") != "gelu":
-        raise DataError(
-            f"{folder} holds a {hf.get('model_type')!r} model with {hf.get('hidden_act')!r} "
-            "activations; ptft_jax reads BERT checkpoints with exact GELU only."
-        )
-    if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise DataError(
-            f"{folder} uses relative position embeddings; only absolute ones are supported."
-        )
-    return {k: hf[k] for k in CONFIG_FIELDS if k in hf}
+            raise DataError(
+                f"{folder / 'config.json'} has {key}={value!r:.40}, not {kind}; fix that value."
+            )
+    for key, value in family.HF_CONSTANTS.items():
+        if hf.get(key, value) != value:
+            raise DataError(
+                f"{folder} has {key}={hf[key]!r}; ptft_jax computes {family.CONFIG.family} "
+                f"models with {key}={value!r} only."
+            )
+    return {"family": family.CONFIG.family, **{k: hf[k] for k in family.HF_FIELDS if k in hf}}
 
 
 def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[str, np.ndarray]:
@@ -127,21 +126,18 @@ def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[
     return {k: v.float().numpy() for k, v in state.items()}
 
 
-def to_ours(name: str) -> tuple[tuple, bool] | None:
-    """``(our path, transpose?)`` for a HF tensor name; None for buffers and tied tensors."""
-    if name in _TIED or name.split(".")[-1] in _BUFFERS:
+def to_ours(family, name: str) -> tuple[tuple, bool] | None:
+    """``(our path, transpose?)`` for a HF tensor name; None for buffers and tied tensors.
+    Names outside the family's top-level modules are the backbone's (a bare encoder)."""
+    if name in family.TIED or name.split(".")[-1] in family.BUFFERS:
         return None
     parts = name.split(".")
-    if parts[0] not in _TOP:
-        parts = ["bert", *parts]
-    leaf, parent, transpose = parts[-1], parts[-2], False
+    if parts[0] not in family.TOP:
+        parts = [family.BACKBONE, *parts]
+    leaf, transpose = parts[-1], False
     if leaf == "weight":
-        if parent == "LayerNorm":
-            leaf = "scale"
-        elif parent.endswith("embeddings"):
-            leaf = "embedding"
-        else:
-            leaf, transpose = "kernel", True
+        kind = family.module_kind(parts[-2])
+        leaf, transpose = _LEAF[kind], kind == "linear"
     path = tuple(int(p) if p.isdigit() else p for p in (*parts[:-1], leaf))
     return path, transpose
 
@@ -150,7 +146,7 @@ def to_hf(path: tuple) -> tuple[str, bool]:
     """``(HF tensor name, transpose?)`` for one of our parameter paths."""
     *parents, leaf = (str(p) for p in path)
     transpose = leaf == "kernel"
-    if leaf in ("kernel", "scale", "embedding"):
+    if leaf in _LEAF.values():
         leaf = "weight"
     return ".".join((*parents, leaf)), transpose
 
@@ -179,28 +175,32 @@ def to_hf_tensors(params: dict) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list[str]]:
+def load_params(
+    tensors: dict[str, np.ndarray], fresh: dict, family: str = "bert"
+) -> tuple[dict, list[str]]:
     """Our parameter tree with every tensor HF has, the rest (heads) left as in ``fresh``.
 
     Returns the tree and the paths initialised fresh. Stops on unexpected, missing encoder or
     mis-shaped tensors, naming them.
     """
+    family = models.get(family)
     targets = dict(_flatten(fresh))
     out = _copy_tree(fresh)
     loaded, unexpected, ignored = set(), [], []
     for name, value in tensors.items():
-        mapped = to_ours(name)
+        mapped = to_ours(family, name)
         if mapped is None:
             continue
         path, transpose = mapped
         if path not in targets:
             # Parts our task model does not have (a pooler under MLM, another task's head).
-            (ignored if path[0] in _TOP and _known_module(path) else unexpected).append(name)
+            known = path[0] in family.TOP and family.optional(path)
+            (ignored if known else unexpected).append(name)
             continue
         value = np.asarray(value, np.float32)
         value = value.T if transpose else value
         if value.shape != tuple(targets[path].shape):
-            if path[0] == "classifier":  # another label count: this task's head starts fresh
+            if path[0] == family.CLASSIFIER:  # another label count: this task's head starts fresh
                 ignored.append(name)
                 continue
             raise DataError(
@@ -212,17 +212,14 @@ def load_params(tensors: dict[str, np.ndarray], fresh: dict) -> tuple[dict, list
     if unexpected:
         raise DataError(f"Unexpected tensors in the checkpoint: {', '.join(unexpected[:8])}.")
     missing = ["/".join(map(str, p)) for p in targets if p not in loaded]
-    # A pooler is optional: MLM checkpoints have none, and HF starts it fresh too.
-    encoder_missing = [m for m in missing if m.startswith("bert/") and "/pooler/" not in m]
+    encoder_missing = [
+        "/".join(map(str, p)) for p in targets if p not in loaded and not family.optional(p)
+    ]
     if encoder_missing:
         raise DataError(f"The checkpoint lacks encoder tensors: {', '.join(encoder_missing[:8])}.")
     if ignored:
         log.info("not used by this task: %s", ", ".join(ignored))
     return out, missing
-
-
-def _known_module(path: tuple) -> bool:
-    return path[0] in ("cls", "classifier") or (len(path) > 1 and path[1] == "pooler")
 
 
 def _copy_tree(tree):
@@ -236,19 +233,17 @@ def export(
     out_dir: pathlib.Path,
     architecture: str,
     id2label: dict[int, str] | None = None,
+    family: str = "bert",
 ) -> None:
     """Write a HF model folder (config.json, model.safetensors, tokenizer files)."""
     from safetensors.numpy import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(params)
+    family = models.get(family)
     hf_config = {
         "architectures": [architecture],
-        "model_type": "bert",
-        **{k: model_fields[k] for k in CONFIG_FIELDS},
-        "hidden_act": "gelu",
-        "initializer_range": model_fields.get("initializer_range", 0.02),
-        "position_embedding_type": "absolute",
+        **family.hf_config(model_fields),
         "pad_token_id": tokenizer.pad_token_id,
         "tie_word_embeddings": True,
     }

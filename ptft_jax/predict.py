@@ -14,108 +14,18 @@ from __future__ import annotations
 import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from absl import app, flags
-from flax import nnx
 
-from ptft_jax import cli, config, metrics, steps, workdir
+from ptft_jax import cli, metrics, steps, workdir
 from ptft_jax.data import sources
 from ptft_jax.data.sources import DataError
 
 
-def fill_mask(run: workdir.Run, texts: list[str], top_k: int = 5) -> list[dict]:
-    """Top-k fills for every ``[MASK]`` of every text (one padded batch)."""
-    tok = run.tokenizer
-    enc = tok(
-        texts,
-        padding=True,
-        truncation=True,
-        max_length=run.model_cfg.max_position_embeddings,
-        return_tensors="np",
-    )
-    ids = enc["input_ids"]
-    is_mask = ids == tok.mask_token_id
-    for text, row in zip(texts, is_mask, strict=True):
-        if not row.any():
-            raise DataError(f"{text!r} has no {tok.mask_token}; put one where a word is missing.")
-    k = int(is_mask.sum(1).max())
-    positions = np.zeros((len(texts), k), np.int32)
-    for i, row in enumerate(is_mask):
-        where = np.flatnonzero(row)
-        positions[i, : len(where)] = where
-    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(run.cfg))
-
-    @jax.jit
-    def probabilities(params, ids, mask, types, positions):
-        logits = nnx.merge(graphdef, params)(ids, mask, types, positions)
-        return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
-
-    with jax.set_mesh(run.mesh):
-        scores, top = jax.device_get(
-            probabilities(
-                run.params,
-                ids.astype(np.int32),
-                enc["attention_mask"].astype(np.int32),
-                enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int32),
-                jnp.asarray(positions),
-            )
-        )
-    out = []
-    for i, text in enumerate(texts):
-        fills = [
-            [
-                {"token": tok.convert_ids_to_tokens(int(t)), "score": float(s)}
-                for t, s in zip(top[i, j], scores[i, j], strict=True)
-            ]
-            for j in range(int(is_mask[i].sum()))
-        ]
-        out.append({"text": text, "fills": fills})
-    return out
-
-
-def classify(run: workdir.Run, texts: list[str], pairs: list[str] | None = None) -> list[dict]:
-    """Class probabilities (or the regression score) of each text / pair."""
-    cfg = run.cfg
-    enc = run.tokenizer(
-        texts,
-        pairs,
-        padding=True,
-        truncation=True,
-        max_length=cfg.data.max_seq_length,
-        return_tensors="np",
-    )
-    graphdef, _ = steps.abstract_model(run.model_cfg, config.model_task(cfg))
-
-    @jax.jit
-    def forward(params, ids, mask, types):
-        return nnx.merge(graphdef, params)(ids, mask, types)
-
-    with jax.set_mesh(run.mesh):
-        logits = np.asarray(
-            jax.device_get(
-                forward(
-                    run.params,
-                    enc["input_ids"].astype(np.int32),
-                    enc["attention_mask"].astype(np.int32),
-                    enc["token_type_ids"].astype(np.int32),
-                )
-            )
-        )
-    names = workdir.label_names(run)
-    out = []
-    for i, text in enumerate(texts):
-        row = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
-        if run.model_cfg.num_labels == 1:
-            row["score"] = float(logits[i, 0])
-        else:
-            p = np.exp(logits[i] - logits[i].max())
-            p /= p.sum()
-            row["label"] = names[int(p.argmax())]
-            row["probs"] = {name: float(v) for name, v in zip(names, p, strict=True)}
-        out.append(row)
-    return out
+def predict(run: workdir.Run, texts: list[str], pairs=None, top_k: int = 5) -> list[dict]:
+    """The task's rows for ``texts`` (and ``pairs``): fills of each ``[MASK]`` for MLM,
+    labels and probabilities (or scores) for classification."""
+    forward = steps.jit_forward(run.model_cfg, run.task.head, run.mesh)
+    return run.task.predict(run, texts, pairs, top_k, forward)
 
 
 def _read_file(path: str, text_field: str, pair_field: str) -> tuple[list[str], list[str]]:
@@ -171,15 +81,7 @@ def main(argv) -> None:
         cli.fail('pass --workdir W and --text "..." (or --file F).')
     run = workdir.load(f.workdir)
     texts, pairs = _read_inputs(run.cfg, f.text, f.text_pair, f.file)
-    if config.model_task(run.cfg) == "contrastive":
-        raise config.ConfigError(
-            "A contrastive run predicts no labels; export it (a BertModel) for embeddings."
-        )
-    if config.model_task(run.cfg) == "mlm":
-        rows = fill_mask(run, texts, f.top_k)
-    else:
-        rows = classify(run, texts, pairs)
-    for row in rows:
+    for row in predict(run, texts, pairs, f.top_k):
         print(json.dumps(row))
 
 

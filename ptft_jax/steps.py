@@ -19,20 +19,24 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ptft_jax import losses, sharding
-from ptft_jax.model import ModelConfig, build_model
+from ptft_jax import models, sharding
 
 State = dict[str, Any]
 
 
-def abstract_model(model_cfg: ModelConfig, task: str):
+def build_model(model_cfg, head: str, seed: int) -> nnx.Module:
+    """The model of ``model_cfg``'s family with ``head``, initialised from ``seed``."""
+    return models.get(model_cfg.family).build_model(model_cfg, head, seed)
+
+
+def abstract_model(model_cfg, head: str):
     """``(graphdef, abstract param state)`` without allocating anything."""
-    return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, task, 0)))
+    return nnx.split(nnx.eval_shape(lambda: build_model(model_cfg, head, 0)))
 
 
-def state_specs(model_cfg: ModelConfig, task: str, tx: optax.GradientTransformation, mesh: Mesh):
+def state_specs(model_cfg, head: str, tx: optax.GradientTransformation, mesh: Mesh):
     """PartitionSpecs of the whole train state; optimizer moments follow their parameters."""
-    _, abstract = abstract_model(model_cfg, task)
+    _, abstract = abstract_model(model_cfg, head)
     p_specs = sharding.param_specs(abstract, mesh)
     abstract_params = nnx.to_pure_dict(abstract)
     opt_abstract = jax.eval_shape(tx.init, abstract_params)
@@ -65,89 +69,26 @@ def state_specs(model_cfg: ModelConfig, task: str, tx: optax.GradientTransformat
     return {"params": p_specs, "opt_state": o_specs, "step": PartitionSpec()}
 
 
-def make_init_fn(model_cfg: ModelConfig, task: str, tx, mesh: Mesh, seed: int) -> Callable:
+def make_init_fn(model_cfg, head: str, tx, mesh: Mesh, seed: int) -> Callable:
     """A jitted ``() -> state`` whose outputs are born sharded (never materialised whole)."""
-    shardings = sharding.named(mesh, state_specs(model_cfg, task, tx, mesh))
+    shardings = sharding.named(mesh, state_specs(model_cfg, head, tx, mesh))
 
     def init() -> State:
-        params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, task, seed)))
+        params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, head, seed)))
         return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
 
     return jax.jit(init, out_shardings=shardings)
 
 
-# The batch field that weighs each loss term, and the name of the accuracy metric, per task.
-WEIGHTS = {"mlm": "masked_weights", "classification": "weights", "contrastive": "weights"}
-ACCURACY = {
-    "mlm": "mlm_accuracy",
-    "classification": "accuracy",
-    "contrastive": "contrastive_accuracy",
-}
-
-
-def _forward(task: str, graphdef, params, mb: dict, rngs, teacher=None, temperature=0.05) -> dict:
-    """Summed loss statistics of one microbatch. ``teacher``: ``(distill.Spec, its params)``;
-    ``temperature``: the contrastive softmax's."""
-    model = nnx.merge(graphdef, params)
-    if task == "contrastive":
-        # Both views of a row side by side, [B, 2, L] -> [2B, L]: each device keeps its rows.
-        # Unsupervised, the second view is the same text under other dropout masks.
-        views = {
-            k: jnp.stack([mb[k], mb.get(f"pair_{k}", mb[k])], 1).reshape(-1, mb[k].shape[-1])
-            for k in ("input_ids", "attention_mask")
-        }
-        z_Bx2xD = model(views["input_ids"], views["attention_mask"], rngs=rngs).reshape(
-            *mb["input_ids"].shape[:1], 2, -1
-        )
-        return losses.contrastive_sums(z_Bx2xD, mb["weights"], temperature)
-    inputs = (mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
-    if task == "classification":
-        logits, labels, weights = model(*inputs, rngs=rngs), mb["labels"], mb["weights"]
-        sums = losses.classification_sums(logits, labels, weights, mb.get("label_weights"))
-    else:
-        logits, nsp_Bx2 = model.pretraining(*inputs, mb["masked_positions"], rngs=rngs)
-        weights = mb["masked_weights"]
-        sums = losses.mlm_sums(logits, mb["masked_ids"], weights)
-        if nsp_Bx2 is not None:
-            sums |= losses.nsp_sums(nsp_Bx2, mb["next_sentence_label"], mb["next_sentence_weight"])
-    if teacher is not None:
-        spec, teacher_params = teacher
-        t_model = nnx.merge(spec.graphdef, teacher_params)
-        t_logits = t_model(
-            *inputs, *(() if task == "classification" else (mb["masked_positions"],))
-        )
-        sums = losses.distill_sums(logits, t_logits, sums, weights, spec.alpha, spec.temperature)
-    return sums
-
-
-def train_step(
-    state: State,
-    batch: dict,
-    teacher_params=None,
-    *,
-    task: str,
-    graphdef,
-    tx,
-    schedule,
-    seed: int,
-    teacher=None,
-    temperature: float = 0.05,
-):
+def train_step(state: State, batch: dict, *frozen, task, graphdef, tx, schedule, seed: int):
     """One optimizer update over all microbatches of ``batch``; returns (state, metrics).
 
-    Each microbatch's summed loss is divided by the label count of the whole batch, so the
-    accumulated gradient equals the gradient of the mean loss over the global batch exactly.
-    ``teacher`` (a static ``distill.Spec``) with ``teacher_params``: distillation.
+    Each microbatch's summed loss is divided by the label count of the whole batch
+    (``task.totals``), so the accumulated gradient equals the gradient of the mean loss over
+    the global batch exactly. ``frozen``: a distillation teacher's parameters.
     """
     params, step = state["params"], state["step"]
-    total_weight = jnp.maximum(jnp.sum(batch[WEIGHTS[task]]), 1.0)
-    nsp = "next_sentence_label" in batch  # BERT's second loss: the mean over the batch's pairs
-    total_pairs = jnp.maximum(jnp.sum(batch["next_sentence_weight"]), 1.0) if nsp else 1.0
-    with_teacher = None if teacher is None else (teacher, teacher_params)
-
-    def loss_of(sums):
-        return sums["loss_sum"] / total_weight + (sums["nsp_loss_sum"] / total_pairs if nsp else 0)
-
+    totals = task.totals(batch)
     step_key = jax.random.fold_in(jax.random.key(seed), step)
 
     def grads_of(index, mb):
@@ -155,8 +96,8 @@ def train_step(
 
         def loss_fn(p):
             rngs = nnx.Rngs(dropout=key)
-            sums = _forward(task, graphdef, p, mb, rngs, with_teacher, temperature)
-            return loss_of(sums), sums
+            sums = task.loss_sums(nnx.merge(graphdef, p), mb, rngs, *frozen)
+            return task.loss(sums, totals), sums
 
         return jax.grad(loss_fn, has_aux=True)(params)
 
@@ -172,7 +113,7 @@ def train_step(
         shapes = jax.eval_shape(grads_of, 0, jax.tree.map(lambda x: x[0], batch))
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (grads, sums), _ = jax.lax.scan(microbatch, zeros, (jnp.arange(num_micro), batch))
-    loss, grad_norm = loss_of(sums), optax.global_norm(grads)
+    loss, grad_norm = task.loss(sums, totals), optax.global_norm(grads)
     # An update whose loss, gradient or new parameters are not finite never reaches the state:
     # it is dropped (and counted), so no checkpoint can hold a NaN, whatever the cause (a bad
     # batch, a NaN learning rate, an optimizer number). The new parameters are checked, not
@@ -189,109 +130,80 @@ def train_step(
     )
     metrics = {
         "loss": loss,
-        ACCURACY[task]: sums["correct_sum"] / total_weight,
+        **task.step_metrics(sums, totals),
         "grad_norm": grad_norm,
         "learning_rate": schedule(step),
         "nonfinite": 1 - finite.astype(jnp.int32),
     }
-    if nsp:
-        metrics["nsp_loss"] = sums["nsp_loss_sum"] / total_pairs
-        metrics["nsp_accuracy"] = sums["nsp_correct_sum"] / total_pairs
-    if teacher is not None:
-        metrics["kd_loss"] = sums["kd_loss_sum"] / total_weight
-        metrics["hard_loss"] = sums["hard_loss_sum"] / total_weight
     return {"params": params, "opt_state": opt_state, "step": step + 1}, metrics
 
 
-def eval_step(params, batch: dict, *, task: str, graphdef, temperature: float = 0.05):
-    """MLM, contrastive: summed loss/correct/weight. Classification: the logits, for exact
-    host metrics."""
+def eval_step(params, batch: dict, *, task, graphdef):
+    """What ``task.eval_outputs`` returns for the batch's rows: summed statistics, or logits
+    for exact host metrics."""
     mb = jax.tree.map(lambda x: x.reshape(-1, *x.shape[2:]), batch)
-    if task == "classification":
-        model = nnx.merge(graphdef, params)
-        return model(mb["input_ids"], mb["attention_mask"], mb["token_type_ids"])
-    # Contrastive evaluation keeps dropout (fixed masks): without it both views are one.
-    rngs = nnx.Rngs(dropout=jax.random.key(0)) if task == "contrastive" else None
-    return _forward(task, graphdef, params, mb, rngs, temperature=temperature)
+    return task.eval_outputs(nnx.merge(graphdef, params), mb)
 
 
-def jit_steps(
-    model_cfg: ModelConfig,
-    task: str,
-    tx,
-    schedule,
-    mesh: Mesh,
-    seed: int,
-    batch_keys,
-    teacher=None,
-    temperature: float = 0.05,
-):
+def batch_shardings(task, mesh: Mesh) -> dict:
+    """The sharding of each field of ``task``'s batches ``[accum, rows, ...]``: rows split."""
+    return {
+        k: NamedSharding(mesh, sharding.batch_spec(2 + len(shape)))
+        for k, (shape, _) in task.batch_spec().items()
+    }
+
+
+def jit_steps(model_cfg, task, tx, schedule, mesh: Mesh, seed: int, teacher_params=None):
     """Jitted ``train_step(state, batch)`` (state donated) and ``eval_step(params, batch)``.
 
-    ``teacher``: ``(distill.Spec, parameters on the mesh)``; the train step then takes them as
-    a third argument, bound here, so callers still see ``(state, batch)``.
+    With ``teacher_params`` (distillation) the train step is ``(state, batch, teacher)``.
     """
-    graphdef, _ = abstract_model(model_cfg, task)
-    state_sh = sharding.named(mesh, state_specs(model_cfg, task, tx, mesh))
-    batch_sh = {k: NamedSharding(mesh, sharding.batch_spec(nd)) for k, nd in batch_keys.items()}
+    graphdef, _ = abstract_model(model_cfg, task.head)
+    state_sh = sharding.named(mesh, state_specs(model_cfg, task.head, tx, mesh))
+    batch_sh = batch_shardings(task, mesh)
     replicated = NamedSharding(mesh, PartitionSpec())
-    static = dict(task=task, graphdef=graphdef, temperature=temperature)
-    spec, teacher_params = teacher or (None, None)
-    teacher_sh = () if teacher is None else (jax.tree.map(lambda x: x.sharding, teacher_params),)
+    frozen_sh = (
+        () if teacher_params is None else (jax.tree.map(lambda x: x.sharding, teacher_params),)
+    )
     train = jax.jit(
-        functools.partial(train_step, tx=tx, schedule=schedule, seed=seed, teacher=spec, **static),
-        in_shardings=(state_sh, batch_sh, *teacher_sh),
+        functools.partial(
+            train_step, task=task, graphdef=graphdef, tx=tx, schedule=schedule, seed=seed
+        ),
+        in_shardings=(state_sh, batch_sh, *frozen_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),
     )
-    if teacher is not None:
-        train = Bound(train, teacher_params)
     evaluate = jax.jit(
-        functools.partial(eval_step, **static),
+        functools.partial(eval_step, task=task, graphdef=graphdef),
         in_shardings=(state_sh["params"], batch_sh),
         out_shardings=replicated,
     )
     return train, evaluate, state_sh
 
 
-def jit_embed(model_cfg: ModelConfig, mesh: Mesh):
-    """Jitted ``(params, batch) -> [rows, D]`` sentence embeddings of a contrastive model
-    (batch ``[1, rows, L]``, as evaluation batches), replicated on every device."""
-    graphdef, _ = abstract_model(model_cfg, "contrastive")
-    state_sh = sharding.named(
-        mesh, sharding.param_specs(abstract_model(model_cfg, "contrastive")[1], mesh)
-    )
+def forward(params, batch: dict, *, graphdef, backbone: str | None = None):
+    """The model's outputs (no dropout) for the rows of ``batch`` (fields ``[..., L]``: ids,
+    mask, optional segment ids and masked positions). With ``backbone`` (the family's
+    ``BACKBONE``), every layer's hidden states instead of the head's outputs."""
+    model = nnx.merge(graphdef, params)
+    rows = {k: v.reshape(-1, v.shape[-1]) for k, v in batch.items()}
+    args = [rows["input_ids"], rows["attention_mask"], rows.get("token_type_ids")]
+    if backbone is not None:
+        return getattr(model, backbone)(*args, return_all_hidden=True)["hidden_states"]
+    if "masked_positions" in rows:
+        args.append(rows["masked_positions"])
+    return model(*args)
 
-    def embed(params, batch):
-        model = nnx.merge(graphdef, params)
-        ids, mask = (
-            batch[k].reshape(-1, batch[k].shape[-1]) for k in ("input_ids", "attention_mask")
-        )
-        return model(ids, mask)
 
-    batch_sh = NamedSharding(mesh, sharding.batch_spec(3))
+def jit_forward(model_cfg, head: str, mesh: Mesh, hidden_states: bool = False):
+    """The jitted ``forward(params, batch)`` of a run's model (outputs replicated, so every
+    process reads them whole): what evaluate's probe, predict and plot call."""
+    graphdef, _ = abstract_model(model_cfg, head)
+    backbone = models.get(model_cfg.family).BACKBONE if hidden_states else None
     return jax.jit(
-        embed,
-        in_shardings=(state_sh, {"input_ids": batch_sh, "attention_mask": batch_sh}),
+        functools.partial(forward, graphdef=graphdef, backbone=backbone),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
-
-
-class Bound:
-    """A jitted (or compiled) ``f(state, batch, extra)`` called as ``(state, batch)``, whose
-    ``lower(...).compile()`` stays bound: the teacher's parameters ride along this way."""
-
-    def __init__(self, fn, extra):
-        self.fn, self.extra = fn, extra
-
-    def __call__(self, state, batch):
-        return self.fn(state, batch, self.extra)
-
-    def lower(self, state, batch):
-        return Bound(self.fn.lower(state, batch, self.extra), self.extra)
-
-    def compile(self):
-        return Bound(self.fn.compile(), self.extra)
 
 
 def compile_ahead(jobs: dict, threads: int | None = None) -> dict:
@@ -304,17 +216,18 @@ def compile_ahead(jobs: dict, threads: int | None = None) -> dict:
         return {key: future.result() for key, future in futures.items()}
 
 
-def compile_lengths(train, evaluate, state, example: dict, lengths, accum: int, rows: int):
+def compile_lengths(train, evaluate, state, task, lengths, accum: int, rows: int, extra=()):
     """Train and eval steps compiled for every padded length ahead of the loop, each wrapped
-    to dispatch on the batch's length. ``example`` is any batch (for keys and dtypes)."""
+    to dispatch on the batch's length (``task.batch_spec`` gives fields and dtypes; ``extra``:
+    the train step's arguments after the batch)."""
 
     def shapes(micro: int, length: int) -> dict:
         return {
-            k: jax.ShapeDtypeStruct((micro, rows, *[length][: v.ndim - 2]), v.dtype)
-            for k, v in example.items()
+            k: jax.ShapeDtypeStruct((micro, rows, *[length][: len(shape)]), dtype)
+            for k, (shape, dtype) in task.batch_spec().items()
         }
 
-    jobs = {("train", n): (train, (state, shapes(accum, n))) for n in lengths}
+    jobs = {("train", n): (train, (state, shapes(accum, n), *extra)) for n in lengths}
     jobs |= {("eval", n): (evaluate, (state["params"], shapes(1, n))) for n in lengths}
     done = compile_ahead(jobs)
     return (
@@ -329,5 +242,5 @@ class ByLength:
     def __init__(self, compiled: dict, fn: Callable):
         self.compiled, self.fn = compiled, fn
 
-    def __call__(self, first, batch: dict):
-        return self.compiled.get(batch["input_ids"].shape[-1], self.fn)(first, batch)
+    def __call__(self, first, batch: dict, *extra):
+        return self.compiled.get(batch["input_ids"].shape[-1], self.fn)(first, batch, *extra)

@@ -1,12 +1,16 @@
-"""Train a BERT: ``python -m ptft_jax.train --config configs/x.py --workdir W [--config.K=V]``.
+"""Train a model: ``python -m ptft_jax.train --config configs/x.py --workdir W [--config.K=V]``.
 
-Resume order: a checkpoint in W wins; otherwise the state is initialised from scratch.
-The loop below is the whole training procedure, in commented sections.
+Resume order: a checkpoint in W wins; otherwise the state is initialised from scratch (or from
+``init_from``). ``_run`` is the whole procedure: setup (``plan.make``: every check before
+anything is written or compiled, the data built), the state, compilation, the training loop
+(``_train``, a visible ``for`` loop in commented sections) and the finish. What differs
+between tasks is the task's (``tasks/``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -25,20 +29,19 @@ from ptft_jax import (
     checkpoint,
     cli,
     config,
-    distill,
     distributed,
     errors,
-    evaluation,
-    hf,
     metrics,
-    optim,
+    plan,
     runlock,
     sharding,
     steps,
     stopping,
     weights,
 )
-from ptft_jax.data import pipeline, prepare, tokenize
+from ptft_jax import workdir as workdir_lib
+from ptft_jax.data import tokenize
+from ptft_jax.tasks.base import EvalContext
 
 log = logging.getLogger("ptft_jax.train")
 
@@ -56,296 +59,286 @@ def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) 
 
 def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> dict:
     t_start = time.time()
-
-    # --- Check everything a user can get wrong before building or compiling anything.
-    config.validate(cfg)
-    distributed.preflight(cfg)
-    teacher = distill.teacher_of(cfg) if cfg.task == "distill" else None
-    layers = tuple(cfg.train.student_layers_from_teacher)
-    if teacher is not None:
-        cfg = distill.student_config(cfg, teacher)  # the teacher's task, tokenizer, labels
-    source = weights.resolve(cfg.init_from, cfg.allow_pytorch_bin) if cfg.init_from else None
-    if teacher is not None and layers:
-        source = distill.student_source(teacher, layers)
-    if source is not None:
-        cfg = config.apply_checkpoint_model(cfg, source.fields, source.tokenizer, cli_model_keys)
-        config.validate(cfg)
-    resuming = checkpoint.has_checkpoint(workdir)
-    if resuming:
-        changed = config.check_resume_compatible(workdir / "config.json", cfg)
-        if changed:
-            log.warning(
-                "resuming with changed %s: the data order differs from the original run's",
-                ", ".join(changed),
-            )
-    model_cfg, kind = config.model_config(cfg), config.model_task(cfg)
-    mesh = sharding.make_mesh(cfg.mesh)
-    accum = cfg.train.grad_accum_steps
-    micro = cfg.train.batch_size // accum
-    sharding.check_rows(mesh, micro)
-    start, stop = sharding.process_rows(mesh, micro)
-    layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
-    eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
-
-    # --- Data: records, tokenizer, the train dataset, the evaluation batches.
-    get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
-    data = prepare.for_task(cfg, kind, get_tokenizer, layout, eval_layout, workdir / "labels.json")
-    data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
-    per_epoch = data.steps_per_epoch if cfg.train.epochs else 0  # then epoch ends evaluate too
-    total_steps = cfg.train.epochs * per_epoch if per_epoch else cfg.train.steps
-    tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
-    init_fn = steps.make_init_fn(model_cfg, kind, tx, mesh, cfg.train.seed)
-    pretrained = None
-    if source is not None and not resuming:
-        pretrained, fresh = hf.load_params(source.tensors(), jax.eval_shape(init_fn)["params"])
-        heads = sorted({p.rsplit("/", 1)[0] for p in fresh})  # the modules, not each tensor
-        note = f"; initialised fresh: {', '.join(heads)}" if heads else ""
-        origin = cfg.init_from or f"layers {layers} of the teacher {cfg.train.teacher}"
-        log.info("loaded %s%s", origin, note)
+    # --- Check everything a user can get wrong and build the data; nothing is written yet.
+    s = plan.make(cfg, workdir, cli_model_keys)
+    cfg, task, mesh = s.cfg, s.task, s.mesh
 
     # --- Everything checked: only now does the workdir get written.
-    lock.create(resuming)
-    if jax.process_index() == 0:
-        if not (resuming and (workdir / "tokenizer").exists()):
-            tokenize.save_tokenizer(data.tokenizer, workdir / "tokenizer")
-        if data.label_names is not None:
-            (workdir / "labels.json").write_text(json.dumps({"names": data.label_names}) + "\n")
-        if not resuming:
-            config.save(cfg, workdir / "config.json")
-    log.info("data: %s", data.summary)
+    lock.create(s.resuming)
+    workdir_lib.write_run_files(workdir, cfg, s.data.tokenizer, s.data.label_names, s.resuming)
+    log.info("data: %s", s.data.summary)
 
     with (
         jax.set_mesh(mesh),
         nnx.logical_axis_rules(sharding.LOGICAL_RULES),
         contextlib.ExitStack() as on_exit,
     ):
-        # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
-        first = data.eval[0][0] if kind == "classification" else data.eval[0]
+        # --- The steps; a distillation's teacher rides along as the train step's third input.
+        teacher = weights.load_teacher(s.teacher, cfg, mesh)
+        extra = ()
+        if teacher is not None:
+            task, extra = task.with_teacher(teacher[0]), (teacher[1],)
         train_step, eval_step, state_sh = steps.jit_steps(
-            model_cfg,
-            kind,
-            tx,
-            schedule,
-            mesh,
-            cfg.train.seed,
-            {k: v.ndim for k, v in first.items()},
-            teacher=distill.load_teacher(teacher, cfg, mesh),
-            temperature=cfg.train.temperature,
+            s.model_cfg, task, s.tx, s.schedule, mesh, cfg.train.seed, *extra
         )
+
+        # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
-        best_ckpt = checkpoint.manager(workdir, 1, "best") if kind == "classification" else None
-        abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
-        found = checkpoint.restore_verified(ckpt, abstract) if resuming else None
-        latest, tracker = None, {"best": None, "best_step": None, "since_best": 0}
-        if found is not None:
-            latest, state, data_state, meta = found
-            tokenize.check_resumed(data.tokenizer, meta.get("tokenizer"), workdir, latest)
-            data_iter.set_state(data_state)
-            tracker.update(meta.get("tracker", {}))
-        else:
-            state = init_fn()
-            if pretrained is not None:
-                # Pretrained tensors replace the random ones; heads the checkpoint lacks stay.
-                state["params"] = jax.tree.map(
-                    lambda new, old, sh: (
-                        old if isinstance(new, jax.ShapeDtypeStruct) else jax.device_put(new, sh)
-                    ),
-                    pretrained,
-                    state["params"],
-                    state_sh["params"],
-                )
+        state, latest, tracker = _initial_state(s, workdir, ckpt, state_sh)
+        best = None  # the task's best checkpoint by its metric, when it keeps one
+        if task.best_metric() is not None:
+            best = checkpoint.Best(workdir, task.best_metric(), cfg.train.patience, tracker)
         step = int(jax.device_get(state["step"]))
-        writer = metrics.Writer(workdir, total_steps, step, resumed=latest is not None)
+        writer = metrics.Writer(workdir, s.total_steps, step, resumed=latest is not None)
         on_exit.callback(writer.close)  # also when an error stops the run: the bar goes first
         if latest is not None:
             writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
-        stop_at = min(cfg.train.stop_at_step or total_steps, total_steps)
+        stop_at = min(cfg.train.stop_at_step or s.total_steps, s.total_steps)
         if latest is not None and step >= stop_at:
             writer.print(
                 f"the checkpoint at step {step} already reaches step {stop_at}; "
                 "raise --config.train.steps to train further"
             )
-
-        embed_step = steps.jit_embed(model_cfg, mesh) if data.probe else None
-
-        def evaluate(params, batches=None, labels=None, with_probe=False) -> dict:
-            probe_with = (embed_step, eval_layout) if with_probe else None
-            return evaluation.for_task(
-                kind, eval_step, params, data, mesh, micro, model_cfg, batches, labels, probe_with
-            )
-
-        best_metric = cfg.train.metric_for_best or (
-            "accuracy" if model_cfg.num_labels > 1 else "pearson"
-        )
+        forward = steps.jit_forward(s.model_cfg, task.head, mesh) if s.data.probe else None
+        ctx = EvalContext(eval_step, s.data, mesh, s.layout.micro, forward, s.eval_layout)
 
         # From here on SIGTERM and Ctrl-C finish the current step, save it and stop.
         preemption = stopping.Preemption()
         on_exit.callback(preemption.close)
 
-        # --- Compile ahead of the loop, so compile time is measured on its own: MLM's one
-        # shape; for classification, the train and eval steps of every length bucket, in
-        # parallel threads.
-        local, batch, compile_s, ev = None, None, 0.0, {}
-        if step < stop_at and kind != "classification":
-            t0 = time.time()
-            local = next(data_iter)
-            batch = sharding.to_global(local, mesh, layout.micro)
-            train_step = train_step.lower(state, batch).compile()
-            compile_s = time.time() - t0
-            writer.print(f"compiled the train step in {compile_s:.1f}s")
-        elif step < stop_at:
-            t0 = time.time()
-
-            train_step, eval_step = steps.compile_lengths(
-                train_step, eval_step, state, first, data.lengths, accum, layout.micro
+        # --- Compile ahead of the loop, so compile time is measured on its own.
+        first, compile_s = None, 0.0
+        if step < stop_at:
+            train_step, eval_step, first, compile_s = _compile(
+                s, task, train_step, eval_step, state, extra, writer
             )
-            compile_s = time.time() - t0
-            writer.print(
-                f"compiled the train and eval steps for lengths {data.lengths} in {compile_s:.1f}s"
-            )
-        if step == 0 and total_steps:
-            ev = evaluate(state["params"], with_probe=True)
-            writer.write(0, "validation", evaluation.scalars(ev))
-
-        # --- The loop. The host runs at most two steps ahead and reads metrics at log steps.
-        pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
-        skipped, nonfinite_at, stop_now = 0, None, False
-        train_s, trained_steps, trained_tokens = 0.0, 0, 0
+            ctx.eval_step = eval_step
+        ev = {}
+        if step == 0 and s.total_steps:
+            ev = task.evaluate(ctx, state["params"], with_probe=True)
+            writer.write(0, "validation", metrics.scalars(ev))
         if step >= stop_at:  # nothing to train: report where the checkpoint stands
-            ev = evaluate(state["params"])
-        while step < stop_at:
-            if batch is None:
-                local = next(data_iter)
-                batch = sharding.to_global(local, mesh, layout.micro)
-            state, step_metrics = train_step(state, batch)
-            tokens_since_log += int(local["attention_mask"].sum()) * jax.process_count()
-            batch = None
-            step += 1
-            steps_since_log += 1
-            pending.append(step_metrics)
-            if len(pending) > 2:
-                # At most two steps in flight: the host still never idles the device, and a
-                # SIGTERM is seen within about two steps, not log_every of them.
-                jax.block_until_ready(pending[-3])
-            writer.advance()
-            last = step == stop_at
-            stop_now = preemption.reached(step)  # SIGTERM or Ctrl-C: checkpoint this step
-            if step % cfg.train.log_every == 0 or last or stop_now:
-                host = jax.device_get(pending)
-                bad = [step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"]]
-                skipped += len(bad)
-                if bad and cfg.train.on_nonfinite == "stop":
-                    nonfinite_at, stop_now = bad[0], True
-                dt = time.time() - t_log
-                tok_s = tokens_since_log / max(dt, 1e-9)
-                train_s, trained_steps = train_s + dt, trained_steps + steps_since_log
-                trained_tokens += tokens_since_log
-                row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-                row.update(
-                    nonfinite=len(bad),
-                    tokens_per_s=tok_s,
-                    examples_per_s=cfg.train.batch_size * steps_since_log / max(dt, 1e-9),
-                    step_time_s=dt / steps_since_log,
-                )
-                writer.write(step, "train", row)
-                pending, t_log, steps_since_log, tokens_since_log = [], time.time(), 0, 0
-            epoch_end = per_epoch and step % per_epoch == 0
-            stop_early = False
-            if step % cfg.train.eval_every == 0 or last or epoch_end:
-                ev = evaluate(state["params"], with_probe=last)
-                writer.write(step, "validation", evaluation.scalars(ev))
-                if best_ckpt is not None:
-                    if metrics.is_better(best_metric, ev[best_metric], tracker["best"]):
-                        tracker.update(best=ev[best_metric], best_step=step, since_best=0)
-                        checkpoint.save_params(best_ckpt, step, state["params"])
-                    else:
-                        tracker["since_best"] += 1
-                    stop_early = 0 < cfg.train.patience <= tracker["since_best"]
-                t_log = time.time()  # evaluation time is not training throughput
-            if step % cfg.train.checkpoint_every == 0 or last or stop_early or stop_now:
-                meta = {
-                    "step": step,
-                    "tracker": tracker,
-                    "config": json.loads(cfg.to_json_best_effort()),
-                    "tokenizer": tokenize.tokenizer_fingerprint(data.tokenizer),
-                }
-                checkpoint.save(ckpt, step, state, data_iter.get_state(), meta)
-            if stop_early:
-                writer.print(
-                    f"early stop at step {step}: {best_metric} did not improve in "
-                    f"{cfg.train.patience} evaluations (best {tracker['best']:.4f} at step "
-                    f"{tracker['best_step']})"
-                )
-                break
-            if stop_now:
-                break
-        if total_steps == 0 and latest is None:
-            # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
-            meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
-            checkpoint.save(ckpt, 0, state, data_iter.get_state(), meta)
+            ev = task.evaluate(ctx, state["params"])
 
-        # --- Done: the best checkpoint on the test split (classification), the summary.
-        checkpoint.finish(ckpt)
-        checkpoint.finish(best_ckpt, close=False)
-        if nonfinite_at is not None or stop_now:
-            checkpoint.finish(best_ckpt)
-            writer.close()
-        if nonfinite_at is not None:
-            raise stopping.NonFiniteError(
-                f"The loss or gradient was not finite at step {nonfinite_at}; that update was "
-                f"dropped and the last good state is saved at step {step}. Lower "
-                "train.learning_rate, check the data, or set train.on_nonfinite=skip."
+        # --- The loop.
+        loop = Loop(state, step, stop_at, tracker, writer, ckpt, best, preemption, ev, latest)
+        _train(s, task, loop, train_step, extra, ctx, first)
+
+        # --- Done: the best checkpoint on the test split, the summary.
+        return _finish(s, task, loop, ctx, workdir, compile_s, t_start)
+
+
+def _initial_state(s: plan.Plan, workdir: pathlib.Path, ckpt, state_sh):
+    """``(state, the step resumed from or None, the best-checkpoint tracker)``."""
+    abstract = checkpoint.abstract_like(jax.eval_shape(s.init_fn), state_sh)
+    found = checkpoint.restore_verified(ckpt, abstract) if s.resuming else None
+    tracker = {"best": None, "best_step": None, "since_best": 0}
+    if found is not None:
+        latest, state, data_state, meta = found
+        tokenize.check_resumed(s.data.tokenizer, meta.get("tokenizer"), workdir, latest)
+        s.data_iter.set_state(data_state)
+        tracker.update(meta.get("tracker", {}))
+        return state, latest, tracker
+    state = s.init_fn()
+    if s.pretrained is not None:  # pretrained tensors replace the random ones
+        state["params"] = weights.place(s.pretrained, state["params"], state_sh["params"])
+    return state, None, tracker
+
+
+def _compile(s: plan.Plan, task, train_step, eval_step, state, extra, writer):
+    """The steps compiled ahead: one shape (the first batch's, returned to train on), or the
+    train and eval steps of every length bucket in parallel threads."""
+    t0 = time.time()
+    if not s.data.lengths:
+        local = next(s.data_iter)
+        batch = sharding.to_global(local, s.mesh, s.layout.micro)
+        train_step = train_step.lower(state, batch, *extra).compile()
+        compile_s = time.time() - t0
+        writer.print(f"compiled the train step in {compile_s:.1f}s")
+        return train_step, eval_step, (local, batch), compile_s
+    accum, rows = s.layout.accum, s.layout.micro
+    train_step, eval_step = steps.compile_lengths(
+        train_step, eval_step, state, task, s.data.lengths, accum, rows, extra
+    )
+    compile_s = time.time() - t0
+    lengths = s.data.lengths
+    writer.print(f"compiled the train and eval steps for lengths {lengths} in {compile_s:.1f}s")
+    return train_step, eval_step, None, compile_s
+
+
+@dataclasses.dataclass
+class Loop:
+    """What the loop changes as it goes."""
+
+    state: dict
+    step: int
+    stop_at: int
+    tracker: dict  # the best evaluation so far: best, best_step, since_best
+    writer: metrics.Writer
+    ckpt: object
+    best: checkpoint.Best | None
+    preemption: stopping.Preemption
+    ev: dict  # the latest evaluation
+    resumed_from: int | None
+    stop_now: bool = False  # SIGTERM, Ctrl-C, or a non-finite step under on_nonfinite=stop
+    nonfinite_at: int | None = None
+    skipped: int = 0
+    train_s: float = 0.0
+    trained_steps: int = 0
+    trained_tokens: int = 0
+
+
+def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, first) -> None:
+    """Train from ``loop.step`` to ``loop.stop_at``. The host runs at most two steps ahead and
+    reads metrics at log steps only."""
+    cfg, t = s.cfg, s.cfg.train
+    local, batch = first or (None, None)
+    window = {"pending": [], "t0": time.time(), "steps": 0, "tokens": 0}
+    for step in range(loop.step + 1, loop.stop_at + 1):
+        # --- One step (the batch of the compile run is the first one).
+        if batch is None:
+            local = next(s.data_iter)
+            batch = sharding.to_global(local, s.mesh, s.layout.micro)
+        loop.state, step_metrics = train_step(loop.state, batch, *extra)
+        window["tokens"] += int(local["attention_mask"].sum()) * jax.process_count()
+        batch, loop.step = None, step
+        window["steps"] += 1
+        window["pending"].append(step_metrics)
+        if len(window["pending"]) > 2:
+            # At most two steps in flight: the host still never idles the device, and a
+            # SIGTERM is seen within about two steps, not log_every of them.
+            jax.block_until_ready(window["pending"][-3])
+        loop.writer.advance()
+        last = step == loop.stop_at
+        loop.stop_now = loop.preemption.reached(step)  # SIGTERM or Ctrl-C: checkpoint here
+
+        # --- Log: train metrics, throughput, non-finite steps.
+        if step % t.log_every == 0 or last or loop.stop_now:
+            _log(loop, window, cfg)
+
+        # --- Evaluate: every eval_every steps, at epoch ends and at the last step.
+        epoch_end = s.per_epoch and step % s.per_epoch == 0
+        stop_early = False
+        if step % t.eval_every == 0 or last or epoch_end:
+            loop.ev = task.evaluate(ctx, loop.state["params"], with_probe=last)
+            loop.writer.write(step, "validation", metrics.scalars(loop.ev))
+            if loop.best is not None:
+                stop_early = loop.best.update(step, loop.ev, loop.state["params"])
+            window["t0"] = time.time()  # evaluation time is not training throughput
+
+        # --- Checkpoint, then stop early (patience) or on a signal.
+        if step % t.checkpoint_every == 0 or last or stop_early or loop.stop_now:
+            _save(loop, s)
+        if stop_early:
+            loop.writer.print(
+                f"early stop at step {step}: {task.best_metric()} did not improve in "
+                f"{t.patience} evaluations (best {loop.tracker['best']:.4f} at step "
+                f"{loop.tracker['best_step']})"
             )
-        if stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
-            if jax.process_index() == 0:
-                why = "interrupted" if preemption.interrupted else "preempted"
-                print(
-                    f"{why}: saved a checkpoint at step {step}; run the same command to resume.",
-                    flush=True,
-                )
-            return {
-                "step": step,
-                "preempted": True,
-                "interrupted": preemption.interrupted,
-                "state": state,
-            }
-        test = {}
-        if best_ckpt is not None:
-            best_params = state["params"]
-            if best_ckpt.latest_step() is not None:
-                best_params = checkpoint.restore_params(best_ckpt, state["params"])
-            best_ckpt.close()
-            if data.test is not None:
-                test = evaluate(best_params, data.test, data.test_labels)
-                test["step"] = tracker["best_step"] or step
-                if jax.process_index() == 0:
-                    (workdir / "eval_test.json").write_text(json.dumps(test, indent=2) + "\n")
-        tok_s = trained_tokens / train_s if train_s else 0.0
-        summary = {
-            "step": step,
-            "skipped_steps": skipped,
-            "eval_loss": ev.get("loss", float("nan")),
-            "eval_accuracy": ev.get(steps.ACCURACY[kind], float("nan")),
-            "test": test,
-            "tokens_per_s": tok_s,
-            "compile_s": compile_s,
-            "wall_s": time.time() - t_start,
-        }
-        writer.close()
+            break
+        if loop.stop_now:
+            break
+    if s.total_steps == 0 and loop.resumed_from is None:
+        # A converted (or freshly initialised) step-0 model for export, predict, evaluate.
+        meta = {"step": 0, "config": json.loads(cfg.to_json_best_effort())}
+        checkpoint.save(loop.ckpt, 0, loop.state, s.data_iter.get_state(), meta)
+
+
+def _log(loop: Loop, window: dict, cfg) -> None:
+    """One train row from the steps since the last: their mean metrics and the throughput."""
+    host = jax.device_get(window["pending"])
+    bad = [loop.step - len(host) + 1 + i for i, m in enumerate(host) if m["nonfinite"]]
+    loop.skipped += len(bad)
+    if bad and cfg.train.on_nonfinite == "stop":
+        loop.nonfinite_at, loop.stop_now = bad[0], True
+    dt, n = time.time() - window["t0"], window["steps"]
+    loop.train_s, loop.trained_steps = loop.train_s + dt, loop.trained_steps + n
+    loop.trained_tokens += window["tokens"]
+    row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+    row.update(
+        nonfinite=len(bad),
+        tokens_per_s=window["tokens"] / max(dt, 1e-9),
+        examples_per_s=cfg.train.batch_size * n / max(dt, 1e-9),
+        step_time_s=dt / n,
+    )
+    loop.writer.write(loop.step, "train", row)
+    window.update(pending=[], t0=time.time(), steps=0, tokens=0)
+
+
+def _save(loop: Loop, s: plan.Plan) -> None:
+    meta = {
+        "step": loop.step,
+        "tracker": loop.tracker,
+        "config": json.loads(s.cfg.to_json_best_effort()),
+        "tokenizer": tokenize.tokenizer_fingerprint(s.data.tokenizer),
+    }
+    checkpoint.save(loop.ckpt, loop.step, loop.state, s.data_iter.get_state(), meta)
+
+
+def _finish(s: plan.Plan, task, loop: Loop, ctx, workdir, compile_s: float, t_start: float) -> dict:
+    """Close the checkpoints; stop on a non-finite step or a signal; else score the best
+    checkpoint on the test split and print the summary line."""
+    best_mgr = loop.best.mgr if loop.best is not None else None
+    checkpoint.finish(loop.ckpt)
+    checkpoint.finish(best_mgr, close=False)
+    step = loop.step
+    if loop.nonfinite_at is not None or loop.stop_now:
+        checkpoint.finish(best_mgr)
+        loop.writer.close()
+    if loop.nonfinite_at is not None:
+        raise stopping.NonFiniteError(
+            f"The loss or gradient was not finite at step {loop.nonfinite_at}; that update was "
+            f"dropped and the last good state is saved at step {step}. Lower "
+            "train.learning_rate, check the data, or set train.on_nonfinite=skip."
+        )
+    interrupted = loop.preemption.interrupted
+    if loop.stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
         if jax.process_index() == 0:
-            extra = f", test {best_metric} {test[best_metric]:.4f}" if test else ""
-            extra += (
-                f", probe accuracy {ev['probe_accuracy']:.4f}" if "probe_accuracy" in ev else ""
-            )
-            if trained_steps:  # a run that found its work done reports no speed
-                extra += f", {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s"
+            why = "interrupted" if interrupted else "preempted"
             print(
-                f"done: step {step}, eval loss {summary['eval_loss']:.4f}, "
-                f"{steps.ACCURACY[kind].replace('_', ' ')} {summary['eval_accuracy']:.4f}"
-                f"{extra}, wall {summary['wall_s']:.1f}s",
+                f"{why}: saved a checkpoint at step {step}; run the same command to resume.",
                 flush=True,
             )
-        return {**summary, "state": state}
+        return {"step": step, "preempted": True, "interrupted": interrupted, "state": loop.state}
+    test = {}
+    if loop.best is not None:
+        best_params = loop.best.params(loop.state["params"])
+        if s.data.test is not None:
+            test = task.evaluate(ctx, best_params, split="test")
+            test["step"] = loop.tracker["best_step"] or step
+            if jax.process_index() == 0:
+                (workdir / "eval_test.json").write_text(json.dumps(test, indent=2) + "\n")
+    return _summary(s, task, loop, test, compile_s, t_start)
+
+
+def _summary(s: plan.Plan, task, loop: Loop, test: dict, compile_s: float, t_start: float) -> dict:
+    tok_s = loop.trained_tokens / loop.train_s if loop.train_s else 0.0
+    ev = loop.ev
+    summary = {
+        "step": loop.step,
+        "skipped_steps": loop.skipped,
+        "eval_loss": ev.get("loss", float("nan")),
+        "eval_accuracy": ev.get(task.accuracy, float("nan")),
+        "test": test,
+        "tokens_per_s": tok_s,
+        "compile_s": compile_s,
+        "wall_s": time.time() - t_start,
+    }
+    loop.writer.close()
+    if jax.process_index() == 0:
+        best = task.best_metric()
+        extra = f", test {best} {test[best]:.4f}" if test else ""
+        if "probe_accuracy" in ev:
+            extra += f", probe accuracy {ev['probe_accuracy']:.4f}"
+        if loop.trained_steps:  # a run that found its work done reports no speed
+            extra += f", {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s"
+        print(
+            f"done: step {loop.step}, eval loss {summary['eval_loss']:.4f}, "
+            f"{task.accuracy.replace('_', ' ')} {summary['eval_accuracy']:.4f}"
+            f"{extra}, wall {summary['wall_s']:.1f}s",
+            flush=True,
+        )
+    return {**summary, "state": loop.state}
 
 
 @cli.guarded

@@ -1,4 +1,5 @@
-"""Reading a finished or running workdir back: its config, tokenizer and latest parameters."""
+"""A workdir's files: written when a run starts (config, tokenizer, label names), and read
+back (with the latest or best parameters) by export, predict, evaluate and plot."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pathlib
 import jax
 import ml_collections
 
-from ptft_jax import checkpoint, config, optim, sharding, steps
-from ptft_jax.data.tokenize import load_tokenizer
+from ptft_jax import checkpoint, config, optim, sharding, steps, tasks
+from ptft_jax.data.tokenize import load_tokenizer, save_tokenizer
 
 
 @dataclasses.dataclass
@@ -24,6 +25,18 @@ class Run:
     step: int
     mesh: object
     path: pathlib.Path
+
+    @property
+    def task(self):
+        """The run's task (``tasks/``), configured as it trained."""
+        return tasks.get(self.cfg)
+
+    def label_names(self) -> list[str]:
+        """Class names: the run's string labels (``W/labels.json``) or "0".."C-1"."""
+        path = self.path / "labels.json"
+        if path.exists():
+            return json.loads(path.read_text())["names"]
+        return [str(i) for i in range(self.model_cfg.num_labels)]
 
 
 def load(workdir: str | pathlib.Path) -> Run:
@@ -43,8 +56,9 @@ def load(workdir: str | pathlib.Path) -> Run:
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     tx, _ = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1))
-    state_sh = sharding.named(mesh, steps.state_specs(model_cfg, config.model_task(cfg), tx, mesh))
-    init_fn = steps.make_init_fn(model_cfg, config.model_task(cfg), tx, mesh, 0)
+    head = tasks.get(cfg).head
+    state_sh = sharding.named(mesh, steps.state_specs(model_cfg, head, tx, mesh))
+    init_fn = steps.make_init_fn(model_cfg, head, tx, mesh, 0)
     abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
     mgr = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
     step = mgr.latest_step()
@@ -68,9 +82,14 @@ def load(workdir: str | pathlib.Path) -> Run:
     return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir)
 
 
-def label_names(run: Run) -> list[str]:
-    """Class names: the run's string labels (``W/labels.json``) or "0".."C-1"."""
-    path = run.path / "labels.json"
-    if path.exists():
-        return json.loads(path.read_text())["names"]
-    return [str(i) for i in range(run.model_cfg.num_labels)]
+def write_run_files(path: pathlib.Path, cfg, tokenizer, label_names, resuming: bool) -> None:
+    """``W/tokenizer``, ``W/labels.json`` (string labels) and ``W/config.json``, from process 0;
+    a resumed run keeps the tokenizer and config it started with."""
+    if jax.process_index() != 0:
+        return
+    if not (resuming and (path / "tokenizer").exists()):
+        save_tokenizer(tokenizer, path / "tokenizer")
+    if label_names is not None:
+        (path / "labels.json").write_text(json.dumps({"names": label_names}) + "\n")
+    if not resuming:
+        config.save(cfg, path / "config.json")

@@ -19,7 +19,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-from ptft_jax.model import ModelConfig  # noqa: E402
+from ptft_jax.models.bert import BertConfig as ModelConfig  # noqa: E402
 
 TINY = ModelConfig(
     vocab_size=96,

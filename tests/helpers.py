@@ -7,6 +7,7 @@ from flax import nnx
 
 from ptft_jax import optim, sharding, steps
 from ptft_jax.config import base_config
+from ptft_jax.tasks.mlm import MLM
 
 
 def train_cfg(**kw) -> ml_collections.ConfigDict:
@@ -32,15 +33,19 @@ def mlm_batch(model_cfg, accum=1, rows=16, length=24, k=4, seed=0) -> dict:
     }
 
 
+def mlm_task(batch) -> MLM:
+    """The MLM task whose batch spec ``batch`` (``[A, B, ...]``) fits."""
+    length, k = batch["input_ids"].shape[-1], batch["masked_ids"].shape[-1]
+    return MLM(seq_len=length, max_predictions=k, nsp="next_sentence_label" in batch)
+
+
 def run_steps(model_cfg, mesh_cfg, batch, n=2, devices=None, seed=0, tcfg=None):
     """``n`` jitted train steps on a mesh; returns (host params, list of host metrics)."""
     mesh = sharding.make_mesh(mesh_cfg, devices)
     tx, schedule = optim.make_optimizer(tcfg or train_cfg(), 10)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         state = steps.make_init_fn(model_cfg, "mlm", tx, mesh, seed)()
-        train, _, _ = steps.jit_steps(
-            model_cfg, "mlm", tx, schedule, mesh, seed, {k: v.ndim for k, v in batch.items()}
-        )
+        train, _, _ = steps.jit_steps(model_cfg, mlm_task(batch), tx, schedule, mesh, seed)
         gb = sharding.to_global(batch, mesh, batch["input_ids"].shape[1])
         history = []
         for _ in range(n):

@@ -269,8 +269,8 @@ def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
         return ["export", "--workdir", str(tmp / "nope"), "--out", str(tmp / "hf_out")]
     if name == "plot: curves of no workdir":
         return ["plot", "curves", "--workdir", str(tmp / "nope")]
-    if name == "plot: learning curve config path":
-        return ["plot", "learning_curve", "--config", "nope.py", "--workdir", str(tmp / "w")]
+    if name == "learning_curve: config path":
+        return ["learning_curve", "--config", "nope.py", "--workdir", str(tmp / "w")]
     if name == "plot: unknown kind":
         return ["plot", "curve", "--workdir", str(mlm)]
     if name == "bench: steps below 1":
@@ -294,7 +294,7 @@ ENTRY_CASES = [
     ("predict: JSON line without the text field", "in.jsonl line 3 has no 'text' (the field"),
     ("export: no workdir", "nope does not exist; pass the --workdir of a training run"),
     ("plot: curves of no workdir", "nope does not exist; pass the --workdir of a training run"),
-    ("plot: learning curve config path", "the config file 'nope.py' does not exist"),
+    ("learning_curve: config path", "the config file 'nope.py' does not exist"),
     ("plot: unknown kind", "invalid choice: 'curve'"),
     ("bench: steps below 1", "--warmup and --steps must be at least 1; see python -m"),
 ]

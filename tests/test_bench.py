@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 from ptft_jax import bench, bench_workload, optim, sharding, steps
-from ptft_jax.model import ModelConfig
+from ptft_jax.models.bert import BertConfig as ModelConfig
+from ptft_jax.tasks.mlm import MLM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WITHOUT_DATA_STACK = """
@@ -49,7 +50,8 @@ def test_flops_formula_matches_the_compiler():
     }
     abstract = {n: jax.ShapeDtypeStruct((1, batch, d), t) for n, (d, t) in shapes.items()}
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        train, _, _ = steps.jit_steps(cfg, "mlm", tx, schedule, mesh, 0, dict.fromkeys(shapes, 3))
+        task = MLM(seq_len=seq, max_predictions=k)
+        train, _, _ = steps.jit_steps(cfg, task, tx, schedule, mesh, 0)
         state = jax.eval_shape(steps.make_init_fn(cfg, "mlm", tx, mesh, 0))
         cost = train.lower(state, abstract).compile().cost_analysis()
     compiled = (cost[0] if isinstance(cost, list) else cost)["flops"]

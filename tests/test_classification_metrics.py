@@ -14,7 +14,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-from ptft_jax.metrics import (
+from ptft_jax.scores import (
     LOWER_IS_BETTER,
     classification_metrics,
     is_better,

@@ -18,7 +18,7 @@ from ptft_jax.data.pipeline import BatchLayout
 from ptft_jax.data.sources import DataError
 from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
-from ptft_jax.predict import classify as predict_classify
+from ptft_jax.predict import predict as predict_classify
 from ptft_jax.train import run
 
 

@@ -11,10 +11,11 @@ from flax import nnx
 from test_train import tiny_config
 
 from ptft_jax import config as config_lib
-from ptft_jax import optim, probe, sharding, steps, workdir
+from ptft_jax import optim, sharding, steps, workdir
 from ptft_jax.data import contrastive
 from ptft_jax.data.pipeline import BatchLayout
 from ptft_jax.export import export
+from ptft_jax.tasks.contrastive import Contrastive, logistic_regression
 from ptft_jax.train import run
 
 
@@ -38,16 +39,9 @@ def _first_losses(model_cfg, batches, mesh_cfg, devices=None) -> list[float]:
     tx, schedule = optim.make_optimizer(tcfg, 10)
     out = []
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        init = steps.make_init_fn(model_cfg, "contrastive", tx, mesh, 0)
-        train, _, _ = steps.jit_steps(
-            model_cfg,
-            "contrastive",
-            tx,
-            schedule,
-            mesh,
-            0,
-            {k: v.ndim for k, v in batches[0].items()},
-        )
+        init = steps.make_init_fn(model_cfg, "embedding", tx, mesh, 0)
+        task = Contrastive(seq_len=batches[0]["input_ids"].shape[-1])
+        train, _, _ = steps.jit_steps(model_cfg, task, tx, schedule, mesh, 0)
         for batch in batches:
             rows = batch["input_ids"].shape[1]
             _, metrics = train(init(), sharding.to_global(batch, mesh, rows))
@@ -89,9 +83,9 @@ def test_logistic_regression_probe():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(400, 5))
     y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
-    assert probe.logistic_regression(x[:300], y[:300], x[300:], y[300:]) > 0.95
+    assert logistic_regression(x[:300], y[:300], x[300:], y[300:]) > 0.95
     noise = rng.integers(0, 2, 400)
-    assert abs(probe.logistic_regression(x[:300], noise[:300], x[300:], noise[300:]) - 0.5) < 0.12
+    assert abs(logistic_regression(x[:300], noise[:300], x[300:], noise[300:]) - 0.5) < 0.12
 
 
 def test_sentence_rows():
@@ -141,7 +135,7 @@ def test_unsupervised_simcse_trains_probes_and_exports(tmp_path):
     m = enc["attention_mask"][..., None].float()
     theirs = ((h * m).sum(1) / m.sum(1)).numpy()
     loaded = workdir.load(w)
-    graphdef, _ = steps.abstract_model(loaded.model_cfg, "contrastive")
+    graphdef, _ = steps.abstract_model(loaded.model_cfg, "embedding")
     ours = nnx.merge(graphdef, jax.device_get(loaded.params))(
         enc["input_ids"].numpy(), enc["attention_mask"].numpy()
     )

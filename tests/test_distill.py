@@ -14,10 +14,12 @@ from test_classify import tiny_classifier
 from test_train import tiny_config
 
 from ptft_jax import config as config_lib
-from ptft_jax import distill, losses, optim, sharding, steps, workdir
+from ptft_jax import losses, optim, sharding, steps, weights, workdir
 from ptft_jax.data import augment
 from ptft_jax.export import export
-from ptft_jax.model import build_model
+from ptft_jax.steps import build_model
+from ptft_jax.tasks.classification import Classification
+from ptft_jax.tasks.distill import Distill
 from ptft_jax.train import run
 
 
@@ -134,8 +136,8 @@ def test_transfer_rows_get_the_soft_loss_only(tiny_model_cfg):
     }
     graphdef, state = nnx.split(build_model(cfg, "classification", 0))
     t_graphdef, t_params = nnx.split(build_model(cfg, "classification", 1))
-    spec = distill.Spec(t_graphdef, "classification", 0.5, 2.0)
-    out = steps._forward("classification", graphdef, state, batch, None, (spec, t_params))
+    task = Distill(Classification(), 0.5, 2.0, teacher=t_graphdef)
+    out = task.loss_sums(nnx.merge(graphdef, state), batch, None, t_params)
     logits = nnx.merge(graphdef, state)(batch["input_ids"], batch["attention_mask"])
     t_logits = nnx.merge(t_graphdef, t_params)(batch["input_ids"], batch["attention_mask"])
     labelled = losses.classification_sums(logits, batch["labels"], batch["label_weights"])
@@ -165,31 +167,23 @@ def test_the_teacher_inside_the_step_is_the_teacher(tiny_model_cfg):
         "token_type_ids": np.zeros((1, 8, 10), np.int32),
         "labels": rng.integers(0, 3, (1, 8)).astype(np.int32),
         "weights": np.ones((1, 8), np.float32),
+        "label_weights": np.ones((1, 8), np.float32),
     }
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         teacher = steps.make_init_fn(cfg, "classification", tx, mesh, 0)()["params"]
         # A confident teacher: scaled-up classifier, so its distribution is far from uniform.
         teacher["classifier"]["kernel"] = teacher["classifier"]["kernel"] * 200.0
         graphdef, _ = steps.abstract_model(cfg, "classification")
-        spec = distill.Spec(graphdef, "classification", 1.0, 2.0)
+        task = Distill(Classification(num_labels=3, seq_len=10), 1.0, 2.0, teacher=graphdef)
         before = jax.device_get(teacher)
-        train, _, _ = steps.jit_steps(
-            cfg,
-            "classification",
-            tx,
-            schedule,
-            mesh,
-            0,
-            {k: v.ndim for k, v in batch.items()},
-            teacher=(spec, teacher),
-        )
+        train, _, _ = steps.jit_steps(cfg, task, tx, schedule, mesh, 0, teacher)
         gb = sharding.to_global(batch, mesh, 8)
         kd = {}
         for seed in (0, 1):
             state = steps.make_init_fn(cfg, "classification", tx, mesh, seed)()
             if seed == 0:
                 state["params"] = jax.tree.map(jnp.copy, teacher)
-            _, m = train(state, gb)
+            _, m = train(state, gb, teacher)
             kd[seed] = float(m["kd_loss"])
     assert abs(kd[0]) < 1e-5 and kd[1] > 0.1, kd
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(teacher)), strict=True):
@@ -216,9 +210,9 @@ def test_alpha_zero_does_not_run_the_teacher(tiny_model_cfg):
     def unread():
         raise AssertionError("the teacher's weights were read")
 
-    teacher = distill.Teacher("classification", tiny_model_cfg, {}, None, unread)
+    teacher = weights.Pretrained("classification", tiny_model_cfg, {}, None, unread)
     c = _student("unused", distill_alpha=0.0)
-    assert distill.load_teacher(teacher, c, None) is None
+    assert weights.load_teacher(teacher, c, None) is None
 
 
 def test_distill_config_errors(tmp_path):

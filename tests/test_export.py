@@ -15,7 +15,7 @@ from test_train import tiny_config
 from ptft_jax import steps, workdir
 from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
-from ptft_jax.predict import fill_mask
+from ptft_jax.predict import predict
 from ptft_jax.train import run
 
 
@@ -66,7 +66,7 @@ def test_minilm_step0_export_fill_mask_matches_transformers(tmp_path):
     text = "The capital of France is [MASK]."
     pipe = transformers.pipeline("fill-mask", model=str(out), top_k=5)
     theirs = pipe(text)
-    ours = fill_mask(workdir.load(w), [text], top_k=5)[0]["fills"][0]
+    ours = predict(workdir.load(w), [text], top_k=5)[0]["fills"][0]
     assert [o["token"] for o in ours] == [t["token_str"] for t in theirs]
     for o, t in zip(ours, theirs, strict=True):
         assert o["score"] == pytest.approx(t["score"], rel=1e-3)

@@ -26,7 +26,8 @@ from safetensors.numpy import load_file
 from ptft_jax import hf
 from ptft_jax.data.builtin import DataError
 from ptft_jax.data.sources import load_records
-from ptft_jax.model import ModelConfig, build_model
+from ptft_jax.models.bert import BertConfig as ModelConfig
+from ptft_jax.models.bert import build_model
 
 ATOL = 1e-5
 ATOL_REAL = 1e-4

@@ -1,6 +1,7 @@
 import json
 
-from ptft_jax.metrics import Writer, mlm_eval_metrics
+from ptft_jax.metrics import Writer
+from ptft_jax.scores import mlm_eval_metrics
 
 
 def test_resume_drops_rows_logged_after_the_checkpoint(tmp_path):

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
-from ptft_jax import figures, plot, workdir  # noqa: E402
+from ptft_jax import figures, learning_curve, plot, workdir  # noqa: E402
 from ptft_jax.export import export  # noqa: E402
 from ptft_jax.train import run  # noqa: E402
 
@@ -93,7 +93,7 @@ def test_learning_curve_runs_and_plots(tmp_path):
 
     cfg = tiny_classifier()
     cfg.data.length_buckets = 1  # one compiled shape, shared by both runs
-    rows = plot.learning_curve(cfg, tmp_path, [16, 64], steps=4, evals=2)
+    rows = learning_curve.learning_curve(cfg, tmp_path, [16, 64], steps=4, evals=2)
     assert [r["n"] for r in rows] == [16, 64]
     assert all(0 <= r["accuracy"] <= 1 and r["steps"] == 4 for r in rows)
     for n in (16, 64):  # step 0, then two passes (steps 2 and 4), whatever the epochs

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from ptft_jax import sharding, steps
-from ptft_jax.model import ModelConfig
+from ptft_jax.models.bert import BertConfig as ModelConfig
 from ptft_jax.optim import path_str
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "partition_specs.json"

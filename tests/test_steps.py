@@ -7,9 +7,9 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
-from helpers import mlm_batch, run_steps, train_cfg
+from helpers import mlm_batch, mlm_task, run_steps, train_cfg
 
-from ptft_jax.model import build_model
+from ptft_jax.steps import build_model
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "one_step_metrics.json"
 ONE_DEVICE = {"data": 1, "fsdp": 1, "tensor": 1}
@@ -112,9 +112,7 @@ def test_remat_recomputes_the_layers(tiny_model_cfg):
     for remat, policy in ((False, "full"), (True, "full"), (True, "dots")):
         model_cfg = dataclasses.replace(tiny_model_cfg, remat=remat, remat_policy=policy)
         with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-            train, _, _ = steps.jit_steps(
-                model_cfg, "mlm", tx, schedule, mesh, 0, {k: v.ndim for k, v in batch.items()}
-            )
+            train, _, _ = steps.jit_steps(model_cfg, mlm_task(batch), tx, schedule, mesh, 0)
             state = jax.eval_shape(steps.make_init_fn(model_cfg, "mlm", tx, mesh, 0))
             shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
             cost = train.lower(state, shapes).compile().cost_analysis()

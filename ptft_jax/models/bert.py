@@ -4,18 +4,14 @@ Module attribute names mirror Hugging Face parameter names one-to-one (``bert.en
 attention.self.query`` here is ``bert.encoder.layer.3.attention.self.query`` there), so weight
 conversion is a rename plus a transpose of dense kernels.
 
-Dimension letters used in tensor names:
-  B: batch, L: sequence length, K: masked positions per sequence (max_predictions_per_seq),
-  D: hidden size, N: attention heads, H: head size, F: intermediate (MLP) size, V: vocab size.
-
-Every parameter carries logical axis names (``embed``, ``vocab``, ``heads``, ``mlp``, ``norm``);
-main activations are constrained with ``batch``, ``length``, ``act_*`` names. ``sharding.py``
-maps them onto mesh axes; this file never names a mesh axis.
+Tensor names carry their dimension letters and every parameter its logical axes, as
+``models/__init__.py`` describes; this file never names a mesh axis.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any
 
 import jax
@@ -23,13 +19,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ptft_jax import ops
+from ptft_jax.models.layers import dense, embed, layer_norm, lookup, mean_pool, run_layers
 from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class BertConfig:
     """Shape and numerics of a BERT model; field names are Hugging Face ``BertConfig``'s."""
 
+    family: str = "bert"  # model.family: the models/ file that computes it
     vocab_size: int = 30522
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -59,72 +57,17 @@ class ModelConfig:
         return jnp.dtype(self.dtype)
 
 
-# The fields that decide parameter shapes (a checkpoint fixes them).
-SHAPE_FIELDS = tuple(
-    "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
-    "max_position_embeddings type_vocab_size".split()
-)
-
-
-def _init(init, names: tuple[str | None, ...]):
-    # Eager sharding stays off: parameters are placed by jit(init, out_shardings=...) instead.
-    return nnx.with_partitioning(init, names, eager_sharding=False)
-
-
-def _param_init(cfg: ModelConfig, names: tuple[str | None, ...]):
-    return _init(nnx.initializers.normal(cfg.initializer_range), names)
-
-
-def dense(cfg: ModelConfig, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs):
-    """A Linear whose kernel is (in, out) with logical names and HF's normal(0.02) init."""
-    return nnx.Linear(
-        d_in,
-        d_out,
-        dtype=cfg.jnp_dtype,
-        kernel_init=_param_init(cfg, names),
-        bias_init=_init(nnx.initializers.zeros_init(), (names[1],)),
-        rngs=rngs,
-    )
-
-
-def layer_norm(cfg: ModelConfig, rngs) -> nnx.LayerNorm:
-    """LayerNorm with float32 statistics (flax reduces in float32 whatever the input dtype)."""
-    return nnx.LayerNorm(
-        cfg.hidden_size,
-        epsilon=cfg.layer_norm_eps,
-        dtype=cfg.jnp_dtype,
-        scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=_init(nnx.initializers.zeros_init(), ("norm",)),
-        rngs=rngs,
-    )
-
-
 class BertEmbeddings(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        def embed(n, names):
-            return nnx.Embed(
-                n,
-                cfg.hidden_size,
-                dtype=cfg.jnp_dtype,
-                embedding_init=_param_init(cfg, names),
-                rngs=rngs,
-            )
-
-        self.word_embeddings = embed(cfg.vocab_size, ("vocab", "embed"))
-        self.position_embeddings = embed(cfg.max_position_embeddings, (None, "embed"))
-        self.token_type_embeddings = embed(cfg.type_vocab_size, (None, "embed"))
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
+        self.word_embeddings = embed(cfg, cfg.vocab_size, ("vocab", "embed"), rngs)
+        self.position_embeddings = embed(cfg, cfg.max_position_embeddings, (None, "embed"), rngs)
+        self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, (None, "embed"), rngs)
         self.LayerNorm = layer_norm(cfg, rngs)
         self.dropout_rate = cfg.hidden_dropout_prob
 
     def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None):
         length = input_ids_BxL.shape[1]
-
-        # FSDP: all-gather the tables before the lookups, so each lookup and its gradient
-        # (reduce-scattered back by XLA) work on whole rows. The sum stays float32 (the tables'
-        # dtype) until LayerNorm, which outputs model.dtype.
-        def lookup(embed: nnx.Embed, ids):
-            return jnp.take(constrain(embed.embedding[...], (None, None)), ids, axis=0)
-
+        # The sum stays float32 (the tables' dtype) until LayerNorm, which outputs model.dtype.
         positions_L = jnp.arange(length)
         x_BxLxD = (
             lookup(self.word_embeddings, input_ids_BxL)
@@ -137,7 +80,7 @@ class BertEmbeddings(nnx.Module):
 
 
 class BertSelfAttention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         d = cfg.hidden_size
         self.query = dense(cfg, d, d, ("embed", "heads"), rngs)
@@ -166,7 +109,7 @@ class BertSelfAttention(nnx.Module):
 
 
 class BertSelfOutput(nnx.Module):
-    def __init__(self, cfg: ModelConfig, d_in: int, names, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, d_in: int, names, rngs: nnx.Rngs):
         self.dense = dense(cfg, d_in, cfg.hidden_size, names, rngs)
         self.LayerNorm = layer_norm(cfg, rngs)
         self.dropout_rate = cfg.hidden_dropout_prob
@@ -177,7 +120,7 @@ class BertSelfOutput(nnx.Module):
 
 
 class BertAttention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.self = BertSelfAttention(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.hidden_size, ("heads", "embed"), rngs)
 
@@ -189,7 +132,7 @@ class BertAttention(nnx.Module):
 
 
 class BertIntermediate(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.dense = dense(cfg, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), rngs)
 
     def __call__(self, x_BxLxD):
@@ -197,7 +140,7 @@ class BertIntermediate(nnx.Module):
 
 
 class BertLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.attention = BertAttention(cfg, rngs)
         self.intermediate = BertIntermediate(cfg, rngs)
         self.output = BertSelfOutput(cfg, cfg.intermediate_size, ("mlp", "embed"), rngs)
@@ -210,29 +153,27 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(cfg, rngs) for _ in range(cfg.num_hidden_layers)])
-        self.remat = cfg.remat
-        self.policy = ops.REMAT_POLICIES[cfg.remat_policy]
+        self.remat, self.policy = cfg.remat, cfg.remat_policy
 
     def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, return_all=False, last_positions=None):
         """``last_positions`` ``[B, Q]``: the last layer computes those positions only (what a
         pooled classifier or the MLM head reads), skipping most of that layer's work."""
-        hidden = [x_BxLxD]
-        # Unrolled on purpose: on one GPU a Python loop over layers measured faster than scan.
-        for i, layer in enumerate(self.layer):
-            q = last_positions if i == len(self.layer) - 1 else None
-
-            def call(m, x, mask, r, q=q):
-                return m(x, mask, rngs=r, positions_BxQ=q)
-
-            call = nnx.remat(call, policy=self.policy) if self.remat else call  # backward reruns
-            hidden.append(call(layer, hidden[-1], mask_BxL, rngs))
+        hidden = run_layers(
+            self.layer,
+            x_BxLxD,
+            mask_BxL,
+            rngs,
+            remat=self.remat,
+            policy=self.policy,
+            last_positions=last_positions,
+        )
         return hidden if return_all else hidden[-1]
 
 
 class BertPooler(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs)
 
     def __call__(self, x_BxLxD):
@@ -242,7 +183,7 @@ class BertPooler(nnx.Module):
 class BertModel(nnx.Module):
     """The encoder: embeddings, post-LN Transformer layers and (optionally) the pooler."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.embeddings = BertEmbeddings(cfg, rngs)
         self.encoder = BertEncoder(cfg, rngs)
@@ -286,7 +227,7 @@ class BertModel(nnx.Module):
 
 
 class BertPredictionHeadTransform(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.dense = dense(cfg, cfg.hidden_size, cfg.hidden_size, ("embed", None), rngs)
         self.LayerNorm = layer_norm(cfg, rngs)
 
@@ -297,7 +238,7 @@ class BertPredictionHeadTransform(nnx.Module):
 class BertLMPredictionHead(nnx.Module):
     """Transform, then the decoder tied to the word embeddings, plus its own bias."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.cfg = cfg
         self.transform = BertPredictionHeadTransform(cfg, rngs)
         self.bias = nnx.Param(
@@ -318,7 +259,7 @@ class BertLMPredictionHead(nnx.Module):
 class BertPreTrainingHeads(nnx.Module):
     """MLM head, plus HF's next-sentence head when ``cfg.next_sentence`` (HF's ``cls``)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, rngs: nnx.Rngs):
         self.predictions = BertLMPredictionHead(cfg, rngs)
         if cfg.next_sentence:
             self.seq_relationship = dense(cfg, cfg.hidden_size, 2, ("embed", None), rngs)
@@ -328,7 +269,7 @@ class BertForMaskedLM(nnx.Module):
     """Encoder + MLM head evaluated only at gathered masked positions (HF's BertForMaskedLM;
     with ``cfg.next_sentence``, HF's BertForPreTraining)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.bert = BertModel(cfg, rngs)
         self.cls = BertPreTrainingHeads(cfg, rngs)
@@ -359,7 +300,7 @@ class BertForMaskedLM(nnx.Module):
 class BertForSequenceClassification(nnx.Module):
     """Pooled [CLS] -> dropout -> dense, as HF's BertForSequenceClassification."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         self.bert = BertModel(dataclasses.replace(cfg, add_pooling_layer=True), rngs)
         self.dropout_rate = cfg.hidden_dropout_prob
@@ -378,23 +319,80 @@ class BertForSentenceEmbedding(nnx.Module):
     """The last hidden states averaged over real tokens (sentence-transformers' pooling) of
     HF's BertModel without pooler: one float32 vector per text."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.bert = BertModel(cfg, rngs)
 
     def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
         out = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)
-        mask_BxL = attention_mask_BxL.astype(jnp.float32)
-        sum_BxD = jnp.einsum("bld,bl->bd", out["last_hidden_state"].astype(jnp.float32), mask_BxL)
-        return sum_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1.0)
+        return mean_pool(out["last_hidden_state"], attention_mask_BxL)
 
 
-MODELS = {
+# --- The family interface (``models/__init__.py``): heads, config.json, parameter names.
+
+# The fields that decide parameter shapes (a checkpoint fixes them).
+SHAPE_FIELDS = tuple(
+    "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
+    "max_position_embeddings type_vocab_size".split()
+)
+# config.json fields read and written as they are: the shape, dropouts, LayerNorm epsilon.
+HF_FIELDS = (*SHAPE_FIELDS, "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+CONFIG = BertConfig
+HEADS = {
     "mlm": BertForMaskedLM,
     "classification": BertForSequenceClassification,
-    "contrastive": BertForSentenceEmbedding,
+    "embedding": BertForSentenceEmbedding,
 }
+ARCHITECTURES = {
+    "mlm": "BertForMaskedLM",
+    "classification": "BertForSequenceClassification",
+    "embedding": "BertModel",
+}
+# config.json values this family computes: checked on import, written on export.
+HF_CONSTANTS = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
+BACKBONE = "bert"  # the encoder's top-level name (bare BertModel checkpoints omit it)
+TOP = ("bert", "cls", "classifier")  # top-level names of checkpoint tensors: encoder and heads
+CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
+LAYER_NAME = re.compile(r"(bert\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
+BUFFERS = ("position_ids", "token_type_ids")  # in HF state dicts, not parameters
+TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # word embeddings
 
 
-def build_model(cfg: ModelConfig, task: str, seed: int) -> nnx.Module:
-    """The model for ``task``, initialised from ``seed`` (call under jit/eval_shape to shard)."""
-    return MODELS[task](cfg, rngs=nnx.Rngs(params=seed))
+def build_model(cfg: BertConfig, head: str, seed: int) -> nnx.Module:
+    """The model with ``head`` (``HEADS``), initialised from ``seed`` (call under jit or
+    eval_shape to shard)."""
+    return HEADS[head](cfg, rngs=nnx.Rngs(params=seed))
+
+
+def architecture(head: str, cfg: BertConfig) -> str:
+    """The transformers class an export with ``head`` loads as."""
+    return "BertForPreTraining" if cfg.next_sentence else ARCHITECTURES[head]
+
+
+def head_of(architecture_name: str) -> str:
+    """The head a checkpoint of this transformers class has."""
+    return "classification" if "SequenceClassification" in architecture_name else "mlm"
+
+
+def module_kind(name: str) -> str:
+    """How the torch module called ``name`` stores its weight: ``norm`` (LayerNorm),
+    ``embedding`` (nn.Embedding) or ``linear`` (nn.Linear, (out, in))."""
+    if name == "LayerNorm":
+        return "norm"
+    return "embedding" if name.endswith("embeddings") else "linear"
+
+
+def optional(path: tuple) -> bool:
+    """Whether ``path`` is a head or the pooler: a checkpoint may lack it (MLM checkpoints have
+    no pooler, and HF starts it fresh too), and another task's checkpoint may have it."""
+    return path[0] != BACKBONE or path[1] == "pooler"
+
+
+def hf_config(fields: dict) -> dict:
+    """The family's part of an exported config.json (``fields``: the model's config)."""
+    return {
+        "model_type": "bert",
+        **{k: fields[k] for k in HF_FIELDS},
+        "hidden_act": "gelu",
+        "initializer_range": fields.get("initializer_range", 0.02),
+        "position_embedding_type": "absolute",
+    }

@@ -1,0 +1,92 @@
+"""NNX building blocks every model family shares: parameters born with logical axis names and
+Hugging Face's normal(initializer_range) init, float32-statistics LayerNorm, FSDP-friendly
+table lookups, a remat-able stack of layers, and mean pooling over real tokens.
+
+Families (``bert.py``, ...) assemble their modules from these and name parameters as their
+Hugging Face counterparts do; nothing here names a mesh axis (``sharding.py`` maps the
+logical names).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ptft_jax import ops
+from ptft_jax.ops import constrain
+
+
+def init(initializer, names: tuple[str | None, ...]):
+    # Eager sharding stays off: parameters are placed by jit(init, out_shardings=...) instead.
+    return nnx.with_partitioning(initializer, names, eager_sharding=False)
+
+
+def param_init(cfg, names: tuple[str | None, ...]):
+    """HF's normal(0, ``cfg.initializer_range``) init with logical ``names``."""
+    return init(nnx.initializers.normal(cfg.initializer_range), names)
+
+
+def dense(cfg, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs, bias=True):
+    """A Linear whose kernel is (in, out) with logical names and HF's normal init."""
+    return nnx.Linear(
+        d_in,
+        d_out,
+        use_bias=bias,
+        dtype=cfg.jnp_dtype,
+        kernel_init=param_init(cfg, names),
+        bias_init=init(nnx.initializers.zeros_init(), (names[1],)),
+        rngs=rngs,
+    )
+
+
+def layer_norm(cfg, rngs) -> nnx.LayerNorm:
+    """LayerNorm with float32 statistics (flax reduces in float32 whatever the input dtype)."""
+    return nnx.LayerNorm(
+        cfg.hidden_size,
+        epsilon=cfg.layer_norm_eps,
+        dtype=cfg.jnp_dtype,
+        scale_init=init(nnx.initializers.ones_init(), ("norm",)),
+        bias_init=init(nnx.initializers.zeros_init(), ("norm",)),
+        rngs=rngs,
+    )
+
+
+def embed(cfg, n: int, names: tuple[str | None, str | None], rngs) -> nnx.Embed:
+    """An ``n`` x hidden_size table with logical ``names`` and HF's normal init."""
+    return nnx.Embed(
+        n, cfg.hidden_size, dtype=cfg.jnp_dtype, embedding_init=param_init(cfg, names), rngs=rngs
+    )
+
+
+def lookup(table: nnx.Embed, ids) -> jax.Array:
+    """Rows of ``table`` at ``ids`` in the table's dtype (float32). Under FSDP the table is
+    all-gathered before the lookup, so the lookup and its gradient (reduce-scattered back by
+    XLA) work on whole rows."""
+    return jnp.take(constrain(table.embedding[...], (None, None)), ids, axis=0)
+
+
+def run_layers(layers, x, mask, rngs, *, remat: bool, policy: str, last_positions=None) -> list:
+    """Every layer's input and the last output, ``[x, h1, ..., hN]``; each layer is called as
+    ``layer(x, mask, rngs=, positions_BxQ=)``, the last with ``last_positions`` (the positions
+    its outputs are needed at; None: all). With ``remat`` the backward pass reruns each layer
+    under ``ops.REMAT_POLICIES[policy]``."""
+    hidden = [x]
+    # Unrolled on purpose: on one GPU a Python loop over layers measured faster than scan.
+    for i, layer in enumerate(layers):
+        q = last_positions if i == len(layers) - 1 else None
+
+        def call(m, x, mask, r, q=q):
+            return m(x, mask, rngs=r, positions_BxQ=q)
+
+        call = nnx.remat(call, policy=ops.REMAT_POLICIES[policy]) if remat else call
+        hidden.append(call(layer, hidden[-1], mask, rngs))
+    return hidden
+
+
+def mean_pool(hidden_BxLxD, attention_mask_BxL) -> jax.Array:
+    """The average of the hidden states over real tokens (sentence-transformers' pooling),
+    float32 ``[B, D]``."""
+    mask_BxL = attention_mask_BxL.astype(jnp.float32)
+    sum_BxD = jnp.einsum("bld,bl->bd", hidden_BxLxD.astype(jnp.float32), mask_BxL)
+    return sum_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1.0)

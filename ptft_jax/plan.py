@@ -1,0 +1,86 @@
+"""A run's plan: its config checked against everything a user can get wrong (the config, the
+teacher, ``init_from``, the workdir it resumes), its mesh and batch layout, its data built,
+its optimizer and initialiser; nothing written, nothing compiled. ``train.py`` then writes the
+workdir and trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+
+import jax
+
+from ptft_jax import checkpoint, config, distributed, optim, sharding, steps, tasks, weights
+from ptft_jax.data import pipeline, tokenize
+from ptft_jax.tasks.base import check_batch
+
+log = logging.getLogger("ptft_jax.train")
+
+
+@dataclasses.dataclass
+class Plan:
+    """A run checked and its data built, before anything is written or compiled."""
+
+    cfg: object
+    task: object
+    model_cfg: object
+    mesh: object
+    layout: pipeline.BatchLayout
+    eval_layout: pipeline.BatchLayout
+    data: object  # tasks.base.TaskData
+    data_iter: object
+    per_epoch: int  # steps per epoch when the run counts epochs (their ends evaluate), else 0
+    total_steps: int
+    tx: object
+    schedule: object
+    init_fn: object
+    resuming: bool
+    pretrained: dict | None  # parameters from init_from (or teacher layers), fresh heads kept
+    teacher: weights.Pretrained | None
+
+
+def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
+    """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
+    config.validate(cfg)
+    distributed.preflight(cfg)
+    cfg, source, teacher = weights.starting_point(cfg, cli_model_keys)
+    resuming = checkpoint.has_checkpoint(workdir)
+    if resuming:
+        changed = config.check_resume_compatible(workdir / "config.json", cfg)
+        if changed:
+            log.warning(
+                "resuming with changed %s: the data order differs from the original run's",
+                ", ".join(changed),
+            )
+    task, model_cfg = tasks.get(cfg), config.model_config(cfg)
+    mesh = sharding.make_mesh(cfg.mesh)
+    accum = cfg.train.grad_accum_steps
+    micro = cfg.train.batch_size // accum
+    sharding.check_rows(mesh, micro)
+    start, stop = sharding.process_rows(mesh, micro)
+    layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
+    eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
+
+    # Data: records, tokenizer, the train dataset, the evaluation batches.
+    get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
+    data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
+    if data.eval:  # the data keeps to the task's batch spec (what the steps are jitted for)
+        first = data.eval[0]
+        check_batch(task, first[0] if isinstance(first, tuple) else first)
+    data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
+    per_epoch = data.steps_per_epoch if cfg.train.epochs else 0  # then epoch ends evaluate too
+    total_steps = cfg.train.epochs * per_epoch if per_epoch else cfg.train.steps
+    tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
+    init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, cfg.train.seed)
+    pretrained = None
+    if source is not None and not resuming:
+        layers = tuple(cfg.train.student_layers_from_teacher)
+        origin = cfg.init_from or f"layers {layers} of the teacher {cfg.train.teacher}"
+        fresh = jax.eval_shape(init_fn)["params"]
+        pretrained = weights.load_source(source, fresh, model_cfg.family, origin)
+    return Plan(
+        cfg, task, model_cfg, mesh, layout, eval_layout, data, data_iter, per_epoch,
+        total_steps, tx, schedule, init_fn, resuming, pretrained, teacher,
+    )  # fmt: skip

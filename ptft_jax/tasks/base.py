@@ -1,0 +1,161 @@
+"""What every task provides, and the host-side pieces tasks share.
+
+A task is one frozen dataclass (hashable: the jitted steps take it as a static argument) built
+from the config by ``from_config``. It owns:
+
+  ``check(cfg)``             config checks of its keys, before anything is built (classmethod)
+  ``name``, ``head``         its ``task`` value; the model head it trains (``models.*.HEADS``)
+  ``accuracy``               the name of its accuracy metric (train rows, the summary line)
+  ``weight_field``           the batch field that weighs each loss term
+  ``model_options()``        model config fields the task decides (pooler, NSP head)
+  ``batch_spec()``           ``{field: (shape after [accum, rows], dtype)}``: the one description
+                             of its batches (data builds them, aot and bench fake them)
+  ``data(...)``              tokenizer, train dataset, evaluation batches (``TaskData``)
+  ``split_data(...)``        one split's evaluation batches for ``python -m ptft_jax.evaluate``
+  ``forward(model, mb, rngs)`` ``(outputs, loss sums)`` of a microbatch (outputs: what a
+                             distillation teacher's are compared with)
+  ``teacher_outputs(model, mb)`` the same outputs from a frozen teacher
+  ``totals(batch)``, ``loss(sums, totals)``, ``step_metrics(sums, totals)``
+                             the loss and train metrics from sums over the global batch
+  ``eval_outputs(model, mb)`` what the jitted eval step returns (sums, or logits)
+  ``evaluate(ctx, params, ...)`` host metrics over a split (``EvalContext``)
+  ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
+  ``labelled``               whether exports carry its label names (``id2label``)
+  ``predict(run, ...)``      the rows ``python -m ptft_jax.predict`` prints
+  ``model_task``             the task whose model it trains (a distillation's student task)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptft_jax import sharding
+from ptft_jax.errors import ConfigError
+
+
+@dataclasses.dataclass
+class TaskData:
+    """Host-side data of one run."""
+
+    tokenizer: object
+    train: object  # Grain MapDataset; element b = this process's part of global batch b
+    eval: list  # batches; for tasks with per-example outputs, (batch, global example ids)
+    steps_per_epoch: int = 0  # 0: no epochs (MLM streams packed blocks)
+    test: list | None = None
+    eval_labels: np.ndarray | None = None
+    test_labels: np.ndarray | None = None
+    label_names: list[str] | None = None
+    lengths: tuple[int, ...] = ()  # padded lengths (buckets) batches take; () = one shape
+    summary: str = ""
+    probe: dict | None = None  # contrastive: labelled train/test Rows for the linear probe
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What evaluating a split needs: the jitted eval step, the run's data and mesh, the rows
+    of a batch, and (for the probe) the jitted forward pass and the batch layout."""
+
+    eval_step: object
+    data: TaskData
+    mesh: object
+    rows: int
+    forward: object = None
+    layout: object = None
+
+
+class Task:
+    """Defaults shared by tasks; see the module docstring for the interface."""
+
+    labelled = False
+    uses_teacher = False  # distillation: train.teacher runs inside the train step
+    objectives = (("mlm",),)  # the train.objectives it takes
+
+    @property
+    def model_task(self) -> str:
+        return self.name
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        t = cfg.train
+        check_objectives(t, cls.objectives)
+        if t.distill_augment:
+            raise ConfigError(
+                "train.distill_augment adds rows that only a teacher labels: use it with "
+                "task=distill and distill_alpha > 0, as a count >= 0."
+            )
+
+    def loss_sums(self, model, mb: dict, rngs, frozen=None) -> dict:
+        """Summed loss statistics of a microbatch (``frozen``: a distillation's teacher)."""
+        return self.forward(model, mb, rngs)[1]
+
+    def model_options(self) -> dict:
+        return {"add_pooling_layer": False, "next_sentence": False}
+
+    def best_metric(self) -> str | None:
+        return None
+
+    def teacher_outputs(self, model, mb):
+        raise ConfigError(f"task={self.name} cannot be distilled; distill mlm or classification.")
+
+    def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
+        raise ConfigError(f"A {self.name} run has no evaluation split to score on its own.")
+
+    def predict(self, run, texts, pairs, top_k: int, forward) -> list[dict]:
+        raise ConfigError(f"A {self.name} run predicts nothing; export it for its embeddings.")
+
+
+def check_objectives(train_cfg, allowed) -> None:
+    """``train.objectives`` must be one of ``allowed`` (NSP is an option of task=mlm)."""
+    if tuple(train_cfg.objectives) not in allowed:
+        raise ConfigError(
+            f"train.objectives={tuple(train_cfg.objectives)} is not supported; use ('mlm',) or "
+            "('mlm', 'nsp') with task=mlm."
+        )
+
+
+def inputs(mb: dict) -> tuple:
+    """The encoder's inputs of a microbatch: ids, mask, segment ids."""
+    return mb["input_ids"], mb["attention_mask"], mb["token_type_ids"]
+
+
+def summed(eval_step, params, batches, mesh, rows: int) -> dict:
+    """The eval step's sums added over every batch, on the host."""
+    totals = None
+    for batch in batches:
+        sums = eval_step(params, sharding.to_global(batch, mesh, rows))
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return jax.device_get(totals)
+
+
+def per_example(eval_step, params, batches, mesh, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(outputs [N, ...], example ids [N])`` of every real example of the split."""
+    outs, ids = [], []
+    for batch, idx in batches:
+        out = np.asarray(jax.device_get(eval_step(params, sharding.to_global(batch, mesh, rows))))
+        keep = idx >= 0
+        outs.append(out[keep])
+        ids.append(idx[keep])
+    return np.concatenate(outs), np.concatenate(ids)
+
+
+def check_batch(task, batch: dict) -> None:
+    """Stop when a batch built by the task's data differs from its ``batch_spec``: other
+    fields, dtypes, or row shapes (a bucketed length may be shorter than the spec's)."""
+    spec = task.batch_spec()
+    got = {k: (tuple(v.shape[2:]), v.dtype) for k, v in batch.items()}
+    fits = got.keys() == spec.keys() and all(
+        dtype == spec[k][1] and len(shape) == len(spec[k][0])
+        and all(a <= b for a, b in zip(shape, spec[k][0], strict=True))
+        for k, (shape, dtype) in got.items()
+    )  # fmt: skip
+    if not fits:
+        raise AssertionError(f"task {task.name}: its data made a batch {got}, its spec is {spec}")
+
+
+def spec_of(fields: dict) -> dict:
+    """``{name: (shape, dtype)}`` with dtypes as numpy dtypes."""
+    return {k: (tuple(shape), np.dtype(dtype)) for k, (shape, dtype) in fields.items()}

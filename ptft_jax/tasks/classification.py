@@ -1,0 +1,200 @@
+"""Fine-tuning for classification and regression (``task="classification"``): single texts or
+pairs, class names or ids (``model.num_labels=1``: a regression on numeric labels).
+
+Examples are grouped into length buckets (each padded length compiles its own step); the best
+checkpoint by ``train.metric_for_best`` is kept apart and scored on the test split at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ptft_jax import losses, scores
+from ptft_jax.data import classify, sources
+from ptft_jax.data.tokenize import special_ids
+from ptft_jax.errors import DataError
+from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, per_example, spec_of
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification(Task):
+    num_labels: int = 2
+    seq_len: int = 128
+    metric_for_best: str = ""
+
+    name = "classification"
+    head = "classification"
+    accuracy = "accuracy"
+    weight_field = "weights"
+    labelled = True
+
+    @classmethod
+    def from_config(cls, cfg) -> Classification:
+        return cls(cfg.model.num_labels, cfg.data.max_seq_length, cfg.train.metric_for_best)
+
+    def model_options(self) -> dict:
+        return {"add_pooling_layer": True, "next_sentence": False}
+
+    def batch_spec(self) -> dict:
+        """Rows of any bucket length up to ``seq_len``; float targets for a regression."""
+        length = (self.seq_len,)
+        return spec_of(
+            {
+                "input_ids": (length, "int32"),
+                "attention_mask": (length, "int32"),
+                "token_type_ids": (length, "int32"),
+                "labels": ((), "float32" if self.num_labels == 1 else "int32"),
+                "weights": ((), "float32"),
+                "label_weights": ((), "float32"),  # 0 for distillation's transfer rows
+            }
+        )
+
+    def best_metric(self) -> str:
+        return self.metric_for_best or ("accuracy" if self.num_labels > 1 else "pearson")
+
+    # --- Data.
+
+    def data(self, cfg, get_tokenizer, layout, eval_layout, labels_file, extend=None):
+        """Labelled texts (or pairs) in length buckets; label names kept in ``labels_file``.
+        ``extend(cfg, train records, train Examples, tokenizer, names)`` may add training
+        rows (distillation's transfer set)."""
+        d = cfg.data
+        fields = (d.text_field, d.text_pair_field)
+        split = classify.splits(sources.load_records(d.source), fields, d.label_field)
+        train = classify.subsample(
+            split["train"], d.label_field, d.max_train_examples, cfg.train.seed
+        )
+        tokenizer = get_tokenizer([sources.text_of(r, d.text_field) for r in train])
+        names = _label_names(labels_file, train, d.label_field, self.num_labels)
+        encoded = {
+            name: classify.encode(rows, d, tokenizer, self.num_labels, names, name)
+            for name, rows in [
+                ("train", train),
+                *((k, split[k]) for k in ("validation", "test") if k in split),
+            ]
+        }
+        if extend is not None:
+            encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
+        pad = special_ids(tokenizer)["pad"]
+        lengths = np.array([len(x) for x in encoded["train"].ids])
+        sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
+        dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
+
+        def batches(name):
+            if name not in encoded:
+                return None, None
+            found = list(classify.eval_batches(encoded[name], sizes, eval_layout, pad))
+            return found, encoded[name].labels
+
+        eval_data, eval_labels = batches("validation")
+        test_data, test_labels = batches("test")
+        counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
+        if encoded["train"].label_weights is not None:
+            extra = int(np.sum(encoded["train"].label_weights == 0))
+            counts += f" (train: {len(encoded['train']) - extra} labelled + {extra} transfer)"
+        return TaskData(
+            tokenizer=tokenizer,
+            train=dataset,
+            eval=eval_data,
+            steps_per_epoch=spe,
+            test=test_data,
+            eval_labels=eval_labels,
+            test_labels=test_labels,
+            label_names=names,
+            lengths=sizes,
+            summary=f"examples: {counts}; length buckets {sizes}",
+        )
+
+    def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
+        data = self.data(cfg, lambda _: tokenizer, layout, layout, labels_file)
+        if (data.eval if split == "validation" else data.test) is None:
+            raise DataError(
+                f"data.source {cfg.data.source!r} has no {split} split; use another --split."
+            )
+        return data
+
+    # --- Inside the jitted steps.
+
+    def forward(self, model, mb: dict, rngs):
+        logits = model(*inputs(mb), rngs=rngs)
+        sums = losses.classification_sums(
+            logits, mb["labels"], mb["weights"], mb.get("label_weights")
+        )
+        return logits, sums
+
+    def teacher_outputs(self, model, mb: dict):
+        return model(*inputs(mb))
+
+    def totals(self, batch: dict) -> dict:
+        return {"weight": jnp.maximum(jnp.sum(batch["weights"]), 1.0)}
+
+    def loss(self, sums: dict, totals: dict):
+        return sums["loss_sum"] / totals["weight"]
+
+    def step_metrics(self, sums: dict, totals: dict) -> dict:
+        return {self.accuracy: sums["correct_sum"] / totals["weight"]}
+
+    def eval_outputs(self, model, mb: dict):
+        """The logits, for exact metrics on the host."""
+        return model(*inputs(mb))
+
+    # --- On the host.
+
+    def evaluate(self, ctx: EvalContext, params, split="validation", with_probe=False) -> dict:
+        """Loss and the task's metrics over every example (padding rows never count)."""
+        data = ctx.data
+        batches, labels = (
+            (data.eval, data.eval_labels)
+            if split == "validation"
+            else (data.test, data.test_labels)
+        )
+        out, ids = per_example(ctx.eval_step, params, batches, ctx.mesh, ctx.rows)
+        y = labels[ids]
+        if self.num_labels == 1:
+            pred = out[:, 0]
+            return {"loss": float(np.mean((pred - y) ** 2)), **scores.regression_metrics(pred, y)}
+        shifted = out - out.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = float(-np.mean(log_probs[np.arange(len(y)), y]))
+        return {"loss": loss, **scores.classification_metrics(out.argmax(1), y, self.num_labels)}
+
+    def predict(self, run, texts, pairs, top_k: int, forward) -> list[dict]:
+        """Class probabilities (or the regression score) of each text / pair."""
+        enc = run.tokenizer(
+            texts,
+            pairs,
+            padding=True,
+            truncation=True,
+            max_length=run.cfg.data.max_seq_length,
+            return_tensors="np",
+        )
+        batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
+        batch["token_type_ids"] = enc["token_type_ids"].astype(np.int32)
+        with jax.set_mesh(run.mesh):
+            logits = np.asarray(jax.device_get(forward(run.params, batch)))
+        names = run.label_names()
+        out = []
+        for i, text in enumerate(texts):
+            row = {"text": text} if pairs is None else {"text": text, "text_pair": pairs[i]}
+            if self.num_labels == 1:
+                row["score"] = float(logits[i, 0])
+            else:
+                p = np.exp(logits[i] - logits[i].max())
+                p /= p.sum()
+                row["label"] = names[int(p.argmax())]
+                row["probs"] = {name: float(v) for name, v in zip(names, p, strict=True)}
+            out.append(row)
+        return out
+
+
+def _label_names(labels_file: pathlib.Path, train, field, num_labels):
+    """String label names: those saved with the run if any (resume), else from training data."""
+    if labels_file.exists():
+        return json.loads(labels_file.read_text())["names"]
+    return classify.label_names(train, field, num_labels)
