@@ -16,7 +16,7 @@ from ptft_jax import checkpoint, config, distributed, optim, sharding, steps, ta
 from ptft_jax.data import pipeline, tokenize
 from ptft_jax.tasks.base import check_batch
 
-log = logging.getLogger("ptft_jax.train")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

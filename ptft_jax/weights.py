@@ -23,7 +23,7 @@ from flax import nnx
 from ptft_jax import config, hf, models, sharding, steps, tasks, workdir
 from ptft_jax.errors import ConfigError, DataError
 
-log = logging.getLogger("ptft_jax.train")
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

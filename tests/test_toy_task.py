@@ -62,14 +62,7 @@ class TokenCount(Task):
         }
         return score, sums
 
-    def totals(self, batch):
-        return {"weight": jnp.maximum(jnp.sum(batch["weights"]), 1.0)}
-
-    def loss(self, sums, totals):
-        return sums["loss_sum"] / totals["weight"]
-
-    def step_metrics(self, sums, totals):
-        return {self.accuracy: sums["correct_sum"] / totals["weight"]}
+    # totals, loss and step_metrics: Task's (loss_sum and correct_sum over the weight)
 
     def eval_outputs(self, model, mb):
         return self.forward(model, mb, None)[1]

@@ -17,6 +17,7 @@ from the config by ``from_config``. It owns:
   ``teacher_outputs(model, mb)`` the same outputs from a frozen teacher
   ``totals(batch)``, ``loss(sums, totals)``, ``step_metrics(sums, totals)``
                              the loss and train metrics from sums over the global batch
+                             (default: ``loss_sum`` and ``correct_sum`` over the weight)
   ``eval_outputs(model, mb)`` what the jitted eval step returns (sums, or logits)
   ``evaluate(ctx, params, ...)`` host metrics over a split (``EvalContext``)
   ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
@@ -87,6 +88,16 @@ class Task:
                 "train.distill_augment adds rows that only a teacher labels: use it with "
                 "task=distill and distill_alpha > 0, as a count >= 0."
             )
+
+    def totals(self, batch: dict) -> dict:
+        """The denominators over the whole global batch: its weight (at least 1)."""
+        return {"weight": jnp.maximum(jnp.sum(batch[self.weight_field]), 1.0)}
+
+    def loss(self, sums: dict, totals: dict):
+        return sums["loss_sum"] / totals["weight"]
+
+    def step_metrics(self, sums: dict, totals: dict) -> dict:
+        return {self.accuracy: sums["correct_sum"] / totals["weight"]}
 
     def loss_sums(self, model, mb: dict, rngs, frozen=None) -> dict:
         """Summed loss statistics of a microbatch (``frozen``: a distillation's teacher)."""

@@ -12,7 +12,6 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax import losses, scores
@@ -130,15 +129,6 @@ class Classification(Task):
 
     def teacher_outputs(self, model, mb: dict):
         return model(*inputs(mb))
-
-    def totals(self, batch: dict) -> dict:
-        return {"weight": jnp.maximum(jnp.sum(batch["weights"]), 1.0)}
-
-    def loss(self, sums: dict, totals: dict):
-        return sums["loss_sum"] / totals["weight"]
-
-    def step_metrics(self, sums: dict, totals: dict) -> dict:
-        return {self.accuracy: sums["correct_sum"] / totals["weight"]}
 
     def eval_outputs(self, model, mb: dict):
         """The logits, for exact metrics on the host."""

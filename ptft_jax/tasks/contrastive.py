@@ -124,15 +124,6 @@ class Contrastive(Task):
         )
         return z_Bx2xD, losses.contrastive_sums(z_Bx2xD, mb["weights"], self.temperature)
 
-    def totals(self, batch: dict) -> dict:
-        return {"weight": jnp.maximum(jnp.sum(batch["weights"]), 1.0)}
-
-    def loss(self, sums: dict, totals: dict):
-        return sums["loss_sum"] / totals["weight"]
-
-    def step_metrics(self, sums: dict, totals: dict) -> dict:
-        return {self.accuracy: sums["correct_sum"] / totals["weight"]}
-
     def eval_outputs(self, model, mb: dict) -> dict:
         # Evaluation keeps dropout (fixed masks): without it both views are one.
         return self.forward(model, mb, nnx.Rngs(dropout=jax.random.key(0)))[1]

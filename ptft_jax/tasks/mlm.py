@@ -122,7 +122,7 @@ class MLM(Task):
         return model(*inputs(mb), mb["masked_positions"])
 
     def totals(self, batch: dict) -> dict:
-        totals = {"weight": jnp.maximum(jnp.sum(batch["masked_weights"]), 1.0)}
+        totals = super().totals(batch)  # masked positions
         if self.nsp:  # BERT's second loss: the mean over the batch's pairs
             totals["pairs"] = jnp.maximum(jnp.sum(batch["next_sentence_weight"]), 1.0)
         return totals
@@ -132,7 +132,7 @@ class MLM(Task):
         return sums["loss_sum"] / totals["weight"] + nsp
 
     def step_metrics(self, sums: dict, totals: dict) -> dict:
-        out = {self.accuracy: sums["correct_sum"] / totals["weight"]}
+        out = super().step_metrics(sums, totals)
         if self.nsp:
             out["nsp_loss"] = sums["nsp_loss_sum"] / totals["pairs"]
             out["nsp_accuracy"] = sums["nsp_correct_sum"] / totals["pairs"]
