@@ -13,7 +13,7 @@ import pathlib
 import jax
 
 from ptft_jax import checkpoint, config, distributed, optim, sharding, steps, tasks, weights
-from ptft_jax.data import pipeline, tokenize
+from ptft_jax.data import pipeline, store, tokenize
 from ptft_jax.tasks.base import check_batch
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,9 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
     config.validate(cfg)
     distributed.preflight(cfg)
+    if store.is_store(cfg.data.source) and not cfg.data.tokenizer:
+        cfg = cfg.copy_and_resolve_references()  # a prepared folder brings its tokenizer
+        cfg.data.tokenizer = str(pathlib.Path(cfg.data.source).expanduser() / "tokenizer")
     cfg, source, teacher = weights.starting_point(cfg, cli_model_keys)
     resuming = checkpoint.has_checkpoint(workdir)
     if resuming:

@@ -33,6 +33,10 @@ class Blocks:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, lengths)`` of blocks ``idx`` (a prepared store reads them from disk)."""
+        return self.ids[idx], self.lengths[idx]
+
 
 def split_documents(num_docs: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of (train, eval) documents: a fixed permutation, the last fraction held out."""
@@ -90,7 +94,7 @@ def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.n
     rows = layout.rows()
     flat = rows.reshape(-1)
     idx = np.array([order[b * layout.global_rows + int(r)] for r in flat])
-    out = mask_rows(blocks.ids[idx], blocks.lengths[idx], flat, spec, seed, b)
+    out = mask_rows(*blocks.take(idx), flat, spec, seed, b)
     out |= _pairs(blocks, idx, np.ones(len(idx), bool))
     return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
@@ -160,8 +164,8 @@ def eval_batches(
         idx = b * g + flat
         real = idx < len(blocks)
         safe = np.where(real, idx, 0)
-        lengths = np.where(real, blocks.lengths[safe], 1)
-        out = mask_rows(blocks.ids[safe], lengths, flat, spec, seed + 1, b)
+        ids, lengths = blocks.take(safe)
+        out = mask_rows(ids, np.where(real, lengths, 1), flat, spec, seed + 1, b)
         out["masked_weights"] *= real[:, None]
         out |= _pairs(blocks, safe, real)
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}

@@ -9,6 +9,7 @@ plus the mean NSP loss over the batch's pairs.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -60,15 +61,20 @@ class MLM(Task):
     # --- Data (imported here: the benchmark builds MLM steps without the data stack).
 
     def data(self, cfg, get_tokenizer, layout, eval_layout, labels_file) -> TaskData:
-        """Packed, dynamically masked blocks; a fixed masked evaluation split."""
-        from ptft_jax.data import pipeline, sources
+        """Packed, dynamically masked blocks; a fixed masked evaluation split. From a prepared
+        folder (``python -m ptft_jax.prepare``) the blocks are read from disk as batches need
+        them; otherwise the source is packed in memory."""
+        from ptft_jax.data import pipeline, sources, store
 
-        train_texts, eval_texts = pipeline.mlm_texts(
-            cfg.data, sources.load_records(cfg.data.source)
-        )
-        tokenizer = get_tokenizer(train_texts)
-        train_blocks = self.blocks(cfg, train_texts, tokenizer, held_out=False)
-        eval_blocks = self.blocks(cfg, eval_texts, tokenizer, held_out=True)
+        if store.is_store(cfg.data.source):
+            tokenizer = get_tokenizer([])  # the folder's (data.tokenizer points at it)
+            train_blocks, eval_blocks = self.stored(cfg, tokenizer)
+        else:
+            records = sources.load_records(cfg.data.source)
+            train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
+            tokenizer = get_tokenizer(train_texts)
+            train_blocks = self.blocks(cfg, train_texts, tokenizer, held_out=False)
+            eval_blocks = self.blocks(cfg, eval_texts, tokenizer, held_out=True)
         spec = pipeline.masking_spec(cfg.data, tokenizer)
         t = cfg.train
         return TaskData(
@@ -90,6 +96,32 @@ class MLM(Task):
             seed = cfg.train.seed + int(held_out)
             return nsp.pair_texts(texts, tokenizer, self.seq_len, cache_dir(), seed)
         return pipeline.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
+
+    def stored(self, cfg, tokenizer):
+        """The train and validation blocks of a prepared folder, checked against the run."""
+        from ptft_jax.data import store, tokenize
+
+        folder = cfg.data.source
+        manifest = store.read_manifest(pathlib.Path(folder).expanduser())
+        if manifest["seq_len"] != self.seq_len:
+            raise DataError(
+                f"{folder} holds blocks of {manifest['seq_len']} tokens but data.max_seq_length "
+                f"is {self.seq_len}; set --config.data.max_seq_length={manifest['seq_len']} or "
+                "prepare the corpus again."
+            )
+        if manifest["tokenizer"] != tokenize.tokenizer_fingerprint(tokenizer):
+            raise DataError(
+                f"{folder} was tokenized with another tokenizer than data.tokenizer="
+                f"{cfg.data.tokenizer}; drop --config.data.tokenizer (the folder's is used) or "
+                "prepare the corpus again with this one."
+            )
+        if self.nsp:
+            raise DataError(
+                f"{folder} holds packed blocks, not sentence pairs; train NSP from the source "
+                "text, or drop 'nsp' from train.objectives."
+            )
+        pad = tokenize.special_ids(tokenizer)["pad"]
+        return tuple(store.open_split(folder, split, pad) for split in store.SPLITS)
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         """The held-out validation split as training made it, or the source's test split."""

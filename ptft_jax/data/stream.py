@@ -1,0 +1,160 @@
+"""Documents streamed from a corpus of any size, one at a time with where each came from.
+
+A corpus is a file, a folder (every corpus file under it, recursively) or a glob of them, in
+sorted path order: ``.txt`` (one document a line), ``.jsonl`` (one JSON object a line, its
+text field), ``.csv`` (a header row; its text column) and ``.parquet`` (its text column), each
+optionally gzip (``.gz``) or zstd (``.zst``) compressed; or a built-in source. Nothing is read
+ahead: memory stays flat whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import gzip
+import io
+import json
+import pathlib
+from collections.abc import Iterator
+
+from ptft_jax.errors import DataError
+
+KINDS = (".txt", ".jsonl", ".csv", ".parquet")
+COMPRESSED = (".gz", ".zst")
+
+
+def _kind(path: pathlib.Path) -> str:
+    """The corpus kind of ``path`` (its suffix, a compression suffix aside), or ''."""
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes and suffixes[-1] in KINDS else ""
+
+
+def files(source: str) -> list[pathlib.Path]:
+    """The corpus files of ``source`` (a file, a folder or a glob), sorted."""
+    path = pathlib.Path(source).expanduser()
+    if any(c in source for c in "*?["):
+        found = [pathlib.Path(p) for p in glob.glob(str(path), recursive=True)]
+    elif path.is_dir():
+        found = list(path.rglob("*"))
+    elif path.is_file():
+        found = [path]
+    else:
+        raise DataError(f"data.source {source!r} does not exist; point it at the corpus.")
+    found = sorted(p for p in found if p.is_file() and _kind(p))
+    if not found:
+        raise DataError(
+            f"data.source {source!r} holds no corpus file; use {', '.join(KINDS)} files "
+            "(optionally .gz or .zst)."
+        )
+    return found
+
+
+def _open(path: pathlib.Path):
+    """A binary stream of ``path``'s decompressed bytes."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.open(path, "rb")
+    if suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise DataError(
+                f"{path} is zstd-compressed; pip install zstandard to read it."
+            ) from None
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))  # noqa: SIM115
+    return open(path, "rb")  # noqa: SIM115
+
+
+def _lines(path: pathlib.Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text file, or one sentence naming the line not in UTF-8."""
+    with _open(path) as raw:
+        for n, line in enumerate(raw, 1):
+            try:
+                yield n, line.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path} line {n} is not valid UTF-8 (byte {e.start}); re-encode the file "
+                    "as UTF-8, for example with `iconv -f latin1 -t utf-8`."
+                ) from None
+
+
+def _field(row: dict, field: str, where: str) -> str:
+    if field not in row:
+        raise DataError(
+            f"{where} has no {field!r} field (it has {', '.join(map(repr, row)) or 'none'}); "
+            "set --config.data.text_field."
+        )
+    value = row[field]
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: {field!r} is not text; write it as a string.")
+    return value or ""
+
+
+def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
+    kind = _kind(path)
+    if kind == ".txt":
+        for n, line in _lines(path):
+            yield f"{path} line {n}", line.rstrip("\r\n")
+    elif kind == ".jsonl":
+        for n, line in _lines(path):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise DataError(
+                    f"{path} line {n} is not valid JSON ({e}); fix that line."
+                ) from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path} line {n} holds no JSON object; write one object a line.")
+            yield f"{path} line {n}", _field(row, field, f"{path} line {n}")
+    elif kind == ".csv":
+        with io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="") as text:
+            try:
+                for n, row in enumerate(csv.DictReader(text), 2):
+                    yield f"{path} line {n}", _field(row, field, f"{path} line {n}")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8."
+                ) from None
+    else:
+        import pyarrow.parquet as pq
+
+        table = pq.ParquetFile(path)
+        if field not in table.schema_arrow.names:
+            raise DataError(f"{path} has no {field!r} column; set --config.data.text_field.")
+        n = 0
+        for batch in table.iter_batches(columns=[field], batch_size=4096):
+            for value in batch.column(0).to_pylist():
+                n += 1
+                yield f"{path} row {n}", _field({field: value}, field, f"{path} row {n}")
+
+
+def documents(source: str, field: str = "text") -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of every non-empty document of ``source``, in order."""
+    if source.startswith(("builtin:", "hf:")):
+        from ptft_jax.data import sources
+
+        for records in sources.load_records(source).values():
+            for record in records:
+                text = sources.text_of(record, field)
+                if text.strip():
+                    yield sources.origin(record), text
+        return
+    for path in files(source):
+        for where, text in _documents_of(path, field):
+            if text.strip():
+                yield where, text
+
+
+def size(source: str) -> int:
+    """Bytes of the corpus on disk when they are about the bytes of its text (uncompressed
+    text files), for a progress bar's total; else 0 (unknown)."""
+    if source.startswith(("builtin:", "hf:")):
+        return 0
+    paths = files(source)
+    if any(p.suffix.lower() in COMPRESSED or _kind(p) == ".parquet" for p in paths):
+        return 0
+    return sum(p.stat().st_size for p in paths)

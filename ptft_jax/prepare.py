@@ -1,0 +1,210 @@
+"""Prepare a pretraining corpus once: tokenize it on every core and pack it into a sharded
+token store that training streams from (``data/store.py``).
+
+    python -m ptft_jax.prepare --config configs/bert_base_mlm.py --out DIR [--workers N]
+
+The config's data keys say what: ``data.source`` (files, folders and globs of .txt, .jsonl,
+.csv, .parquet, optionally .gz/.zst; or a built-in), ``data.text_field``,
+``data.max_seq_length``, ``data.eval_fraction`` (documents held out by a hash of their text),
+``data.tokenizer`` (or a WordPiece trained on a seeded sample of
+``data.tokenizer_sample_documents`` documents). Then ``--config.data.source=DIR`` trains on it.
+A folder with ``manifest.json`` is finished; a rerun with the same inputs finds it so.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import pathlib
+import shutil
+import time
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from ptft_jax import cli, config, metrics
+from ptft_jax.data import store, stream, tokenize
+
+CHUNK = 512  # documents per tokenization job
+_WORKER = {}
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
+    _WORKER["tokenizer"] = tokenize.load_tokenizer(tokenizer_dir)
+
+
+def _encode(texts: list[str]) -> list[np.ndarray]:
+    encoded = _WORKER["tokenizer"](texts, add_special_tokens=False, return_attention_mask=False)[
+        "input_ids"
+    ]
+    return [np.asarray(e, np.int32) for e in encoded]
+
+
+def _chunks(documents, size: int):
+    chunk = []
+    for _, text in documents:
+        chunk.append(text)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _encoded(chunks, tokenizer_dir: pathlib.Path, workers: int):
+    """Token ids of every chunk, in order; ``workers`` processes tokenize ahead."""
+    if workers <= 1:
+        _init_worker(str(tokenizer_dir))
+        for chunk in chunks:
+            yield chunk, _encode(chunk)
+        return
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(str(tokenizer_dir),)
+    ) as pool:
+        pending = []
+        for chunk in chunks:
+            pending.append((chunk, pool.submit(_encode, chunk)))
+            if len(pending) > 2 * workers:  # bounded: memory stays flat
+                chunk, future = pending.pop(0)
+                yield chunk, future.result()
+        for chunk, future in pending:
+            yield chunk, future.result()
+
+
+def sample_texts(source: str, field: str, count: int, seed: int) -> list[str]:
+    """A seeded uniform sample of ``count`` documents (reservoir sampling, one pass)."""
+    rng = np.random.default_rng(seed)
+    sample = []
+    for i, (_, text) in enumerate(stream.documents(source, field)):
+        if i < count:
+            sample.append(text)
+        else:
+            j = int(rng.integers(0, i + 1))
+            if j < count:
+                sample[j] = text
+    return sample
+
+
+def fingerprints(source: str) -> list[dict]:
+    """What the store was made from: each file's path, size and modification time."""
+    if source.startswith(("builtin:", "hf:")):
+        return [{"source": source}]
+    return [
+        {"path": str(p), "bytes": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns}
+        for p in stream.files(source)
+    ]
+
+
+def _tokenizer(cfg, out: pathlib.Path):
+    d = cfg.data
+    if d.tokenizer:
+        tok = tokenize.get_tokenizer(d, out, [], cfg.model.vocab_size, False)
+    else:
+        texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
+        if not texts:
+            raise stream.DataError(f"data.source {d.source!r} has no text; check the corpus.")
+        tok = tokenize.train_wordpiece(texts, cfg.model.vocab_size)
+    tokenize.save_tokenizer(tok, out / "tokenizer")
+    return tokenize.load_tokenizer(str(out / "tokenizer"))
+
+
+def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
+    """Write the token store of ``cfg``'s data into ``out``; returns its manifest."""
+    config.validate(cfg)
+    d, out = cfg.data, pathlib.Path(out).expanduser()
+    inputs = {
+        "sources": fingerprints(d.source),
+        "text_field": d.text_field,
+        "seq_len": d.max_seq_length,
+        "held_out": {"rule": "blake2b-64(text) / 2**64 < fraction", "fraction": d.eval_fraction},
+        "tokenizer_given": d.tokenizer,
+    }
+    if store.is_store(str(out)):
+        found = store.read_manifest(out)
+        if {k: found.get(k) for k in inputs} == inputs:
+            print(f"{out} is already prepared from these inputs.", flush=True)
+            return found
+    for part in ("tokenizer", *store.SPLITS):
+        shutil.rmtree(out / part, ignore_errors=True)
+    (out / store.MANIFEST).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(cfg, out)
+    ids = tokenize.special_ids(tok)
+    dtype = "uint16" if len(tok) <= 2**16 else "int32"
+    packers = {s: store.Packer(d.max_seq_length, ids["cls"], ids["sep"]) for s in store.SPLITS}
+    shards = {s: store.Shards(out / s, dtype, per_shard) for s in store.SPLITS}
+    docs = tokens = 0
+    total, t0 = stream.size(d.source), time.time()
+    bar = tqdm(total=total or None, desc="prepare", unit="B", unit_scale=True, dynamic_ncols=True)
+    chunks = _chunks(stream.documents(d.source, d.text_field), CHUNK)
+    for chunk, encoded in _encoded(chunks, out / "tokenizer", workers or os.cpu_count() or 1):
+        for text, e in zip(chunk, encoded, strict=True):
+            split = "validation" if store.held_out(text, d.eval_fraction) else "train"
+            for block in packers[split].add(e):
+                shards[split].write(block)
+            tokens += len(e)
+        docs += len(chunk)
+        seconds = max(time.time() - t0, 1e-9)
+        bar.update(sum(len(t.encode("utf-8")) for t in chunk))
+        bar.set_postfix(docs_s=f"{docs / seconds:,.0f}", tok_s=f"{tokens / seconds:,.0f}")
+    bar.close()
+    for split in store.SPLITS:
+        for block in packers[split].finish():
+            shards[split].write(block)
+        shards[split].close()
+        if not shards[split].done:
+            raise stream.DataError(
+                f"data.source {d.source!r} gave the {split} split no tokens; add text or "
+                "change data.eval_fraction."
+            )
+    manifest = {
+        "format": store.FORMAT,
+        **inputs,
+        "dtype": dtype,
+        "tokenizer": tokenize.tokenizer_fingerprint(tok),
+        "documents": docs,
+        "tokens": tokens,
+        "splits": {
+            s: {
+                "blocks": sum(x["blocks"] for x in shards[s].done),
+                "tokens": sum(x["tokens"] for x in shards[s].done),
+                "shards": shards[s].done,
+            }
+            for s in store.SPLITS
+        },
+    }
+    store.write_manifest(out, manifest)
+    seconds = time.time() - t0
+    print(
+        f"prepared {docs:,} documents, {tokens:,} tokens into "
+        f"{manifest['splits']['train']['blocks']:,} train / "
+        f"{manifest['splits']['validation']['blocks']:,} validation blocks of {d.max_seq_length}"
+        f" in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s): {out}",
+        flush=True,
+    )
+    return manifest
+
+
+@cli.guarded
+def main(argv) -> None:
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])}; pass --config and --out.")
+    metrics.quiet_logs()
+    f = flags.FLAGS
+    if f.config is None or not f.out:
+        cli.fail("pass --config configs/<name>.py and --out DIR.")
+    if f.workers < 0:
+        cli.fail("--workers must be 0 (every core) or more.")
+    prepare(f.config, f.out, f.workers)
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
+    flags.DEFINE_string("out", None, "Folder to write the token store into.")
+    flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: one per core).")
+    app.run(main, flags_parser=cli.parse_config_flags)

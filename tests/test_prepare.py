@@ -1,0 +1,135 @@
+"""The prepared token store: streamed documents, packing equal to the in-memory packer, the
+hash held-out rule, prepare with worker processes, a rerun that finds the work done, training
+from the store with an exact resume on another mesh, and the store's mistakes."""
+
+import gzip
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+from test_train import tiny_config
+
+from ptft_jax import prepare
+from ptft_jax.data import pipeline, sources, store, stream, tokenize
+from ptft_jax.errors import DataError
+from ptft_jax.train import run
+
+
+def test_streamed_packing_equals_the_in_memory_packer():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        docs = [rng.integers(5, 99, rng.integers(0, 40)) for _ in range(rng.integers(0, 12))]
+        seq_len = int(rng.integers(4, 24))
+        packer, blocks = store.Packer(seq_len, 1, 2), []
+        for d in docs:
+            blocks += packer.add(d)
+        blocks += packer.finish()
+        want = pipeline.pack([d.astype(np.int32) for d in docs], seq_len, 1, 2, 0)
+        got = store.as_blocks(blocks, seq_len, 0)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.lengths, want.lengths)
+
+
+def test_the_held_out_rule_is_a_fraction_of_documents_fixed_by_their_text():
+    texts = [f"document number {i}" for i in range(20_000)]
+    held = [store.held_out(t, 0.1) for t in texts]
+    assert 0.09 < np.mean(held) < 0.11
+    assert held[:100] == [store.held_out(t, 0.1) for t in texts[:100]]  # stays put
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """builtin:wiki_en's first 300 documents as a JSONL file and a gzip-compressed text file."""
+    folder = tmp_path_factory.mktemp("corpus")
+    texts = [r["text"].replace("\n", " ") for r in sources.load_records("builtin:wiki_en")["train"]]
+    with open(folder / "a.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts[:150])
+    with gzip.open(folder / "b.txt.gz", "wt", encoding="utf-8") as f:
+        f.writelines(t + "\n" for t in texts[150:300])
+    return folder, texts[:300]
+
+
+@pytest.fixture(scope="module")
+def prepared(corpus, tmp_path_factory):
+    c = tiny_config()
+    c.data.source = str(corpus[0])
+    out = tmp_path_factory.mktemp("store")
+    manifest = prepare.prepare(c, out, workers=2, per_shard=100)
+    return out, manifest, c
+
+
+def test_prepare_writes_the_blocks_the_in_memory_path_would(corpus, prepared):
+    out, manifest, c = prepared
+    _, texts = corpus
+    assert [w for w, _ in stream.documents(str(corpus[0]))][150] == f"{corpus[0]}/b.txt.gz line 1"
+    tok = tokenize.load_tokenizer(str(out / "tokenizer"))
+    pad = tokenize.special_ids(tok)["pad"]
+    for split in store.SPLITS:
+        docs = [t for t in texts if store.held_out(t, c.data.eval_fraction) == (split != "train")]
+        want = pipeline.pack_texts(docs, tok, c.data.max_seq_length, out / "cache")
+        blocks = store.open_split(out, split, pad)
+        assert len(blocks) == len(want) == manifest["splits"][split]["blocks"]
+        ids, lengths = blocks.take(np.arange(len(blocks)))
+        np.testing.assert_array_equal(ids, want.ids)
+        np.testing.assert_array_equal(lengths, want.lengths)
+    assert len(manifest["splits"]["train"]["shards"]) > 1  # 100 blocks a shard
+    assert not list(out.rglob("*.tmp"))
+    # A rerun with the same inputs finds the work done and rewrites nothing.
+    shard = out / "train" / "00000.array_record"
+    before = shard.stat().st_mtime_ns
+    assert prepare.prepare(c, out, workers=1) == manifest
+    assert shard.stat().st_mtime_ns == before
+
+
+@pytest.mark.slow
+def test_training_from_the_store_resumes_exactly_on_another_mesh(prepared, tmp_path):
+    out, _, _ = prepared
+
+    def config(**train):
+        c = tiny_config(**train)
+        c.data.source = str(out)
+        return c
+
+    straight = run(config(), tmp_path / "straight")
+    assert straight["step"] == 12 and straight["eval_loss"] < 7.0
+    run(config(stop_at_step=6), tmp_path / "w")
+    c = config()
+    c.mesh.update(data=2, fsdp=2, tensor=2)
+    resumed = run(c, tmp_path / "w")
+
+    def losses(w):
+        rows = map(json.loads, (w / "metrics.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss"]) for r in rows if r["split"] in ("train", "validation")]
+
+    for x, y in zip(losses(tmp_path / "straight"), losses(tmp_path / "w"), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-5)
+    pa, pb = (jax.device_get(r["state"]["params"]) for r in (straight, resumed))
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_allclose(y, x, rtol=1e-4, atol=1e-6)
+
+
+def test_a_store_that_disagrees_with_the_run_stops_with_one_sentence(prepared, tmp_path):
+    out, _, _ = prepared
+    c = tiny_config()
+    c.data.update(source=str(out), max_seq_length=32)
+    with pytest.raises(DataError, match="holds blocks of 64 tokens but data.max_seq_length is 32"):
+        run(c, tmp_path / "w")
+    assert not (tmp_path / "w" / "config.json").exists()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / store.MANIFEST).write_text((out / store.MANIFEST).read_text())
+    with pytest.raises(DataError, match="is missing from the prepared folder"):
+        store.open_split(broken, "train", 0)
+
+
+def test_corpus_mistakes_name_the_file_and_line(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"fine\n\xff\xfe broken\n")
+    with pytest.raises(DataError, match=r"bad.txt line 2 is not valid UTF-8"):
+        list(stream.documents(str(tmp_path / "bad.txt")))
+    (tmp_path / "c.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(DataError, match=r"c.jsonl line 1 has no 'text' field"):
+        list(stream.documents(str(tmp_path / "c.jsonl")))
+    with pytest.raises(DataError, match="holds no corpus file"):
+        stream.files(str(pathlib.Path(tmp_path) / "*.parquet"))
