@@ -14,6 +14,7 @@ A folder with ``manifest.json`` is finished; a rerun with the same inputs finds 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import os
 import pathlib
@@ -129,11 +130,19 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
         if {k: found.get(k) for k in inputs} == inputs:
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
-    for part in ("tokenizer", *store.SPLITS):
+    # An unfinished folder of the same inputs keeps its tokenizer, so a prepare killed and run
+    # again writes what an uninterrupted one would; the shards are written again.
+    started = out / ".inputs.json"
+    same = started.is_file() and json.loads(started.read_text()) == inputs
+    for part in (*(() if same else ("tokenizer",)), *store.SPLITS):
         shutil.rmtree(out / part, ignore_errors=True)
     (out / store.MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    tok = _tokenizer(cfg, out)
+    if same and (out / "tokenizer" / "tokenizer.json").is_file():
+        tok = tokenize.load_tokenizer(str(out / "tokenizer"))
+    else:
+        tok = _tokenizer(cfg, out)
+        started.write_text(json.dumps(inputs) + "\n")
     ids = tokenize.special_ids(tok)
     dtype = "uint16" if len(tok) <= 2**16 else "int32"
     packers = {s: store.Packer(d.max_seq_length, ids["cls"], ids["sep"]) for s in store.SPLITS}
@@ -198,13 +207,14 @@ def main(argv) -> None:
     f = flags.FLAGS
     if f.config is None or not f.out:
         cli.fail("pass --config configs/<name>.py and --out DIR.")
-    if f.workers < 0:
-        cli.fail("--workers must be 0 (every core) or more.")
-    prepare(f.config, f.out, f.workers)
+    if f.workers < 0 or f.shard_blocks < 1:
+        cli.fail("--workers must be 0 (every core) or more, and --shard_blocks at least 1.")
+    prepare(f.config, f.out, f.workers, f.shard_blocks)
 
 
 if __name__ == "__main__":
     config_flags.DEFINE_config_file("config", None, "Config file (a get_config() .py).")
     flags.DEFINE_string("out", None, "Folder to write the token store into.")
     flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: one per core).")
+    flags.DEFINE_integer("shard_blocks", 65536, "Blocks per ArrayRecord shard.")
     app.run(main, flags_parser=cli.parse_config_flags)

@@ -133,3 +133,49 @@ def test_corpus_mistakes_name_the_file_and_line(tmp_path):
         list(stream.documents(str(tmp_path / "c.jsonl")))
     with pytest.raises(DataError, match="holds no corpus file"):
         stream.files(str(pathlib.Path(tmp_path) / "*.parquet"))
+
+
+CONFIG = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_train import tiny_config
+
+def get_config():
+    c = tiny_config({tokenizer!r})
+    c.data.source = {source!r}
+    return c
+"""
+
+
+@pytest.mark.slow
+def test_prepare_killed_and_run_again_writes_what_an_uninterrupted_one_does(prepared, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    texts = [r["text"] for r in sources.load_records("builtin:wiki_en")["train"][:3000]]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tests = str(pathlib.Path(__file__).parent)
+    tok, source = str(prepared[0] / "tokenizer"), str(tmp_path / "corpus.jsonl")
+    (tmp_path / "c.py").write_text(CONFIG.format(tests=tests, tokenizer=tok, source=source))
+
+    def command(out):
+        cmd = [sys.executable, "-m", "ptft_jax.prepare", "--config", str(tmp_path / "c.py")]
+        return [*cmd, "--out", str(out), "--workers", "1", "--shard_blocks", "20"]
+
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+    proc = subprocess.Popen(command(tmp_path / "killed"), stderr=subprocess.DEVNULL)
+    first = tmp_path / "killed" / "train" / "00001.array_record"
+    while not first.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / store.MANIFEST).exists()  # unfinished, and says so
+    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+
+    def files(out):
+        return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "killed") == files(tmp_path / "whole")
