@@ -9,6 +9,7 @@ plus the mean NSP loss over the batch's pairs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 
 import jax
@@ -18,6 +19,8 @@ import numpy as np
 from ptft_jax import losses, scores
 from ptft_jax.errors import DataError
 from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, spec_of, summed
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +122,13 @@ class MLM(Task):
             raise DataError(
                 f"{folder} holds packed blocks, not sentence pairs; train NSP from the source "
                 "text, or drop 'nsp' from train.objectives."
+            )
+        if cfg.data.max_documents:
+            log.warning(
+                "data.max_documents=%d does not apply to the prepared folder %s: it trains on all "
+                "of its blocks (prepare a smaller corpus to cap it)",
+                cfg.data.max_documents,
+                folder,
             )
         pad = tokenize.special_ids(tokenizer)["pad"]
         return tuple(store.open_split(folder, split, pad) for split in store.SPLITS)
