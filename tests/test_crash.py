@@ -56,7 +56,7 @@ def test_ten_kill_9_then_resume_is_bit_identical(tmp_path):
         _command(tmp_path / "straight.py", straight), capture_output=True, text=True, cwd=ROOT
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    # The killed run uses the straight run's tokenizer (WordPiece may break ties differently).
+    # The killed run uses the straight run's tokenizer, as a resume reuses W/tokenizer.
     cfg = tmp_path / "killed.py"
     cfg.write_text(CONFIG.format(tests=str(ROOT / "tests"), tokenizer=str(straight / "tokenizer")))
 

@@ -47,3 +47,23 @@ def test_alphabet_larger_than_vocab_is_a_clear_error():
     texts = ["".join(chr(0x4E00 + i + j) for j in range(5)) for i in range(0, 400, 5)]
     with pytest.raises(DataError, match="model.vocab_size"):
         train_wordpiece(texts, 64)
+
+
+def test_wordpiece_training_gives_the_same_vocabulary_in_every_process(tmp_path):
+    """The tokenizers trainer numbers symbols in hash order, which changes between processes;
+    ours must not depend on it (three fresh processes, one with a single thread)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from ptft_jax.data import sources, tokenize; "
+        "texts = [r['text'] for r in sources.load_records('builtin:wiki_en')['train'][:1500]]; "
+        "import pathlib; "
+        "tokenize.save_tokenizer(tokenize.train_wordpiece(texts, 2048), pathlib.Path(sys.argv[1]))"
+    )
+    for i, threads in enumerate(("", "", "1")):
+        env = {**os.environ, **({"RAYON_NUM_THREADS": threads} if threads else {})}
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / str(i))], check=True, env=env)
+    files = [(tmp_path / str(i) / "tokenizer.json").read_bytes() for i in range(3)]
+    assert files[0] == files[1] == files[2]

@@ -46,8 +46,7 @@ def tiny_config(tokenizer="", **train):
 @pytest.mark.slow
 def test_train_stop_resume_is_bit_identical(tmp_path):
     straight = run(tiny_config(), tmp_path / "a")
-    # Both runs use the first run's tokenizer: WordPiece training may break frequency ties at
-    # the vocabulary's cut-off differently from run to run (a resume reuses W/tokenizer).
+    # Both runs use the first run's tokenizer, as a resume reuses W/tokenizer.
     tok = str(tmp_path / "a" / "tokenizer")
     first = run(tiny_config(tok, stop_at_step=6), tmp_path / "b")
     assert first["step"] == 6
@@ -164,3 +163,19 @@ def test_a_second_ctrl_c_exits_at_once():
     assert "finishing this step and saving a checkpoint" in proc.stderr
     assert "interrupted again: exiting without saving." in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_same_command_twice_trains_the_same_tokenizer_and_parameters(tmp_path):
+    from ptft_jax import workdir
+
+    args = ["--config", "configs/bert_tiny_mlm.py", "--config.train.steps=3"]
+    args += ["--config.data.max_documents=400", "--config.model.vocab_size=2048"]
+    for w in ("a", "b"):
+        cmd = [sys.executable, "-m", "ptft_jax.train", *args, "--workdir", str(tmp_path / w)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    a, b = ({p.name: p.read_bytes() for p in (tmp_path / w / "tokenizer").iterdir()} for w in "ab")
+    assert a == b and "tokenizer.json" in a
+    pa, pb = (jax.device_get(workdir.load(tmp_path / w).params) for w in "ab")
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+        np.testing.assert_array_equal(x, y)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import logging
@@ -22,27 +23,69 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 def train_wordpiece(texts: list[str], vocab_size: int):
-    """Train an uncased BERT WordPiece tokenizer on ``texts`` (in memory)."""
+    """Train an uncased BERT WordPiece tokenizer on ``texts``, deterministically.
+
+    WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
+    ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
+    between equally frequent merges, and with them the vocabulary, change from run to run.
+    Here each inner character becomes a private-use character of its own (numbered in sorted
+    order), so every symbol is in the initial alphabet, which the BPE trainer numbers in sorted
+    order: ties break the same way every time. The learned symbols map back to WordPiece
+    tokens (``##`` for those that start inside a word), numbered sorted after the specials.
+    """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import WordPieceTrainer
+    from tokenizers.trainers import BpeTrainer
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter(
+        word
+        for text in texts
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    seen = {c for word in counts for c in word}
+    inner, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
+    for c in sorted({c for word in counts for c in word[1:]}):
+        while chr(code) in seen:
+            code += 1
+        inner[c], code = chr(code), code + 1
+    outer = {v: k for k, v in inner.items()}
+
+    def marked(word: str) -> str:
+        return word[0] + "".join(inner[c] for c in word[1:])
+
+    def repeated():  # every word as often as it occurs, a few thousand words a string
+        batch = []
+        for word, n in sorted(counts.items()):
+            batch += [marked(word)] * n
+            if len(batch) >= 4096:
+                yield " ".join(batch)
+                batch = []
+        yield " ".join(batch)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = BpeTrainer(vocab_size=max(vocab_size - len(SPECIAL_TOKENS), 1), show_progress=False)
+    bpe.train_from_iterator(repeated(), trainer=trainer)
+
+    def wordpiece(symbol: str) -> str:
+        if symbol[0] in outer:
+            return "##" + "".join(outer[c] for c in symbol)
+        return symbol[0] + "".join(outer.get(c, c) for c in symbol[1:])
+
+    learned = {wordpiece(s) for s in bpe.get_vocab()} - set(SPECIAL_TOKENS)
+    order = SPECIAL_TOKENS + sorted(learned)
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab={t: i for i, t in enumerate(order)},
+            unk_token="[UNK]",
+            max_input_chars_per_word=100,
+        )
+    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.WordPiece()
-    trainer = WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
-    # The trainer numbers tokens of equal frequency in hash order, which changes from run to
-    # run; renumber them (special tokens first, then sorted) so ids do not depend on it. Ties
-    # at the vocabulary's cut-off can still pick different tokens: W/tokenizer is the record.
-    learned = tok.get_vocab()
-    order = SPECIAL_TOKENS + sorted(t for t in learned if t not in SPECIAL_TOKENS)
-    tok.model = models.WordPiece(
-        vocab={t: i for i, t in enumerate(order)}, unk_token="[UNK]", max_input_chars_per_word=100
-    )
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
