@@ -14,6 +14,7 @@ A folder with ``manifest.json`` is finished; a rerun with the same inputs finds 
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import json
 import multiprocessing
 import os
@@ -101,17 +102,16 @@ def fingerprints(source: str) -> list[dict]:
     ]
 
 
-def _tokenizer(cfg, out: pathlib.Path):
+def _tokenizer(cfg):
+    """``data.tokenizer``, or WordPiece trained on a seeded sample of the corpus (a first pass
+    over it, which also finds a file that cannot be read before anything is written)."""
     d = cfg.data
     if d.tokenizer:
-        tok = tokenize.get_tokenizer(d, out, [], cfg.model.vocab_size, False)
-    else:
-        texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
-        if not texts:
-            raise stream.DataError(f"data.source {d.source!r} has no text; check the corpus.")
-        tok = tokenize.train_wordpiece(texts, cfg.model.vocab_size)
-    tokenize.save_tokenizer(tok, out / "tokenizer")
-    return tokenize.load_tokenizer(str(out / "tokenizer"))
+        return tokenize.get_tokenizer(d, pathlib.Path(), [], cfg.model.vocab_size, False)
+    texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
+    if not texts:
+        raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")
+    return tokenize.train_wordpiece(texts, cfg.model.vocab_size)
 
 
 def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
@@ -134,14 +134,17 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
     # again writes what an uninterrupted one would; the shards are written again.
     started = out / ".inputs.json"
     same = started.is_file() and json.loads(started.read_text()) == inputs
+    if same and (out / "tokenizer" / "tokenizer.json").is_file():
+        tok = tokenize.load_tokenizer(str(out / "tokenizer"))
+    else:
+        tok, same = _tokenizer(cfg), False
     for part in (*(() if same else ("tokenizer",)), *store.SPLITS):
         shutil.rmtree(out / part, ignore_errors=True)
     (out / store.MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    if same and (out / "tokenizer" / "tokenizer.json").is_file():
+    if not same:
+        tokenize.save_tokenizer(tok, out / "tokenizer")
         tok = tokenize.load_tokenizer(str(out / "tokenizer"))
-    else:
-        tok = _tokenizer(cfg, out)
         started.write_text(json.dumps(inputs) + "\n")
     ids = tokenize.special_ids(tok)
     dtype = "uint16" if len(tok) <= 2**16 else "int32"
@@ -209,7 +212,15 @@ def main(argv) -> None:
         cli.fail("pass --config configs/<name>.py and --out DIR.")
     if f.workers < 0 or f.shard_blocks < 1:
         cli.fail("--workers must be 0 (every core) or more, and --shard_blocks at least 1.")
-    prepare(f.config, f.out, f.workers, f.shard_blocks)
+    try:
+        prepare(f.config, f.out, f.workers, f.shard_blocks)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        cli.fail(
+            f"The disk is full ({e.filename or f.out}); free space there or choose another "
+            "--out, then run the same command again (the folder has no manifest: unfinished)."
+        )
 
 
 if __name__ == "__main__":

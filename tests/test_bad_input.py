@@ -275,6 +275,23 @@ def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
         return ["plot", "curve", "--workdir", str(mlm)]
     if name == "bench: steps below 1":
         return ["bench", "--steps", "0"]
+    if name.startswith("prepare:"):
+        corpus = {
+            "prepare: empty corpus": (tmp / "c.txt", b"\n   \n\n"),
+            "prepare: not UTF-8": (tmp / "c.txt", b"fine words\n\xff\xfe broken\n"),
+            "prepare: no corpus file": (tmp / "notes.md", b"# not a corpus\n"),
+        }[name]
+        corpus[0].write_bytes(corpus[1])
+        source = f"--config.data.source={corpus[0] if name != 'prepare: no corpus file' else tmp}"
+        return ["prepare", "--config", str(config), "--out", str(tmp / "w"), source]
+    if name == "train: prepared folder of another length":
+        from ptft_jax import prepare
+
+        (tmp / "c.txt").write_text("".join(f"document {i} has some words\n" for i in range(40)))
+        c = tiny_config()
+        c.data.source = str(tmp / "c.txt")
+        prepare.prepare(c, tmp / "store", workers=1)
+        return [*train, f"--config.data.source={tmp / 'store'}", "--config.data.max_seq_length=32"]
     raise AssertionError(name)
 
 
@@ -297,6 +314,10 @@ ENTRY_CASES = [
     ("learning_curve: config path", "the config file 'nope.py' does not exist"),
     ("plot: unknown kind", "invalid choice: 'curve'"),
     ("bench: steps below 1", "--warmup and --steps must be at least 1; see python -m"),
+    ("prepare: empty corpus", "c.txt' holds no text; check the corpus"),
+    ("prepare: not UTF-8", "c.txt line 2 is not valid UTF-8 (byte 0); re-encode the file"),
+    ("prepare: no corpus file", "holds no corpus file; use .txt, .jsonl, .csv, .parquet"),
+    ("train: prepared folder of another length", "holds blocks of 64 tokens but data.max_seq_"),
 ]
 
 

@@ -122,6 +122,11 @@ def test_a_store_that_disagrees_with_the_run_stops_with_one_sentence(prepared, t
     (broken / store.MANIFEST).write_text((out / store.MANIFEST).read_text())
     with pytest.raises(DataError, match="is missing from the prepared folder"):
         store.open_split(broken, "train", 0)
+    (broken / "train").mkdir()
+    for shard in (out / "train").iterdir():
+        (broken / "train" / shard.name).write_bytes(shard.read_bytes()[:-1])  # one byte short
+    with pytest.raises(DataError, match="bytes but the manifest says .*: it is damaged"):
+        store.open_split(broken, "train", 0)
 
 
 def test_corpus_mistakes_name_the_file_and_line(tmp_path):

@@ -111,7 +111,9 @@ class Shards:
             return
         self._writer.close()
         os.replace(self.folder / f".{self._name}.tmp", self.folder / self._name)
-        self.done.append({"file": self._name, "blocks": self._blocks, "tokens": self._tokens})
+        size = (self.folder / self._name).stat().st_size
+        record = {"file": self._name, "blocks": self._blocks, "tokens": self._tokens}
+        self.done.append({**record, "bytes": size})
         self._writer, self._blocks, self._tokens = None, 0, 0
 
 
@@ -153,6 +155,12 @@ class StoreBlocks:
             raise DataError(
                 f"{missing[0]} is missing from the prepared folder {folder}; prepare it again."
             )
+        for path, shard in zip(paths, shards, strict=True):
+            if path.stat().st_size != shard.get("bytes", path.stat().st_size):
+                raise DataError(
+                    f"{path} has {path.stat().st_size} bytes but the manifest says "
+                    f"{shard['bytes']}: it is damaged; prepare the folder again."
+                )
         self.seq_len, self.pad_id = manifest["seq_len"], pad_id
         self.dtype = np.dtype(manifest["dtype"])
         self.source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
