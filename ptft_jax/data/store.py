@@ -49,34 +49,37 @@ class Packer:
 
     def __init__(self, seq_len: int, cls_id: int, sep_id: int):
         self.body, self.cls, self.sep = seq_len - 2, cls_id, sep_id
-        self.pending: list[np.ndarray] = []
-        self.count = 0
+        self.rest = np.zeros(0, np.int64)
+
+    def feed(self, stream: np.ndarray) -> np.ndarray:
+        """Append ``stream`` (documents' ids, each followed by [SEP]); returns the complete
+        blocks ``[n, seq_len]`` it makes."""
+        buffer = np.concatenate([self.rest, stream.astype(np.int64)])
+        n = len(buffer) // self.body
+        self.rest = buffer[n * self.body :].copy()
+        bodies = buffer[: n * self.body].reshape(n, self.body)
+        column = np.ones((n, 1), np.int64)
+        return np.concatenate([column * self.cls, bodies, column * self.sep], axis=1)
 
     def add(self, ids: np.ndarray) -> list[np.ndarray]:
-        """Add one document; returns the blocks it completes (real tokens only)."""
+        """Add one document; returns the blocks it completes."""
         if not len(ids):
             return []
-        self.pending += [np.asarray(ids, np.int64), np.array([self.sep], np.int64)]
-        self.count += len(ids) + 1
-        if self.count < self.body:
-            return []
-        stream = np.concatenate(self.pending)
-        n = len(stream) // self.body
-        out = [self._block(stream[i * self.body : (i + 1) * self.body]) for i in range(n)]
-        rest = stream[n * self.body :]
-        self.pending, self.count = ([rest] if len(rest) else []), len(rest)
-        return out
+        return list(self.feed(np.append(np.asarray(ids, np.int64), self.sep)))
 
     def finish(self) -> list[np.ndarray]:
         """The last, shorter block (if any tokens are left)."""
-        if not self.count:
+        if not len(self.rest):
             return []
-        block = self._block(np.concatenate(self.pending))
-        self.pending, self.count = [], 0
+        block = np.concatenate([[self.cls], self.rest, [self.sep]]).astype(np.int64)
+        self.rest = np.zeros(0, np.int64)
         return [block]
 
-    def _block(self, body: np.ndarray) -> np.ndarray:
-        return np.concatenate([[self.cls], body, [self.sep]]).astype(np.int64)
+
+def stream_of(documents: list[np.ndarray], sep_id: int) -> np.ndarray:
+    """Documents' ids concatenated, each non-empty one followed by [SEP] (``Packer.feed``)."""
+    pieces = [p for d in documents if len(d) for p in (d, [sep_id])]
+    return np.concatenate(pieces).astype(np.int64) if pieces else np.zeros(0, np.int64)
 
 
 @dataclasses.dataclass
@@ -105,6 +108,11 @@ class Shards:
         self._blocks, self._tokens = self._blocks + 1, self._tokens + len(block)
         if self._blocks == self.per_shard:
             self.close()
+
+    def write_all(self, blocks: np.ndarray) -> None:
+        """Write full blocks ``[n, seq_len]``."""
+        for block in blocks.astype(self.dtype):
+            self.write(block)
 
     def close(self) -> None:
         if self._writer is None:

@@ -3,7 +3,8 @@
 A corpus is a file, a folder (every corpus file under it, recursively) or a glob of them, in
 sorted path order: ``.txt`` (one document a line), ``.jsonl`` (one JSON object a line, its
 text field), ``.csv`` (a header row; its text column) and ``.parquet`` (its text column), each
-optionally gzip (``.gz``) or zstd (``.zst``) compressed; or a built-in source. Nothing is read
+optionally gzip (``.gz``) or zstd (``.zst``) compressed; a Hugging Face hub dataset
+(``hf:<name>[:<config>]``, its train split streamed); or a built-in source. Nothing is read
 ahead: memory stays flat whatever the corpus size.
 """
 
@@ -134,7 +135,10 @@ def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
 
 def documents(source: str, field: str = "text") -> Iterator[tuple[str, str]]:
     """``(where, text)`` of every non-empty document of ``source``, in order."""
-    if source.startswith(("builtin:", "hf:")):
+    if source.startswith("hf:"):
+        yield from _hub(source.removeprefix("hf:"), field)
+        return
+    if source.startswith("builtin:"):
         from ptft_jax.data import sources
 
         for records in sources.load_records(source).values():
@@ -147,6 +151,24 @@ def documents(source: str, field: str = "text") -> Iterator[tuple[str, str]]:
         for where, text in _documents_of(path, field):
             if text.strip():
                 yield where, text
+
+
+def _hub(spec: str, field: str) -> Iterator[tuple[str, str]]:
+    """A hub dataset's train split in streaming mode: rows arrive as they download."""
+    import datasets
+
+    name, _, config = spec.partition(":")
+    try:
+        rows = datasets.load_dataset(name, config or None, split="train", streaming=True)
+        for n, row in enumerate(rows, 1):
+            text = _field(row, field, f"hf:{spec} train row {n}")
+            if text.strip():
+                yield f"hf:{spec} train row {n}", text
+    except (ConnectionError, FileNotFoundError, ValueError) as e:
+        raise DataError(
+            f"Could not stream hf:{spec} ({type(e).__name__}); check the name, or download the "
+            "data where you are online and point data.source at the files."
+        ) from None
 
 
 def size(source: str) -> int:
