@@ -136,8 +136,8 @@ def to_ours(family, name: str) -> tuple[tuple, bool] | None:
         parts = [family.BACKBONE, *parts]
     leaf, transpose = parts[-1], False
     if leaf == "weight":
-        kind = family.module_kind(parts[-2])
-        leaf, transpose = _LEAF[kind], kind == "linear"
+        module = family.module_kind(parts[-2])
+        leaf, transpose = _LEAF[module], module == "linear"
     path = tuple(int(p) if p.isdigit() else p for p in (*parts[:-1], leaf))
     return path, transpose
 

@@ -60,7 +60,7 @@ def attention_maps(run, text: str, text_pair: str | None = None):
 
 def main(argv=None) -> None:
     p = cli.ArgumentParser(prog="python -m ptft_jax.plot", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="kind", required=True)
+    sub = p.add_subparsers(dest="picture", required=True)
     a = sub.add_parser("attention", help="attention maps of one input")
     a.add_argument("--workdir", required=True)
     a.add_argument("--text", required=True)
@@ -72,7 +72,7 @@ def main(argv=None) -> None:
     c.add_argument("--workdir", required=True)
     c.add_argument("--out", default="curves.png")
     args = p.parse_args(argv)
-    if args.kind == "curves":
+    if args.picture == "curves":
         fig = plot_curves(pathlib.Path(args.workdir), args.out)
     else:
         from ptft_jax import workdir

@@ -141,8 +141,35 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
         if {k: found.get(k) for k in inputs} == inputs:
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
-    # An unfinished folder of the same inputs keeps its tokenizer, so a prepare killed and run
-    # again writes what an uninterrupted one would; the shards are written again.
+    tok = _start(cfg, out, inputs)
+    t0 = time.time()
+    shards, docs, tokens = _write(d, tok, out, workers or os.cpu_count() or 1, per_shard)
+    splits = {
+        s: {
+            "blocks": sum(x["blocks"] for x in shards[s].done),
+            "tokens": sum(x["tokens"] for x in shards[s].done),
+            "shards": shards[s].done,
+        }
+        for s in store.SPLITS
+    }
+    manifest = {"format": store.FORMAT, **inputs, "dtype": shards["train"].dtype}
+    manifest |= {"tokenizer": tokenize.tokenizer_fingerprint(tok), "documents": docs}
+    manifest |= {"tokens": tokens, "splits": splits}
+    store.write_manifest(out, manifest)
+    seconds = time.time() - t0
+    print(
+        f"prepared {docs:,} documents, {tokens:,} tokens into {splits['train']['blocks']:,} "
+        f"train / {splits['validation']['blocks']:,} validation blocks of {d.max_seq_length}"
+        f" in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s): {out}",
+        flush=True,
+    )
+    return manifest
+
+
+def _start(cfg, out: pathlib.Path, inputs: dict):
+    """The folder emptied of earlier shards, with its tokenizer. An unfinished folder of the
+    same inputs keeps its tokenizer, so a prepare killed and run again writes what an
+    uninterrupted one would (the shards are written again)."""
     started = out / ".inputs.json"
     same = started.is_file() and json.loads(started.read_text()) == inputs
     if same and (out / "tokenizer" / "tokenizer.json").is_file():
@@ -157,6 +184,12 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
         tokenize.save_tokenizer(tok, out / "tokenizer")
         tok = tokenize.load_tokenizer(str(out / "tokenizer"))
         started.write_text(json.dumps(inputs) + "\n")
+    return tok
+
+
+def _write(d, tok, out: pathlib.Path, workers: int, per_shard: int):
+    """Tokenize, split, pack and write every document: ``(shards per split, documents,
+    tokens)``."""
     ids = tokenize.special_ids(tok)
     dtype = "uint16" if len(tok) <= 2**16 else "int32"
     packers = {s: store.Packer(d.max_seq_length, ids["cls"], ids["sep"]) for s in store.SPLITS}
@@ -165,7 +198,6 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
     total, t0 = stream.size(d.source), time.time()
     bar = tqdm(total=total or None, desc="prepare", unit="B", unit_scale=True, dynamic_ncols=True)
     chunks = _chunks(stream.documents(d.source, d.text_field), CHUNK)
-    workers = workers or os.cpu_count() or 1
     for n, encoded in _encoded(chunks, out / "tokenizer", d.eval_fraction, workers):
         for split in store.SPLITS:
             shards[split].write_all(packers[split].feed(encoded[split]))
@@ -183,32 +215,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
                 f"data.source {d.source!r} gave the {split} split no tokens; add text or "
                 "change data.eval_fraction."
             )
-    manifest = {
-        "format": store.FORMAT,
-        **inputs,
-        "dtype": dtype,
-        "tokenizer": tokenize.tokenizer_fingerprint(tok),
-        "documents": docs,
-        "tokens": tokens,
-        "splits": {
-            s: {
-                "blocks": sum(x["blocks"] for x in shards[s].done),
-                "tokens": sum(x["tokens"] for x in shards[s].done),
-                "shards": shards[s].done,
-            }
-            for s in store.SPLITS
-        },
-    }
-    store.write_manifest(out, manifest)
-    seconds = time.time() - t0
-    print(
-        f"prepared {docs:,} documents, {tokens:,} tokens into "
-        f"{manifest['splits']['train']['blocks']:,} train / "
-        f"{manifest['splits']['validation']['blocks']:,} validation blocks of {d.max_seq_length}"
-        f" in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s): {out}",
-        flush=True,
-    )
-    return manifest
+    return shards, docs, tokens
 
 
 @cli.guarded

@@ -127,13 +127,13 @@ def _column_type(values: list[str]) -> type:
     # become ints (an empty cell None) while a text column with one number-looking cell stays
     # text.
     filled = [v for v in values if v.strip()]
-    for kind in (int, float):
+    for number in (int, float):
         try:
             for v in filled:
-                kind(v)
+                number(v)
         except (TypeError, ValueError):
             continue
-        return kind if filled else str
+        return number if filled else str
     return str
 
 

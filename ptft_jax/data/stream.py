@@ -24,8 +24,8 @@ KINDS = (".txt", ".jsonl", ".csv", ".parquet")
 COMPRESSED = (".gz", ".zst")
 
 
-def _kind(path: pathlib.Path) -> str:
-    """The corpus kind of ``path`` (its suffix, a compression suffix aside), or ''."""
+def _format(path: pathlib.Path) -> str:
+    """The corpus format of ``path`` (its suffix, a compression suffix aside), or ''."""
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] in COMPRESSED:
         suffixes = suffixes[:-1]
@@ -43,7 +43,7 @@ def files(source: str) -> list[pathlib.Path]:
         found = [path]
     else:
         raise DataError(f"data.source {source!r} does not exist; point it at the corpus.")
-    found = sorted(p for p in found if p.is_file() and _kind(p))
+    found = sorted(p for p in found if p.is_file() and _format(p))
     if not found:
         raise DataError(
             f"data.source {source!r} holds no corpus file; use {', '.join(KINDS)} files "
@@ -94,11 +94,11 @@ def _field(row: dict, field: str, where: str) -> str:
 
 
 def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
-    kind = _kind(path)
-    if kind == ".txt":
+    form = _format(path)
+    if form == ".txt":
         for n, line in _lines(path):
             yield f"{path} line {n}", line.rstrip("\r\n")
-    elif kind == ".jsonl":
+    elif form == ".jsonl":
         for n, line in _lines(path):
             if not line.strip():
                 continue
@@ -111,7 +111,7 @@ def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
             if not isinstance(row, dict):
                 raise DataError(f"{path} line {n} holds no JSON object; write one object a line.")
             yield f"{path} line {n}", _field(row, field, f"{path} line {n}")
-    elif kind == ".csv":
+    elif form == ".csv":
         with io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="") as text:
             try:
                 for n, row in enumerate(csv.DictReader(text), 2):
@@ -177,6 +177,6 @@ def size(source: str) -> int:
     if source.startswith(("builtin:", "hf:")):
         return 0
     paths = files(source)
-    if any(p.suffix.lower() in COMPRESSED or _kind(p) == ".parquet" for p in paths):
+    if any(p.suffix.lower() in COMPRESSED or _format(p) == ".parquet" for p in paths):
         return 0
     return sum(p.stat().st_size for p in paths)
