@@ -28,6 +28,7 @@ import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,7 +120,7 @@ def main() -> None:
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--workdir", default="/tmp/prepare_vs_hf")
+    p.add_argument("--workdir", default=str(pathlib.Path(tempfile.gettempdir()) / "prepare_vs_hf"))
     p.add_argument("--out", default="")
     p.add_argument("--_run", default="", help=argparse.SUPPRESS)
     a = p.parse_args()
