@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_seq_length = 128
     c.data.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
     c.data.tokenizer_sample_documents = 200_000  # prepare: a seeded sample trains the tokenizer
+    c.data.lowercase = True  # a trained tokenizer: uncased, accents stripped; False keeps both
     c.data.eval_fraction = 0.02  # documents held out when the source has no validation split
     c.data.max_documents = 0  # 0 = all; a cap for quick runs
     c.data.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample

@@ -29,6 +29,16 @@ def test_trained_wordpiece_is_canonically_numbered_and_bert_shaped(tmp_path):
     assert loaded("x y")["input_ids"][0] == 2 and loaded("x y")["input_ids"][-1] == 3
 
 
+def test_a_cased_tokenizer_keeps_case_and_accents(tmp_path):
+    texts = [f"Café {i} in São Paulo met the café owner {i % 5}." for i in range(100)]
+    uncased, cased = train_wordpiece(texts, 300), train_wordpiece(texts, 300, lowercase=False)
+    assert uncased.tokenize("Café São") == ["cafe", "sao"]
+    assert cased.tokenize("Café São") == ["Café", "São"]
+    assert cased.tokenize("café")[0] != "Café"
+    save_tokenizer(cased, tmp_path / "cased")
+    assert load_tokenizer(str(tmp_path / "cased")).tokenize("Café São") == ["Café", "São"]
+
+
 def test_tokenization_is_cached(tmp_path):
     tok = train_wordpiece(TEXTS, 300)
     first = tokenize_cached(TEXTS[:20], tok, tmp_path / "cache")

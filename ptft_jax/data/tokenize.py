@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece(texts: list[str], vocab_size: int):
-    """Train an uncased BERT WordPiece tokenizer on ``texts``, deterministically.
+def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
+    """Train a BERT WordPiece tokenizer on ``texts``, deterministically: uncased and without
+    accents (BERT's uncased models), or with ``lowercase=False`` cased and keeping accents.
 
     WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
     ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
@@ -37,7 +38,8 @@ def train_wordpiece(texts: list[str], vocab_size: int):
     from tokenizers.trainers import BpeTrainer
     from transformers import BertTokenizerFast
 
-    normalizer = normalizers.BertNormalizer(lowercase=True)
+    strip_accents = None if lowercase else False  # None: as lowercase says (BERT's default)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     counts = collections.Counter(
         word
@@ -92,7 +94,9 @@ def train_wordpiece(texts: list[str], vocab_size: int):
         pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
-    fast = BertTokenizerFast(tokenizer_object=tok, do_lower_case=True)
+    fast = BertTokenizerFast(
+        tokenizer_object=tok, do_lower_case=lowercase, strip_accents=strip_accents
+    )
     for name in SPECIAL_TOKENS:
         setattr(fast, name.strip("[]").lower() + "_token", name)
     if len(fast) > vocab_size:
@@ -141,7 +145,7 @@ def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
     else:
         log.info("training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts))
-        return train_wordpiece(texts, vocab_size)
+        return train_wordpiece(texts, vocab_size, data_cfg.lowercase)
     if len(tokenizer) > vocab_size:
         raise DataError(
             f"The tokenizer has {len(tokenizer)} tokens but model.vocab_size is {vocab_size}; "
