@@ -2,24 +2,33 @@
 token store that training streams from (``data/store.py``).
 
     python -m ptft_jax.prepare --config configs/bert_base_mlm.py --out DIR [--workers N]
+    python -m ptft_jax.prepare ... --runner=DirectRunner|DataflowRunner|FlinkRunner|SparkRunner
+        [the runner's own --flags=...]
 
 The config's data keys say what: ``data.source`` (files, folders and globs of .txt, .jsonl,
 .csv, .parquet, optionally .gz/.zst; or a built-in), ``data.text_field``,
 ``data.max_seq_length``, ``data.eval_fraction`` (documents held out by a hash of their text),
 ``data.tokenizer`` (or a WordPiece trained on a seeded sample of
 ``data.tokenizer_sample_documents`` documents). Then ``--config.data.source=DIR`` trains on it.
-A folder with ``manifest.json`` is finished; a rerun with the same inputs finds it so.
+
+Each input file is packed into its own shards (``data/writer.py``), by local worker processes
+or by an Apache Beam pipeline (``data/beam.py``): both write the same records. A folder with
+``manifest.json`` is finished; a rerun with the same inputs finds it so, and a rerun of an
+unfinished one skips the inputs already packed.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import errno
+import importlib.util
 import json
 import multiprocessing
 import os
 import pathlib
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -28,65 +37,30 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from ptft_jax import cli, config, metrics
-from ptft_jax.data import store, stream, tokenize
-
-CHUNK = 512  # documents per tokenization job
-_WORKER = {}
-
-
-def _init_worker(tokenizer_dir: str, fraction: float) -> None:
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
-    tokenizer = tokenize.load_tokenizer(tokenizer_dir)
-    _WORKER.update(tokenizer=tokenizer, fraction=fraction)
-    _WORKER["sep"] = tokenize.special_ids(tokenizer)["sep"]
-
-
-def _encode(texts: list[str]) -> dict:
-    """One chunk of documents as each split's token stream (``store.stream_of``), with counts."""
-    # The Rust tokenizer without offsets or masks: the same ids as tokenizer(texts), faster.
-    backend = _WORKER["tokenizer"].backend_tokenizer
-    encoded = [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    split = {name: [] for name in store.SPLITS}
-    for text, ids in zip(texts, encoded, strict=True):
-        held = store.held_out(text, _WORKER["fraction"])
-        split["validation" if held else "train"].append(np.asarray(ids, np.int32))
-    out = {name: store.stream_of(docs, _WORKER["sep"]) for name, docs in split.items()}
-    out["tokens"] = sum(map(len, encoded))
-    out["bytes"] = sum(len(t.encode("utf-8")) for t in texts)
-    return out
-
-
-def _chunks(documents, size: int):
-    chunk = []
-    for _, text in documents:
-        chunk.append(text)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+from ptft_jax.data import store, stream, tokenize, writer
 
 
 def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction: float, workers: int):
-    """Every chunk's split streams (``_encode``), in order; ``workers`` processes run ahead."""
+    """``(key, writer.encode(texts))`` of every ``(key, texts)`` of ``chunks``, in order;
+    ``workers`` processes run ahead."""
     if workers <= 1:
-        _init_worker(str(tokenizer_dir), fraction)
-        for chunk in chunks:
-            yield len(chunk), _encode(chunk)
+        writer.start_worker(str(tokenizer_dir), fraction)
+        for key, texts in chunks:
+            yield key, writer.encode(texts)
         return
     context = multiprocessing.get_context("spawn")
     args = (str(tokenizer_dir), fraction)
     with concurrent.futures.ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=args
+        workers, mp_context=context, initializer=writer.start_worker, initargs=args
     ) as pool:
         pending = []
-        for chunk in chunks:
-            pending.append((len(chunk), pool.submit(_encode, chunk)))
+        for key, texts in chunks:
+            pending.append((key, pool.submit(writer.encode, texts)))
             if len(pending) > 2 * workers:  # bounded: memory stays flat
-                n, future = pending.pop(0)
-                yield n, future.result()
-        for n, future in pending:
-            yield n, future.result()
+                key, future = pending.pop(0)
+                yield key, future.result()
+        for key, future in pending:
+            yield key, future.result()
 
 
 def sample_texts(source: str, field: str, count: int, seed: int) -> list[str]:
@@ -122,62 +96,78 @@ def _tokenizer(cfg):
     texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
     if not texts:
         raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")
-    return tokenize.train_wordpiece(texts, cfg.model.vocab_size)
+    return tokenize.train_wordpiece(texts, cfg.model.vocab_size, d.lowercase)
 
 
-def prepare(cfg, out, workers: int = 0, per_shard: int = 65536) -> dict:
-    """Write the token store of ``cfg``'s data into ``out``; returns its manifest."""
+def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> dict:
+    """Write the token store of ``cfg``'s data into ``out``; returns its manifest. ``options``
+    (``--runner=...`` and its flags) run the Apache Beam pipeline instead of local workers."""
     config.validate(cfg)
     d, out = cfg.data, pathlib.Path(out).expanduser()
+    names = stream.inputs(d.source)
     inputs = {
         "sources": fingerprints(d.source),
         "text_field": d.text_field,
         "seq_len": d.max_seq_length,
         "held_out": {"rule": "blake2b-64(text) / 2**64 < fraction", "fraction": d.eval_fraction},
         "tokenizer_given": d.tokenizer,
+        "shard_blocks": per_shard,
     }
+    if not d.tokenizer:  # what the trained tokenizer depends on
+        inputs["tokenizer_training"] = {
+            "vocab_size": cfg.model.vocab_size,
+            "sample_documents": d.tokenizer_sample_documents,
+            "seed": cfg.train.seed,
+            "lowercase": d.lowercase,
+        }
     if store.is_store(str(out)):
         found = store.read_manifest(out)
         if {k: found.get(k) for k in inputs} == inputs:
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
     tok = _start(cfg, out, inputs)
+    done = store.finished_units(out)
+    todo = [(i, name) for i, name in enumerate(names) if done.get(i, {}).get("input") != name]
+    for i, _ in todo:
+        store.clear_unit(out, i)
+    if len(todo) < len(names):
+        print(f"{len(names) - len(todo)} of {len(names)} inputs were already packed.", flush=True)
     t0 = time.time()
-    shards, docs, tokens = _write(d, tok, out, workers or os.cpu_count() or 1, per_shard)
-    splits = {
-        s: {
-            "blocks": sum(x["blocks"] for x in shards[s].done),
-            "tokens": sum(x["tokens"] for x in shards[s].done),
-            "shards": shards[s].done,
-        }
-        for s in store.SPLITS
-    }
-    manifest = {"format": store.FORMAT, **inputs, "dtype": shards["train"].dtype}
-    manifest |= {"tokenizer": tokenize.tokenizer_fingerprint(tok), "documents": docs}
-    manifest |= {"tokens": tokens, "splits": splits}
+    if options:
+        print(f"running the Apache Beam pipeline; its log: {out / 'beam.log'}", flush=True)
+        with _stderr_to(out / "beam.log"):  # Beam's and its workers' log lines
+            from ptft_jax.data import beam
+
+            fraction, seq_len = d.eval_fraction, d.max_seq_length
+            beam.run(out, todo, d.text_field, fraction, seq_len, per_shard, options)
+    else:
+        _write(d, out, todo, workers or os.cpu_count() or 1, per_shard, done)
+    manifest = _manifest(d, inputs, tok, store.finished_units(out), len(names))
     store.write_manifest(out, manifest)
     seconds = time.time() - t0
+    splits, tokens = manifest["splits"], manifest["tokens"]
     print(
-        f"prepared {docs:,} documents, {tokens:,} tokens into {splits['train']['blocks']:,} "
-        f"train / {splits['validation']['blocks']:,} validation blocks of {d.max_seq_length}"
-        f" in {seconds:.1f}s ({tokens / max(seconds, 1e-9):,.0f} tokens/s): {out}",
+        f"prepared {manifest['documents']:,} documents, {tokens:,} tokens into "
+        f"{splits['train']['blocks']:,} train / {splits['validation']['blocks']:,} validation "
+        f"blocks of {d.max_seq_length} in {seconds:.1f}s: {out}",
         flush=True,
     )
     return manifest
 
 
 def _start(cfg, out: pathlib.Path, inputs: dict):
-    """The folder emptied of earlier shards, with its tokenizer. An unfinished folder of the
-    same inputs keeps its tokenizer, so a prepare killed and run again writes what an
-    uninterrupted one would (the shards are written again)."""
+    """The folder with its tokenizer, emptied of the work of other inputs. An unfinished folder
+    of the same inputs keeps its tokenizer and its finished inputs, so a prepare killed and run
+    again writes what an uninterrupted one would, without packing those inputs again."""
     started = out / ".inputs.json"
     same = started.is_file() and json.loads(started.read_text()) == inputs
     if same and (out / "tokenizer" / "tokenizer.json").is_file():
         tok = tokenize.load_tokenizer(str(out / "tokenizer"))
     else:
         tok, same = _tokenizer(cfg), False
-    for part in (*(() if same else ("tokenizer",)), *store.SPLITS):
-        shutil.rmtree(out / part, ignore_errors=True)
+    if not same:
+        for part in ("tokenizer", ".done", *store.SPLITS):
+            shutil.rmtree(out / part, ignore_errors=True)
     (out / store.MANIFEST).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     if not same:
@@ -187,49 +177,111 @@ def _start(cfg, out: pathlib.Path, inputs: dict):
     return tok
 
 
-def _write(d, tok, out: pathlib.Path, workers: int, per_shard: int):
-    """Tokenize, split, pack and write every document: ``(shards per split, documents,
-    tokens)``."""
-    ids = tokenize.special_ids(tok)
-    dtype = "uint16" if len(tok) <= 2**16 else "int32"
-    packers = {s: store.Packer(d.max_seq_length, ids["cls"], ids["sep"]) for s in store.SPLITS}
-    shards = {s: store.Shards(out / s, dtype, per_shard) for s in store.SPLITS}
-    docs = tokens = 0
+def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict) -> None:
+    """Tokenize on ``workers`` processes and pack, input by input, every input of ``todo``."""
+    tok = tokenize.load_tokenizer(str(out / "tokenizer"))
+    ids, dtype = tokenize.special_ids(tok), writer.dtype_of(tok)
+    names = dict(todo)
     total, t0 = stream.size(d.source), time.time()
     bar = tqdm(total=total or None, desc="prepare", unit="B", unit_scale=True, dynamic_ncols=True)
-    chunks = _chunks(stream.documents(d.source, d.text_field), CHUNK)
-    for n, encoded in _encoded(chunks, out / "tokenizer", d.eval_fraction, workers):
-        for split in store.SPLITS:
-            shards[split].write_all(packers[split].feed(encoded[split]))
-        docs, tokens = docs + n, tokens + encoded["tokens"]
+    bar.update(sum(r["bytes"] for r in done.values()) if total else 0)
+    docs = tokens = 0
+    unit = None
+    chunks = writer.chunks(todo, d.text_field)
+    for (index, last), encoded in _encoded(chunks, out / "tokenizer", d.eval_fraction, workers):
+        if unit is None:
+            unit = store.Unit(out, index, names[index], d.max_seq_length, ids, dtype, per_shard)
+        unit.add(encoded)
+        if last:
+            unit.finish()
+            unit = None
+        docs, tokens = docs + encoded["documents"], tokens + encoded["tokens"]
         seconds = max(time.time() - t0, 1e-9)
         bar.update(encoded["bytes"])
         bar.set_postfix(docs_s=f"{docs / seconds:,.0f}", tok_s=f"{tokens / seconds:,.0f}")
     bar.close()
+
+
+def _manifest(d, inputs: dict, tok, records: dict, count: int) -> dict:
+    """The store's manifest from its inputs' records (``store.Unit``), in input order."""
+    records = [records[i] for i in range(count)]
+    if not sum(r["documents"] for r in records):
+        raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")
+    splits = {}
     for split in store.SPLITS:
-        for block in packers[split].finish():
-            shards[split].write(block)
-        shards[split].close()
-        if not shards[split].done:
+        shards = [s for r in records for s in r["shards"][split]]
+        if not shards:
             raise stream.DataError(
                 f"data.source {d.source!r} gave the {split} split no tokens; add text or "
                 "change data.eval_fraction."
             )
-    return shards, docs, tokens
+        splits[split] = {
+            "blocks": sum(s["blocks"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "shards": shards,
+        }
+    manifest = {"format": store.FORMAT, **inputs, "dtype": writer.dtype_of(tok)}
+    manifest |= {"tokenizer": tokenize.tokenizer_fingerprint(tok)}
+    manifest |= {"documents": sum(r["documents"] for r in records)}
+    manifest |= {"tokens": sum(r["tokens"] for r in records), "splits": splits}
+    return manifest
+
+
+@contextlib.contextmanager
+def _stderr_to(path: pathlib.Path):
+    """Standard error, this process's and its children's, appended to ``path``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as f:
+        os.dup2(f.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _beam_options(runner: str, extra: list[str], workers: int) -> list[str]:
+    """Apache Beam's pipeline options: the runner, its own flags, and for the DirectRunner one
+    worker process per core unless told otherwise."""
+    options = [f"--runner={runner}", *extra]
+    if runner == "DirectRunner" and not any(o.startswith("--direct_") for o in extra):
+        workers = workers or os.cpu_count() or 1
+        options += [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+    return options
+
+
+def _parse(argv: list[str]) -> list[str]:
+    """prepare's flags; with ``--runner``, the flags it does not define are the runner's (they
+    come back after the positional arguments, for ``main``)."""
+    if not cli.flag_value(argv[1:], "runner"):
+        return cli.parse_config_flags(argv)
+    ours, theirs = [argv[0]], []
+    for arg in argv[1:]:
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        mine = not name or name.split(".")[0] == "config" or name in flags.FLAGS
+        (ours if mine else theirs).append(arg)
+    return [*cli.parse_config_flags(ours), *theirs]
 
 
 @cli.guarded
 def main(argv) -> None:
-    if len(argv) > 1:
-        cli.fail(f"unexpected arguments {' '.join(argv[1:])}; pass --config and --out.")
-    metrics.quiet_logs()
     f = flags.FLAGS
+    positional = [a for a in argv[1:] if not a.startswith("--")]
+    if positional:
+        cli.fail(f"unexpected arguments {' '.join(positional)}; pass --config and --out.")
+    metrics.quiet_logs()
     if f.config is None or not f.out:
         cli.fail("pass --config configs/<name>.py and --out DIR.")
     if f.workers < 0 or f.shard_blocks < 1:
         cli.fail("--workers must be 0 (every core) or more, and --shard_blocks at least 1.")
+    options = _beam_options(f.runner, argv[1:], f.workers) if f.runner else []
+    if options:
+        if importlib.util.find_spec("apache_beam") is None:
+            cli.fail(f'--runner={f.runner} needs Apache Beam: pip install "ptft_jax[beam]".')
     try:
-        prepare(f.config, f.out, f.workers, f.shard_blocks)
+        prepare(f.config, f.out, f.workers, f.shard_blocks, options)
     except OSError as e:
         if e.errno != errno.ENOSPC:
             raise
@@ -244,4 +296,10 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Folder to write the token store into.")
     flags.DEFINE_integer("workers", 0, "Tokenizing processes (0: one per core).")
     flags.DEFINE_integer("shard_blocks", 65536, "Blocks per ArrayRecord shard.")
-    app.run(main, flags_parser=cli.parse_config_flags)
+    flags.DEFINE_string(
+        "runner",
+        "",
+        "An Apache Beam runner (DirectRunner, DataflowRunner, FlinkRunner, "
+        "SparkRunner) instead of local workers; the flags prepare does not define go to it.",
+    )
+    app.run(main, flags_parser=_parse)

@@ -4,7 +4,12 @@ from the store with an exact resume on another mesh, and the store's mistakes.""
 
 import gzip
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -67,19 +72,23 @@ def test_prepare_writes_the_blocks_the_in_memory_path_would(corpus, prepared):
     tok = tokenize.load_tokenizer(str(out / "tokenizer"))
     pad = tokenize.special_ids(tok)["pad"]
     for split in store.SPLITS:
-        docs = [t for t in texts if store.held_out(t, c.data.eval_fraction) == (split != "train")]
-        want = pipeline.pack_texts(docs, tok, c.data.max_seq_length, out / "cache")
+        want = []  # each input file is packed on its own
+        for part in (texts[:150], texts[150:]):
+            docs = [
+                t for t in part if store.held_out(t, c.data.eval_fraction) == (split != "train")
+            ]
+            want.append(pipeline.pack_texts(docs, tok, c.data.max_seq_length, out / "cache"))
         blocks = store.open_split(out, split, pad)
-        assert len(blocks) == len(want) == manifest["splits"][split]["blocks"]
+        assert len(blocks) == sum(map(len, want)) == manifest["splits"][split]["blocks"]
         ids, lengths = blocks.take(np.arange(len(blocks)))
-        np.testing.assert_array_equal(ids, want.ids)
-        np.testing.assert_array_equal(lengths, want.lengths)
+        np.testing.assert_array_equal(ids, np.concatenate([w.ids for w in want]))
+        np.testing.assert_array_equal(lengths, np.concatenate([w.lengths for w in want]))
     assert len(manifest["splits"]["train"]["shards"]) > 1  # 100 blocks a shard
     assert not list(out.rglob("*.tmp"))
     # A rerun with the same inputs finds the work done and rewrites nothing.
-    shard = out / "train" / "00000.array_record"
+    shard = out / "train" / "00000-00000.array_record"
     before = shard.stat().st_mtime_ns
-    assert prepare.prepare(c, out, workers=1) == manifest
+    assert prepare.prepare(c, out, workers=1, per_shard=100) == manifest
     assert shard.stat().st_mtime_ns == before
 
 
@@ -127,6 +136,16 @@ def test_a_store_that_disagrees_with_the_run_stops_with_one_sentence(prepared, t
         (broken / "train" / shard.name).write_bytes(shard.read_bytes()[:-1])  # one byte short
     with pytest.raises(DataError, match="bytes but the manifest says .*: it is damaged"):
         store.open_split(broken, "train", 0)
+    for shard in (out / "train").iterdir():
+        (broken / "train" / shard.name).write_bytes(shard.read_bytes())
+    shard = broken / "train" / "00000-00001.array_record"  # the right size, flipped bytes
+    data = bytearray(shard.read_bytes())
+    middle = slice(2000, 2256)  # inside its first records
+    data[middle] = bytes(b ^ 0xFF for b in data[middle])
+    shard.write_bytes(data)
+    blocks = store.open_split(broken, "train", 0)
+    with pytest.raises(DataError, match=r"train/00000-00001.array_record is damaged \(Corrupted"):
+        blocks.take(np.arange(100, 200))
 
 
 def test_corpus_mistakes_name_the_file_and_line(tmp_path):
@@ -152,35 +171,62 @@ def get_config():
 """
 
 
+def _command(config, out, *extra):
+    cmd = [sys.executable, "-m", "ptft_jax.prepare", "--config", str(config), "--out", str(out)]
+    return [*cmd, *extra]
+
+
+def _files(out: pathlib.Path) -> dict:
+    """The store's files and their bytes (a test's own leftovers, like a cache, aside)."""
+    parts = ("tokenizer", ".done", *store.SPLITS)
+    found = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    return {k: v for k, v in found.items() if k.parts[0] in parts or k.name == store.MANIFEST}
+
+
 @pytest.mark.slow
 def test_prepare_killed_and_run_again_writes_what_an_uninterrupted_one_does(prepared, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     texts = [r["text"] for r in sources.load_records("builtin:wiki_en")["train"][:3000]]
-    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    for i in range(4):  # four inputs: the rerun skips those already packed
+        rows = texts[i * 750 : (i + 1) * 750]
+        (tmp_path / "corpus").mkdir(exist_ok=True)
+        (tmp_path / "corpus" / f"{i}.jsonl").write_text(
+            "".join(json.dumps({"text": t}) + "\n" for t in rows)
+        )
     tests = str(pathlib.Path(__file__).parent)
-    tok, source = str(prepared[0] / "tokenizer"), str(tmp_path / "corpus.jsonl")
+    tok, source = str(prepared[0] / "tokenizer"), str(tmp_path / "corpus")
     (tmp_path / "c.py").write_text(CONFIG.format(tests=tests, tokenizer=tok, source=source))
-
-    def command(out):
-        cmd = [sys.executable, "-m", "ptft_jax.prepare", "--config", str(tmp_path / "c.py")]
-        return [*cmd, "--out", str(out), "--workers", "1", "--shard_blocks", "20"]
-
-    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
-    proc = subprocess.Popen(command(tmp_path / "killed"), stderr=subprocess.DEVNULL)
-    first = tmp_path / "killed" / "train" / "00001.array_record"
-    while not first.exists() and proc.poll() is None:
-        time.sleep(0.05)
+    flags = ("--workers", "1", "--shard_blocks", "20")
+    subprocess.run(_command(tmp_path / "c.py", tmp_path / "whole", *flags), check=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_command(tmp_path / "c.py", killed, *flags), stderr=subprocess.DEVNULL)
+    while not store.unit_record(killed, 0).exists() and proc.poll() is None:
+        time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "killed" / store.MANIFEST).exists()  # unfinished, and says so
-    subprocess.run(command(tmp_path / "killed"), check=True, capture_output=True)
+    assert not (killed / store.MANIFEST).exists()  # unfinished, and says so
+    first = killed / "train" / "00000-00000.array_record"
+    before = first.stat().st_mtime_ns
+    rerun = subprocess.run(
+        _command(tmp_path / "c.py", killed, *flags), check=True, text=True, capture_output=True
+    )
+    assert "of 4 inputs were already packed" in rerun.stdout
+    assert first.stat().st_mtime_ns == before  # a finished input is not written again
+    assert _files(killed) == _files(tmp_path / "whole")
 
-    def files(out):
-        return {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
-    assert files(tmp_path / "killed") == files(tmp_path / "whole")
+@pytest.mark.slow
+def test_the_beam_pipeline_writes_what_the_local_writer_does(prepared, tmp_path):
+    out, manifest, c = prepared
+    config = tmp_path / "c.py"
+    tests = str(pathlib.Path(__file__).parent)
+    config.write_text(CONFIG.format(tests=tests, tokenizer="", source=c.data.source))
+    extra = ("--shard_blocks", "100", "--runner=DirectRunner", "--direct_num_workers=2")
+    run = subprocess.run(
+        _command(config, tmp_path / "beam", *extra, "--direct_running_mode=multi_processing"),
+        check=True,
+        text=True,
+        capture_output=True,
+    )
+    assert "prepared 300 documents" in run.stdout
+    assert json.loads((tmp_path / "beam" / store.MANIFEST).read_text()) == manifest
+    assert _files(tmp_path / "beam") == _files(out)  # record for record, byte for byte

@@ -84,13 +84,14 @@ def stream_of(documents: list[np.ndarray], sep_id: int) -> np.ndarray:
 
 @dataclasses.dataclass
 class Shards:
-    """Writes one split's blocks into ArrayRecord shards of ``per_shard`` blocks, each under a
-    temporary name until it is complete."""
+    """Writes one input's blocks of one split into ArrayRecord shards of ``per_shard`` blocks,
+    named ``<input>-<shard>.array_record``, each under a temporary name until it is complete."""
 
     folder: pathlib.Path
     dtype: str
     per_shard: int
-    done: list = dataclasses.field(default_factory=list)  # {"file", "blocks", "tokens"}
+    unit: int  # the input's index: its shards are named after it
+    done: list = dataclasses.field(default_factory=list)  # {"file", "blocks", "tokens", "bytes"}
 
     def __post_init__(self):
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -100,18 +101,18 @@ class Shards:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if self._writer is None:
-            self._name = f"{len(self.done):05d}.array_record"
-            self._writer = ArrayRecordWriter(
-                str(self.folder / f".{self._name}.tmp"), "group_size:1"
-            )
+            self._name = f"{self.unit:05d}-{len(self.done):05d}.array_record"
+            # One record a chunk (random access reads one block); uncompressed: token ids hardly
+            # compress, and the default brotli took four times as long to write.
+            options = "group_size:1,uncompressed"
+            self._writer = ArrayRecordWriter(str(self.folder / f".{self._name}.tmp"), options)
         self._writer.write(block.astype(self.dtype).tobytes())
         self._blocks, self._tokens = self._blocks + 1, self._tokens + len(block)
         if self._blocks == self.per_shard:
             self.close()
 
-    def write_all(self, blocks: np.ndarray) -> None:
-        """Write full blocks ``[n, seq_len]``."""
-        for block in blocks.astype(self.dtype):
+    def write_all(self, blocks) -> None:
+        for block in blocks:
             self.write(block)
 
     def close(self) -> None:
@@ -125,10 +126,67 @@ class Shards:
         self._writer, self._blocks, self._tokens = None, 0, 0
 
 
+class Unit:
+    """Packs one input (a corpus file, or the whole of a built-in or hub source) into its own
+    shards: its blocks depend on nothing else, so inputs can be written in any order or on any
+    machine (the Beam pipeline), and a rerun skips the inputs whose record ``DIR/.done/N.json``
+    exists. The record, written last, lists the input's shards and counts."""
+
+    def __init__(self, out: pathlib.Path, index: int, name: str, seq_len, ids, dtype, per_shard):
+        self.out, self.index, self.name = out, index, name
+        self.packers = {s: Packer(seq_len, ids["cls"], ids["sep"]) for s in SPLITS}
+        self.shards = {s: Shards(out / s, dtype, per_shard, index) for s in SPLITS}
+        self.documents = self.tokens = self.bytes = 0
+
+    def add(self, encoded: dict) -> None:
+        """Add one chunk of documents as the tokenizing workers return it (split streams and
+        counts)."""
+        for split in SPLITS:
+            self.shards[split].write_all(self.packers[split].feed(encoded[split]))
+        self.documents += encoded["documents"]
+        self.tokens += encoded["tokens"]
+        self.bytes += encoded["bytes"]
+
+    def finish(self) -> dict:
+        for split in SPLITS:
+            self.shards[split].write_all(self.packers[split].finish())
+            self.shards[split].close()
+        record = {"input": self.name, "documents": self.documents, "tokens": self.tokens}
+        record |= {"bytes": self.bytes, "shards": {s: self.shards[s].done for s in SPLITS}}
+        _write_json(unit_record(self.out, self.index), record)
+        return record
+
+
+def unit_record(out: pathlib.Path, index: int) -> pathlib.Path:
+    return out / ".done" / f"{index:05d}.json"
+
+
+def finished_units(out: pathlib.Path) -> dict[int, dict]:
+    """The records of the inputs already packed into ``out`` (by index)."""
+    done = {}
+    for path in sorted((out / ".done").glob("*.json")):
+        done[int(path.stem)] = json.loads(path.read_text())
+    return done
+
+
+def clear_unit(out: pathlib.Path, index: int) -> None:
+    """Remove an unfinished input's shards (complete or temporary) before it is written again."""
+    for split in SPLITS:
+        for pattern in (f"{index:05d}-*.array_record", f".{index:05d}-*.array_record.tmp"):
+            for path in (out / split).glob(pattern):
+                path.unlink()
+    unit_record(out, index).unlink(missing_ok=True)
+
+
+def _write_json(path: pathlib.Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
 def write_manifest(out: pathlib.Path, manifest: dict) -> None:
-    tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    _write_json(out / MANIFEST, manifest)
 
 
 def read_manifest(folder: pathlib.Path) -> dict:
@@ -170,8 +228,15 @@ class StoreBlocks:
                     f"{shard['bytes']}: it is damaged; prepare the folder again."
                 )
         self.seq_len, self.pad_id = manifest["seq_len"], pad_id
+        self.folder, self.split, self.shards = folder, split, shards
         self.dtype = np.dtype(manifest["dtype"])
-        self.source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+        try:
+            self.source = grain.sources.ArrayRecordDataSource([str(p) for p in paths])
+        except RuntimeError as e:  # a shard's index or headers fail their hashes
+            raise DataError(
+                f"A shard of {folder / split} is damaged ({str(e).split(';')[0]}); prepare the "
+                "folder again."
+            ) from None
         self.count = sum(s["blocks"] for s in shards)
         if len(self.source) != self.count:
             raise DataError(
@@ -182,8 +247,27 @@ class StoreBlocks:
     def __len__(self) -> int:
         return self.count
 
+    def _damaged(self, idx: np.ndarray) -> str:
+        """The first shard among those holding blocks ``idx`` that fails to read."""
+        ends = np.cumsum([s["blocks"] for s in self.shards])
+        for shard in sorted(set(np.searchsorted(ends, idx, side="right").tolist())):
+            start = int(ends[shard - 1]) if shard else 0
+            try:
+                self.source.__getitems__(list(range(start, int(ends[shard]))))
+            except RuntimeError:
+                return self.shards[shard]["file"]
+        return "a shard"  # not found again: the damage is in what the batch read
+
     def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        records = self.source.__getitems__([int(i) for i in idx])
+        try:
+            records = self.source.__getitems__([int(i) for i in idx])
+        except RuntimeError as e:  # Riegeli checks every chunk's hash as it reads
+            if "orrupt" not in str(e):
+                raise
+            raise DataError(
+                f"{self.folder / self.split / self._damaged(idx)} is damaged "
+                f"({str(e).split(';')[0]}); prepare the folder again."
+            ) from None
         ids = np.full((len(records), self.seq_len), self.pad_id, np.int32)
         lengths = np.zeros(len(records), np.int64)
         for r, record in enumerate(records):

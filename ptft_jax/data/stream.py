@@ -133,24 +133,37 @@ def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
                 yield f"{path} row {n}", _field({field: value}, field, f"{path} row {n}")
 
 
+def inputs(source: str) -> list[str]:
+    """The inputs of ``source`` that are packed separately: each corpus file (sorted), or a
+    built-in or hub source as one input."""
+    if source.startswith(("builtin:", "hf:")):
+        return [source]
+    return [str(p) for p in files(source)]
+
+
 def documents(source: str, field: str = "text") -> Iterator[tuple[str, str]]:
     """``(where, text)`` of every non-empty document of ``source``, in order."""
-    if source.startswith("hf:"):
-        yield from _hub(source.removeprefix("hf:"), field)
+    for name in inputs(source):
+        yield from input_documents(name, field)
+
+
+def input_documents(name: str, field: str = "text") -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of every non-empty document of one input (``inputs``)."""
+    if name.startswith("hf:"):
+        yield from _hub(name.removeprefix("hf:"), field)
         return
-    if source.startswith("builtin:"):
+    if name.startswith("builtin:"):
         from ptft_jax.data import sources
 
-        for records in sources.load_records(source).values():
+        for records in sources.load_records(name).values():
             for record in records:
                 text = sources.text_of(record, field)
                 if text.strip():
                     yield sources.origin(record), text
         return
-    for path in files(source):
-        for where, text in _documents_of(path, field):
-            if text.strip():
-                yield where, text
+    for where, text in _documents_of(pathlib.Path(name), field):
+        if text.strip():
+            yield where, text
 
 
 def _hub(spec: str, field: str) -> Iterator[tuple[str, str]]:

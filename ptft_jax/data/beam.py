@@ -1,0 +1,55 @@
+"""The token store written by an Apache Beam pipeline, for corpora past one machine: each input
+(a corpus file) is tokenized and packed by one Beam worker with the same functions as the local
+writer (``writer.pack_input``), so both write the same records. ``python -m ptft_jax.prepare
+... --runner=DirectRunner`` runs it here on every core; Dataflow, Flink and Spark run it on a
+cluster when ``--out`` is a folder every worker can write (README). Importing this module
+needs ``apache_beam`` (``pip install "ptft_jax[beam]"``).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ptft_jax.data import writer
+from ptft_jax.errors import DataError
+
+
+class PackInput(beam.DoFn):
+    """Tokenizes and packs one ``(index, input)`` into its shards; emits the index."""
+
+    def __init__(self, out: str, field: str, fraction: float, seq_len: int, per_shard: int):
+        self.out, self.field, self.fraction = out, field, fraction
+        self.seq_len, self.per_shard = seq_len, per_shard
+
+    def setup(self):
+        writer.start_worker(str(pathlib.Path(self.out) / "tokenizer"), self.fraction)
+
+    def process(self, item):
+        index, name = item
+        out = pathlib.Path(self.out)
+        writer.pack_input(out, index, name, self.field, self.seq_len, self.per_shard)
+        yield index
+
+
+def run(out, todo, field: str, fraction: float, seq_len: int, per_shard: int, options) -> None:
+    """Pack the inputs of ``todo`` into ``out`` (which already holds the tokenizer) with the
+    pipeline options ``options`` (``--runner=...`` and the runner's own flags). A corpus
+    mistake found by a worker comes back as its one sentence."""
+    pack = PackInput(str(out), field, fraction, seq_len, per_shard)
+    try:
+        with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
+            _ = (
+                pipeline
+                | "inputs" >> beam.Create(todo)
+                | "spread" >> beam.Reshuffle()
+                | "tokenize and pack" >> beam.ParDo(pack)
+            )
+    except Exception as e:
+        found = re.search(r"DataError: (.+)", str(e))
+        if found:
+            raise DataError(found.group(1)) from None
+        raise
