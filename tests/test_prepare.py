@@ -17,7 +17,7 @@ import pytest
 from test_train import tiny_config
 
 from ptft_jax import prepare
-from ptft_jax.data import pipeline, sources, store, stream, tokenize
+from ptft_jax.data import pipeline, sources, store, stream, tokenize, writer
 from ptft_jax.errors import DataError
 from ptft_jax.train import run
 
@@ -42,6 +42,20 @@ def test_the_held_out_rule_is_a_fraction_of_documents_fixed_by_their_text():
     held = [store.held_out(t, 0.1) for t in texts]
     assert 0.09 < np.mean(held) < 0.11
     assert held[:100] == [store.held_out(t, 0.1) for t in texts[:100]]  # stays put
+
+
+def test_workers_tokenize_whole_documents_whatever_the_tokenizer_file_pads_or_cuts(tmp_path):
+    texts = [r["text"] for r in sources.load_records("builtin:wiki_en")["train"][:40]]
+    tok = tokenize.train_wordpiece(texts, 512)
+    tok.backend_tokenizer.enable_padding(length=96, pad_id=0, pad_token="[PAD]")
+    tok.backend_tokenizer.enable_truncation(32)  # as sentence-transformers' tokenizer.json
+    tokenize.save_tokenizer(tok, tmp_path / "tok")
+    writer.start_worker(str(tmp_path / "tok"), 0.0)
+    encoded = writer.encode(texts)
+    want = tok(texts, add_special_tokens=False)["input_ids"]  # a call sets neither
+    assert encoded["tokens"] == sum(map(len, want)) > 32 * len(texts)
+    sep = tokenize.special_ids(tok)["sep"]
+    np.testing.assert_array_equal(encoded["train"], store.stream_of(list(map(np.array, want)), sep))
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,11 @@ def start_worker(tokenizer_dir: str, fraction: float) -> None:
     """Load the store's tokenizer in this process, for ``encode``."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     tokenizer = tokenize.load_tokenizer(tokenizer_dir)
+    # encode() calls the Rust tokenizer directly, which applies the padding and truncation a
+    # tokenizer.json may carry (sentence-transformers' pad every text to 128): documents are
+    # tokenized whole, without either.
+    tokenizer.backend_tokenizer.no_padding()
+    tokenizer.backend_tokenizer.no_truncation()
     _WORKER.update(tokenizer=tokenizer, fraction=fraction)
     _WORKER["sep"] = tokenize.special_ids(tokenizer)["sep"]
 
