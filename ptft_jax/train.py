@@ -186,6 +186,7 @@ class Loop:
     train_s: float = 0.0
     trained_steps: int = 0
     trained_tokens: int = 0
+    computed_tokens: int = 0  # positions the steps computed: real tokens plus padding
 
 
 def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, first) -> None:
@@ -193,7 +194,7 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
     reads metrics at log steps only."""
     cfg, t = s.cfg, s.cfg.train
     local, batch = first or (None, None)
-    window = {"pending": [], "t0": time.time(), "steps": 0, "tokens": 0}
+    window = {"pending": [], "t0": time.time(), "steps": 0, "tokens": 0, "computed": 0}
     for step in range(loop.step + 1, loop.stop_at + 1):
         # --- One step (the batch of the compile run is the first one).
         if batch is None:
@@ -201,6 +202,7 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
             batch = sharding.to_global(local, s.mesh, s.layout.micro)
         loop.state, step_metrics = train_step(loop.state, batch, *extra)
         window["tokens"] += int(local["attention_mask"].sum()) * jax.process_count()
+        window["computed"] += local["input_ids"].size * jax.process_count()
         batch, loop.step = None, step
         window["steps"] += 1
         window["pending"].append(step_metrics)
@@ -254,15 +256,17 @@ def _log(loop: Loop, window: dict, cfg) -> None:
     dt, n = time.time() - window["t0"], window["steps"]
     loop.train_s, loop.trained_steps = loop.train_s + dt, loop.trained_steps + n
     loop.trained_tokens += window["tokens"]
+    loop.computed_tokens += window["computed"]
     row = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
     row.update(
         nonfinite=len(bad),
         tokens_per_s=window["tokens"] / max(dt, 1e-9),
+        real_token_share=window["tokens"] / max(window["computed"], 1),
         examples_per_s=cfg.train.batch_size * n / max(dt, 1e-9),
         step_time_s=dt / n,
     )
     loop.writer.write(loop.step, "train", row)
-    window.update(pending=[], t0=time.time(), steps=0, tokens=0)
+    window.update(pending=[], t0=time.time(), steps=0, tokens=0, computed=0)
 
 
 def _save(loop: Loop, s: plan.Plan) -> None:
@@ -321,6 +325,7 @@ def _summary(s: plan.Plan, task, loop: Loop, test: dict, compile_s: float, t_sta
         "eval_accuracy": ev.get(task.accuracy, float("nan")),
         "test": test,
         "tokens_per_s": tok_s,
+        "real_token_share": loop.trained_tokens / max(loop.computed_tokens, 1),
         "compile_s": compile_s,
         "wall_s": time.time() - t_start,
     }
@@ -331,7 +336,8 @@ def _summary(s: plan.Plan, task, loop: Loop, test: dict, compile_s: float, t_sta
         if "probe_accuracy" in ev:
             extra += f", probe accuracy {ev['probe_accuracy']:.4f}"
         if loop.trained_steps:  # a run that found its work done reports no speed
-            extra += f", {tok_s:,.0f} tokens/s, compile {compile_s:.1f}s"
+            share = summary["real_token_share"]
+            extra += f", {tok_s:,.0f} tokens/s ({share:.0%} of computed), compile {compile_s:.1f}s"
         print(
             f"done: step {loop.step}, eval loss {summary['eval_loss']:.4f}, "
             f"{task.accuracy.replace('_', ' ')} {summary['eval_accuracy']:.4f}"

@@ -131,6 +131,9 @@ def test_finetune_evaluate_predict_export(tmp_path):
     spe = summary["step"] // 2
     assert [r["step"] for r in evals] == [0, spe, 2 * spe], "evaluated at each epoch end"
     assert {"accuracy", "precision", "recall", "f1", "mcc", "loss"} <= evals[-1].keys()
+    # Length buckets leave some padding: the share of real tokens says how much.
+    shares = [r["real_token_share"] for r in rows if r["split"] == "train"]
+    assert 0.3 < summary["real_token_share"] < 1 and all(0.3 < x < 1 for x in shares)
     test = json.loads((w / "eval_test.json").read_text())
     assert len(test["confusion_matrix"]) == 2 and sum(map(sum, test["confusion_matrix"])) > 1000
     assert (w / "best").is_dir()
