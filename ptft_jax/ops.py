@@ -85,6 +85,7 @@ def cudnn_fits(dtype: str, head_dim: int) -> bool:
 def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, dropout_rate, rngs):
     """Softmax attention of the queries over the keys ``mask_BxL`` marks (padding on the right,
     as every batch here has it), with dropout on the probabilities when ``rngs`` is given.
+    A pairwise mask ``[B, Q, L]`` (packed rows: ``layers.segment_mask``) takes XLA's path.
 
     Attention dropout needs the probabilities, so it takes the explicit path; otherwise
     ``jax.nn.dot_product_attention``, where cuDNN reads the mask as per-row key lengths (at
@@ -95,16 +96,20 @@ def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, drop
         logits = jnp.einsum(
             "bqnh,bknh->bnqk", q_BxQxNxH, k_BxLxNxH, preferred_element_type=jnp.float32
         )
-        logits = jnp.where(mask_BxL[:, None, None, :], logits / scale, jnp.finfo(jnp.float32).min)
+        logits = jnp.where(_per_head(mask_BxL), logits / scale, jnp.finfo(jnp.float32).min)
         probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs)
         return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
-    if implementation == "cudnn":
+    if implementation == "cudnn" and mask_BxL.ndim == 2:
         lengths_B = jnp.maximum(mask_BxL.sum(-1), 1).astype(jnp.int32)
         return jax.nn.dot_product_attention(
             q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, key_value_seq_lengths=lengths_B, implementation="cudnn"
         )
-    mask = mask_BxL[:, None, None, :]
-    return jax.nn.dot_product_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=mask)
+    return jax.nn.dot_product_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=_per_head(mask_BxL))
+
+
+def _per_head(mask):
+    """A key mask ``[B, L]`` or pairwise mask ``[B, Q, L]`` as ``[B, 1 (heads), Q or 1, L]``."""
+    return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
 
 
 # model.remat_policy: what a recomputed layer keeps from its forward pass for the backward.

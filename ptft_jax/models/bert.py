@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ptft_jax import ops
+from ptft_jax.models import layers
 from ptft_jax.models.layers import dense, embed, layer_norm, lookup, mean_pool, run_layers
 from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
 
@@ -65,13 +66,13 @@ class BertEmbeddings(nnx.Module):
         self.LayerNorm = layer_norm(cfg, rngs)
         self.dropout_rate = cfg.hidden_dropout_prob
 
-    def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None):
-        length = input_ids_BxL.shape[1]
+    def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None, position_ids_BxL=None):
         # The sum stays float32 (the tables' dtype) until LayerNorm, which outputs model.dtype.
-        positions_L = jnp.arange(length)
+        if position_ids_BxL is None:  # packed rows restart them at each example
+            position_ids_BxL = jnp.arange(input_ids_BxL.shape[1])[None]
         x_BxLxD = (
             lookup(self.word_embeddings, input_ids_BxL)
-            + lookup(self.position_embeddings, positions_L)[None]
+            + lookup(self.position_embeddings, position_ids_BxL)
             + lookup(self.token_type_embeddings, token_type_ids_BxL)
         )
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
@@ -127,6 +128,8 @@ class BertAttention(nnx.Module):
     def __call__(self, x_BxLxD, mask_BxL, *, rngs=None, positions_BxQ=None):
         at = positions_BxQ is not None
         x_BxQxD = jnp.take_along_axis(x_BxLxD, positions_BxQ[..., None], 1) if at else x_BxLxD
+        if at and mask_BxL.ndim == 3:  # a pairwise mask: those queries' rows
+            mask_BxL = jnp.take_along_axis(mask_BxL, positions_BxQ[..., None], 1)
         h_BxQxD = self.self(x_BxQxD, x_BxLxD, mask_BxL, rngs=rngs)
         return self.output(h_BxQxD, x_BxQxD, rngs=rngs)
 
@@ -198,6 +201,7 @@ class BertModel(nnx.Module):
         rngs: nnx.Rngs | None = None,
         return_all_hidden: bool = False,
         positions_BxQ: jax.Array | None = None,
+        position_ids_BxL: jax.Array | None = None,
     ) -> dict[str, Any]:
         """Returns ``last_hidden_state`` (float32), ``pooler_output`` and optionally all layers.
 
@@ -205,19 +209,19 @@ class BertModel(nnx.Module):
         ``positions_BxQ``: the last layer computes these positions alone (its keys and values
         still span the sequence), so ``last_hidden_state`` is ``[B, Q, D]``, those positions'
         states; the pooler reads the first of them, so put position 0 first when it is used.
+        ``position_ids_BxL`` given: packed rows, whose ``attention_mask_BxL`` numbers the
+        examples of each row (``layers.segment_mask``); attention never crosses them.
         """
         if token_type_ids_BxL is None:
             token_type_ids_BxL = jnp.zeros_like(input_ids_BxL)
-        mask_BxL = attention_mask_BxL.astype(jnp.bool_)
-        x_BxLxD = self.embeddings(input_ids_BxL, token_type_ids_BxL, rngs=rngs)
-        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
-        hidden = self.encoder(
-            x_BxLxD,
-            mask_BxL,
-            rngs=rngs,
-            return_all=True,
-            last_positions=positions_BxQ,
+        packed = position_ids_BxL is not None
+        mask_BxL = layers.segment_mask(attention_mask_BxL) if packed else attention_mask_BxL > 0
+        x_BxLxD = self.embeddings(
+            input_ids_BxL, token_type_ids_BxL, rngs=rngs, position_ids_BxL=position_ids_BxL
         )
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "act_embed"))
+        last = positions_BxQ
+        hidden = self.encoder(x_BxLxD, mask_BxL, rngs=rngs, return_all=True, last_positions=last)
         out = {"last_hidden_state": hidden[-1]}
         if self.pooler is not None:
             out["pooler_output"] = self.pooler(hidden[-1])
@@ -306,13 +310,20 @@ class BertForSequenceClassification(nnx.Module):
         self.dropout_rate = cfg.hidden_dropout_prob
         self.classifier = dense(cfg, cfg.hidden_size, cfg.num_labels, ("embed", None), rngs)
 
-    def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
-        """Logits ``[B, num_labels]`` in float32."""
-        first_Bx1 = jnp.zeros((input_ids_BxL.shape[0], 1), jnp.int32)  # all the pooler reads
+    def __call__(
+        self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None, **packed
+    ):
+        """Logits ``[B, num_labels]`` in float32; of packed rows (``position_ids_BxL`` and each
+        example's [CLS] position, ``cls_positions_BxK``), ``[B, K, num_labels]``."""
+        first_BxK = packed.pop("cls_positions_BxK", None)
+        if first_BxK is None:  # one example a row: its [CLS], all the pooler reads
+            first_BxK = jnp.zeros((input_ids_BxL.shape[0], 1), jnp.int32)
         inputs = (input_ids_BxL, attention_mask_BxL, token_type_ids_BxL)
-        pooled_BxD = self.bert(*inputs, rngs=rngs, positions_BxQ=first_Bx1)["pooler_output"]
-        pooled_BxD = dropout(pooled_BxD, self.dropout_rate, rngs)
-        return self.classifier(pooled_BxD).astype(jnp.float32)
+        out = self.bert(*inputs, rngs=rngs, positions_BxQ=first_BxK, **packed)
+        pooled_BxKxD = jnp.tanh(self.bert.pooler.dense(out["last_hidden_state"]))
+        pooled_BxKxD = dropout(pooled_BxKxD, self.dropout_rate, rngs)
+        logits_BxKxC = self.classifier(pooled_BxKxD).astype(jnp.float32)
+        return logits_BxKxC if packed else logits_BxKxC[:, 0]
 
 
 class BertForSentenceEmbedding(nnx.Module):
@@ -322,8 +333,16 @@ class BertForSentenceEmbedding(nnx.Module):
     def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
         self.bert = BertModel(cfg, rngs)
 
-    def __call__(self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None):
-        out = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs)
+    def __call__(
+        self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None, **packed
+    ):
+        """``[B, D]``; of packed rows, ``[B, K, D]`` (K: ``cls_positions_BxK``'s slots)."""
+        slots = packed.pop("cls_positions_BxK", None)
+        out = self.bert(input_ids_BxL, attention_mask_BxL, token_type_ids_BxL, rngs=rngs, **packed)
+        if slots is not None:
+            return layers.segment_mean_pool(
+                out["last_hidden_state"], attention_mask_BxL, slots.shape[1]
+            )
         return mean_pool(out["last_hidden_state"], attention_mask_BxL)
 
 

@@ -90,3 +90,21 @@ def mean_pool(hidden_BxLxD, attention_mask_BxL) -> jax.Array:
     mask_BxL = attention_mask_BxL.astype(jnp.float32)
     sum_BxD = jnp.einsum("bld,bl->bd", hidden_BxLxD.astype(jnp.float32), mask_BxL)
     return sum_BxD / jnp.maximum(mask_BxL.sum(-1, keepdims=True), 1.0)
+
+
+def segment_mask(segments_BxL) -> jax.Array:
+    """Packed rows: which keys each query attends to, ``[B, Q, L]``. ``segments_BxL`` numbers
+    the examples of a row from 1 (0: padding); a token attends to its own example only, and a
+    padding query to every real key (so its softmax stays finite; no output reads it)."""
+    q_BxLx1, k_Bx1xL = segments_BxL[:, :, None], segments_BxL[:, None, :]
+    return (k_Bx1xL > 0) & ((q_BxLx1 == k_Bx1xL) | (q_BxLx1 == 0))
+
+
+def segment_mean_pool(hidden_BxLxD, segments_BxL, count: int) -> jax.Array:
+    """``mean_pool`` of each of a packed row's ``count`` example slots, float32 ``[B, K, D]``
+    (an empty slot: zeros)."""
+    slots_BxKxL = (segments_BxL[:, None, :] == jnp.arange(1, count + 1)[None, :, None]).astype(
+        jnp.float32
+    )
+    sum_BxKxD = jnp.einsum("bld,bkl->bkd", hidden_BxLxD.astype(jnp.float32), slots_BxKxL)
+    return sum_BxKxD / jnp.maximum(slots_BxKxL.sum(-1)[..., None], 1.0)
