@@ -244,3 +244,15 @@ def test_the_beam_pipeline_writes_what_the_local_writer_does(prepared, tmp_path)
     assert "prepared 300 documents" in run.stdout
     assert json.loads((tmp_path / "beam" / store.MANIFEST).read_text()) == manifest
     assert _files(tmp_path / "beam") == _files(out)  # record for record, byte for byte
+    # A corpus mistake found inside a Beam worker comes back as its one sentence, exit 2.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jsonl").write_bytes(b'{"text": "fine"}\n\xff\xfe\n')
+    tok = str(out / "tokenizer")
+    config.write_text(CONFIG.format(tests=tests, tokenizer=tok, source=str(bad)))
+    run = subprocess.run(_command(config, tmp_path / "b2", *extra), text=True, capture_output=True)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"error: {bad / 'a.jsonl'} line 2 is not valid UTF-8 (byte 0); re-encode the file as "
+        "UTF-8, for example with `iconv -f latin1 -t utf-8`."
+    )

@@ -48,8 +48,11 @@ def run(out, todo, field: str, fraction: float, seq_len: int, per_shard: int, op
                 | "spread" >> beam.Reshuffle()
                 | "tokenize and pack" >> beam.ParDo(pack)
             )
-    except Exception as e:
-        found = re.search(r"DataError: (.+)", str(e))
-        if found:
-            raise DataError(found.group(1)) from None
-        raise
+    except Exception as e:  # Beam re-raises a worker's error, or its text, with more words
+        sentence = str(e)
+        if not isinstance(e, DataError):
+            found = re.search(r"DataError: (.+)", sentence)
+            if found is None:
+                raise
+            sentence = found.group(1)
+        raise DataError(re.sub(r"\s*\[while running .*", "", sentence)) from None
