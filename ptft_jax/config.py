@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_documents = 0  # 0 = all; a cap for quick runs
     c.data.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
     c.data.length_buckets = 5  # classification: padded lengths (each compiles its own step)
+    c.data.packing = True  # classification: several examples a row (False: length buckets)
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
     c.data.whole_word_masking = False  # mask every WordPiece of a chosen word; rate in words

@@ -31,8 +31,10 @@ def evaluate(workdir_path: str, split: str = "validation") -> dict:
     shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
     rows = math.ceil(cfg.train.batch_size // cfg.train.grad_accum_steps / shards) * shards
     start, stop = sharding.process_rows(run.mesh, rows)
-    layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop)
+    layout = pipeline.BatchLayout(accum=1, micro=rows, start=start, stop=stop, shards=shards)
     data = task.split_data(cfg, run.tokenizer, layout, split, run.path / "labels.json")
+    if data.layout is not None:  # packed rows: the data decided how many a batch takes
+        rows = data.layout.micro
     # The eval step training ran (in_shardings aside: batches here may take any rows).
     graphdef, _ = steps.abstract_model(run.model_cfg, task.head)
     eval_step = jax.jit(functools.partial(steps.eval_step, task=task, graphdef=graphdef))

@@ -30,7 +30,7 @@ def classification_sums(
     transfer rows of distillation have no label of their own)."""
     logits_BxC = logits_BxC.astype(jnp.float32)
     if logits_BxC.shape[-1] == 1:
-        err_B = (logits_BxC[:, 0] - labels_B.astype(jnp.float32)) ** 2
+        err_B = (logits_BxC[..., 0] - labels_B.astype(jnp.float32)) ** 2
         correct_B = jnp.zeros_like(err_B)
     else:
         err_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)

@@ -63,12 +63,15 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     micro = cfg.train.batch_size // accum
     sharding.check_rows(mesh, micro)
     start, stop = sharding.process_rows(mesh, micro)
-    layout = pipeline.BatchLayout(accum=accum, micro=micro, start=start, stop=stop)
-    eval_layout = pipeline.BatchLayout(accum=1, micro=micro, start=start, stop=stop)
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    layout = pipeline.BatchLayout(accum, micro, start, stop, shards)
+    eval_layout = layout.with_rows(micro, accum=1)
 
     # Data: records, tokenizer, the train dataset, the evaluation batches.
     get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
     data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
+    if data.layout is not None:  # packed rows: the data decided how many a batch takes
+        layout, eval_layout = data.layout, data.layout.with_rows(data.layout.micro, accum=1)
     if data.eval:  # the data keeps to the task's batch spec (what the steps are jitted for)
         first = data.eval[0]
         check_batch(task, first[0] if isinstance(first, tuple) else first)

@@ -131,7 +131,7 @@ def test_finetune_evaluate_predict_export(tmp_path):
     spe = summary["step"] // 2
     assert [r["step"] for r in evals] == [0, spe, 2 * spe], "evaluated at each epoch end"
     assert {"accuracy", "precision", "recall", "f1", "mcc", "loss"} <= evals[-1].keys()
-    # Length buckets leave some padding: the share of real tokens says how much.
+    # Packed rows leave some padding: the share of real tokens says how much.
     shares = [r["real_token_share"] for r in rows if r["split"] == "train"]
     assert 0.3 < summary["real_token_share"] < 1 and all(0.3 < x < 1 for x in shares)
     test = json.loads((w / "eval_test.json").read_text())

@@ -80,6 +80,7 @@ class BatchLayout:
     micro: int
     start: int
     stop: int
+    shards: int = 1  # the data-parallel shards (data x fsdp) that split every microbatch
 
     @property
     def global_rows(self) -> int:
@@ -88,6 +89,14 @@ class BatchLayout:
     def rows(self) -> np.ndarray:
         """Global row numbers ``[accum, stop - start]`` this process feeds."""
         return np.arange(self.accum)[:, None] * self.micro + np.arange(self.start, self.stop)
+
+    def with_rows(self, rows: int, accum: int | None = None) -> BatchLayout:
+        """The same process's share of microbatches of ``rows`` rows (a multiple of ``shards``;
+        shards are equal and a process's are contiguous, so its share scales)."""
+        assert rows % self.shards == 0 and self.micro % self.shards == 0
+        scale = rows // self.shards
+        start, stop = (x // (self.micro // self.shards) * scale for x in (self.start, self.stop))
+        return BatchLayout(self.accum if accum is None else accum, rows, start, stop, self.shards)
 
 
 def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.ndarray]:

@@ -53,6 +53,7 @@ class TaskData:
     lengths: tuple[int, ...] = ()  # padded lengths (buckets) batches take; () = one shape
     summary: str = ""
     probe: dict | None = None  # contrastive: labelled train/test Rows for the linear probe
+    layout: object = None  # packed rows: the train batches' layout when not one example a row
 
 
 @dataclasses.dataclass
@@ -131,6 +132,13 @@ def check_objectives(train_cfg, allowed) -> None:
 def inputs(mb: dict) -> tuple:
     """The encoder's inputs of a microbatch: ids, mask, segment ids."""
     return mb["input_ids"], mb["attention_mask"], mb["token_type_ids"]
+
+
+def packed(mb: dict) -> dict:
+    """The model's keyword inputs of packed rows (nothing for one example a row)."""
+    if "position_ids" not in mb:
+        return {}
+    return {"position_ids_BxL": mb["position_ids"], "cls_positions_BxK": mb["cls_positions"]}
 
 
 def summed(eval_step, params, batches, mesh, rows: int) -> dict:

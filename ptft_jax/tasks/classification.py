@@ -1,8 +1,10 @@
 """Fine-tuning for classification and regression (``task="classification"``): single texts or
 pairs, class names or ids (``model.num_labels=1``: a regression on numeric labels).
 
-Examples are grouped into length buckets (each padded length compiles its own step); the best
-checkpoint by ``train.metric_for_best`` is kept apart and scored on the test split at the end.
+With ``data.packing`` several examples share a row (``data/packing.py``: no padding between
+them, attention never crosses them); without, examples are grouped into length buckets (each
+padded length compiles its own step). The best checkpoint by ``train.metric_for_best`` is kept
+apart and scored on the test split at the end.
 """
 
 from __future__ import annotations
@@ -15,10 +17,18 @@ import jax
 import numpy as np
 
 from ptft_jax import losses, scores
-from ptft_jax.data import classify, sources
+from ptft_jax.data import classify, packing, sources
 from ptft_jax.data.tokenize import special_ids
 from ptft_jax.errors import DataError
-from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, per_example, spec_of
+from ptft_jax.tasks.base import (
+    EvalContext,
+    Task,
+    TaskData,
+    inputs,
+    packed,
+    per_example,
+    spec_of,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +36,7 @@ class Classification(Task):
     num_labels: int = 2
     seq_len: int = 128
     metric_for_best: str = ""
+    packing: bool = False
 
     name = "classification"
     head = "classification"
@@ -35,24 +46,29 @@ class Classification(Task):
 
     @classmethod
     def from_config(cls, cfg) -> Classification:
-        return cls(cfg.model.num_labels, cfg.data.max_seq_length, cfg.train.metric_for_best)
+        d = cfg.data
+        return cls(cfg.model.num_labels, d.max_seq_length, cfg.train.metric_for_best, d.packing)
 
     def model_options(self) -> dict:
         return {"add_pooling_layer": True, "next_sentence": False}
 
     def batch_spec(self) -> dict:
-        """Rows of any bucket length up to ``seq_len``; float targets for a regression."""
+        """Rows of any bucket length up to ``seq_len``; float targets for a regression. Packed
+        rows add positions and each example's first token, and hold up to ``seq_len // 2``
+        examples (each has at least [CLS] and [SEP]): per-example fields get that axis."""
         length = (self.seq_len,)
-        return spec_of(
-            {
-                "input_ids": (length, "int32"),
-                "attention_mask": (length, "int32"),
-                "token_type_ids": (length, "int32"),
-                "labels": ((), "float32" if self.num_labels == 1 else "int32"),
-                "weights": ((), "float32"),
-                "label_weights": ((), "float32"),  # 0 for distillation's transfer rows
-            }
-        )
+        slot = (self.seq_len // 2,) if self.packing else ()
+        fields = {
+            "input_ids": (length, "int32"),
+            "attention_mask": (length, "int32"),
+            "token_type_ids": (length, "int32"),
+            "labels": (slot, "float32" if self.num_labels == 1 else "int32"),
+            "weights": (slot, "float32"),
+            "label_weights": (slot, "float32"),  # 0 for distillation's transfer rows
+        }
+        if self.packing:
+            fields |= {"position_ids": (length, "int32"), "cls_positions": (slot, "int32")}
+        return spec_of(fields)
 
     def best_metric(self) -> str:
         return self.metric_for_best or ("accuracy" if self.num_labels > 1 else "pearson")
@@ -81,33 +97,18 @@ class Classification(Task):
         if extend is not None:
             encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
         pad = special_ids(tokenizer)["pad"]
-        lengths = np.array([len(x) for x in encoded["train"].ids])
-        sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
-        dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
-
-        def batches(name):
-            if name not in encoded:
-                return None, None
-            found = list(classify.eval_batches(encoded[name], sizes, eval_layout, pad))
-            return found, encoded[name].labels
-
-        eval_data, eval_labels = batches("validation")
-        test_data, test_labels = batches("test")
+        batched = (_packed if self.packing else _bucketed)(cfg, encoded, layout, eval_layout, pad)
         counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
         if encoded["train"].label_weights is not None:
             extra = int(np.sum(encoded["train"].label_weights == 0))
             counts += f" (train: {len(encoded['train']) - extra} labelled + {extra} transfer)"
         return TaskData(
             tokenizer=tokenizer,
-            train=dataset,
-            eval=eval_data,
-            steps_per_epoch=spe,
-            test=test_data,
-            eval_labels=eval_labels,
-            test_labels=test_labels,
+            eval_labels=encoded["validation"].labels if "validation" in encoded else None,
+            test_labels=encoded["test"].labels if "test" in encoded else None,
             label_names=names,
-            lengths=sizes,
-            summary=f"examples: {counts}; length buckets {sizes}",
+            summary=f"examples: {counts}; {batched.pop('summary')}",
+            **batched,
         )
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
@@ -121,18 +122,18 @@ class Classification(Task):
     # --- Inside the jitted steps.
 
     def forward(self, model, mb: dict, rngs):
-        logits = model(*inputs(mb), rngs=rngs)
+        logits = model(*inputs(mb), rngs=rngs, **packed(mb))
         sums = losses.classification_sums(
             logits, mb["labels"], mb["weights"], mb.get("label_weights")
         )
         return logits, sums
 
     def teacher_outputs(self, model, mb: dict):
-        return model(*inputs(mb))
+        return model(*inputs(mb), **packed(mb))
 
     def eval_outputs(self, model, mb: dict):
         """The logits, for exact metrics on the host."""
-        return model(*inputs(mb))
+        return model(*inputs(mb), **packed(mb))
 
     # --- On the host.
 
@@ -181,6 +182,65 @@ class Classification(Task):
                 row["probs"] = {name: float(v) for name, v in zip(names, p, strict=True)}
             out.append(row)
         return out
+
+
+def _bucketed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
+    """Length-bucketed batches, one example a row: TaskData's train and evaluation fields."""
+    d = cfg.data
+    lengths = np.array([len(x) for x in encoded["train"].ids])
+    sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
+    dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
+
+    def batches(name):
+        if name in encoded:
+            return list(classify.eval_batches(encoded[name], sizes, eval_layout, pad))
+
+    return {
+        "train": dataset,
+        "eval": batches("validation"),
+        "test": batches("test"),
+        "steps_per_epoch": spe,
+        "lengths": sizes,
+        "summary": f"length buckets {sizes}",
+    }
+
+
+def _packed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
+    """Packed rows (``data/packing.py``) sized for every batch of the run: TaskData's train and
+    evaluation fields and the layout its batches take."""
+    train = encoded["train"]
+    lengths = np.array([len(x) for x in train.ids])
+    spe = -(-len(train) // layout.global_rows)
+    plan = packing.TrainRows(lengths, spe, layout.accum, cfg.data.max_seq_length, cfg.train.seed)
+    evals = {
+        k: packing.split_rows(np.array([len(x) for x in encoded[k].ids]), cfg.data.max_seq_length)
+        for k in ("validation", "test")
+        if k in encoded
+    }
+    train_shape = plan.shape(layout.shards)
+    slots = max([train_shape.slots] + [max(map(len, rows)) for rows in evals.values()])
+    shape = packing.Shape(train_shape.rows, slots)
+    layout = layout.with_rows(shape.rows)
+    eval_layout = layout.with_rows(shape.rows, accum=1)
+
+    def batches(name):
+        if name in evals:
+            ex, rows = encoded[name], evals[name]
+            found = packing.eval_batches(ex, rows, shape, eval_layout, cfg.data.max_seq_length, pad)
+            return list(found)
+
+    real = lengths.sum() / (spe * layout.accum * shape.rows * cfg.data.max_seq_length)
+    return {
+        "train": packing.train_dataset(train, plan, shape, layout, pad),
+        "eval": batches("validation"),
+        "test": batches("test"),
+        "steps_per_epoch": spe,
+        "layout": layout,
+        "summary": (
+            f"packed {shape.rows} rows of {cfg.data.max_seq_length} a microbatch, up to "
+            f"{shape.slots} examples a row ({real:.0%} of positions real)"
+        ),
+    }
 
 
 def _label_names(labels_file: pathlib.Path, train, field, num_labels):
