@@ -300,7 +300,11 @@ def model_config(cfg: ml_collections.ConfigDict):
     """The frozen model description, built once from ``config.model`` and what the task
     decides (the pooler, the NSP head)."""
     family = models.get(cfg.model.get("family", "bert"))
-    return family.CONFIG(**cfg.model.to_dict(), **tasks.get(cfg).model_options())
+    known = {f.name for f in dataclasses.fields(family.CONFIG)}
+    # config.model holds every family's keys (BERT's defaults); a family takes its own
+    fields = {k: v for k, v in cfg.model.to_dict().items() if k in known}
+    options = {k: v for k, v in tasks.get(cfg).model_options().items() if k in known}
+    return family.CONFIG(**fields, **options)
 
 
 def save(cfg: ml_collections.ConfigDict, path: pathlib.Path) -> None:

@@ -68,7 +68,8 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     eval_layout = layout.with_rows(micro, accum=1)
 
     # Data: records, tokenizer, the train dataset, the evaluation batches.
-    get_tokenizer = tokenize.factory(cfg.data, workdir, model_cfg.vocab_size, resuming)
+    vocab, kind = model_cfg.vocab_size, task.tokenizer_kind
+    get_tokenizer = tokenize.factory(cfg.data, workdir, vocab, resuming, kind)
     data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
     if data.layout is not None:  # packed rows: the data decided how many a batch takes
         layout, eval_layout = data.layout, data.layout.with_rows(data.layout.micro, accum=1)

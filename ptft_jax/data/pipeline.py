@@ -99,15 +99,6 @@ class BatchLayout:
         return BatchLayout(self.accum if accum is None else accum, rows, start, stop, self.shards)
 
 
-def _local_batch(blocks: Blocks, order, spec, layout, seed, b) -> dict[str, np.ndarray]:
-    rows = layout.rows()
-    flat = rows.reshape(-1)
-    idx = np.array([order[b * layout.global_rows + int(r)] for r in flat])
-    out = mask_rows(*blocks.take(idx), flat, spec, seed, b)
-    out |= _pairs(blocks, idx, np.ones(len(idx), bool))
-    return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
-
-
 def _pairs(blocks: Blocks, idx: np.ndarray, real: np.ndarray) -> dict:
     """Segment ids and next-sentence labels of rows ``idx`` (nothing for plain MLM blocks)."""
     if blocks.labels is None:
@@ -137,23 +128,54 @@ def masking_spec(data_cfg, tokenizer) -> MaskingSpec:
     )
 
 
-def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: int):
-    """A Grain MapDataset whose element ``b`` is this process's part of global batch ``b``."""
+def served(blocks: Blocks, layout: BatchLayout, seed: int, make_rows):
+    """A Grain MapDataset whose element ``b`` is this process's part of global batch ``b``:
+    ``make_rows(block ids, global row numbers, b)`` builds the rows' arrays."""
     if len(blocks) < layout.global_rows:
         raise DataError(
             f"The training split has {len(blocks)} blocks, fewer than one global batch "
             f"({layout.global_rows}); add data or lower --config.train.batch_size."
         )
     order = grain.MapDataset.range(len(blocks)).shuffle(seed=seed).repeat(None)
-    return grain.MapDataset.range(2**62).map(
-        lambda b: _local_batch(blocks, order, spec, layout, seed, b)
-    )
+
+    def local(b: int) -> dict[str, np.ndarray]:
+        rows = layout.rows()
+        flat = rows.reshape(-1)
+        idx = np.array([order[b * layout.global_rows + int(r)] for r in flat])
+        out = make_rows(idx, flat, b)
+        return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
+
+    return grain.MapDataset.range(2**62).map(local)
+
+
+def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: int):
+    """Masked MLM blocks (``served``): masks drawn anew for every (seed, batch, row)."""
+
+    def make_rows(idx, flat, b):
+        out = mask_rows(*blocks.take(idx), flat, spec, seed, b)
+        return out | _pairs(blocks, idx, np.ones(len(idx), bool))
+
+    return served(blocks, layout, seed, make_rows)
 
 
 def train_iterator(dataset, num_threads: int, prefetch: int):
     """A checkpointable iterator over ``dataset`` with background threads prefetching."""
     options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     return iter(dataset.to_iter_dataset(options))
+
+
+def in_order(count: int, layout: BatchLayout, max_batches: int):
+    """``(b, rows, block ids, real)`` of the evaluation batches over ``count`` blocks in order;
+    rows past the end are block 0 with ``real`` False (padding)."""
+    g = layout.global_rows
+    n_batches = -(-count // g)
+    if max_batches > 0:
+        n_batches = min(n_batches, max_batches)
+    for b in range(n_batches):
+        rows = layout.rows()
+        idx = b * g + rows.reshape(-1)
+        real = idx < count
+        yield b, rows, np.where(real, idx, 0), real
 
 
 def eval_batches(
@@ -163,18 +185,9 @@ def eval_batches(
 
     Padding rows have no masked positions (weight 0) so they never count in the metrics.
     """
-    g = layout.global_rows
-    n_batches = -(-len(blocks) // g)
-    if max_batches > 0:
-        n_batches = min(n_batches, max_batches)
-    for b in range(n_batches):
-        rows = layout.rows()
-        flat = rows.reshape(-1)
-        idx = b * g + flat
-        real = idx < len(blocks)
-        safe = np.where(real, idx, 0)
+    for b, rows, safe, real in in_order(len(blocks), layout, max_batches):
         ids, lengths = blocks.take(safe)
-        out = mask_rows(ids, np.where(real, lengths, 1), flat, spec, seed + 1, b)
+        out = mask_rows(ids, np.where(real, lengths, 1), rows.reshape(-1), spec, seed + 1, b)
         out["masked_weights"] *= real[:, None]
         out |= _pairs(blocks, safe, real)
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}

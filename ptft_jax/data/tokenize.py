@@ -1,8 +1,7 @@
-"""Tokenizers (given, or WordPiece trained on the data) and tokenization cached on disk."""
+"""Tokenizers (given, or trained on the data: ``vocab.py``) and tokenization cached on disk."""
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import logging
@@ -16,95 +15,9 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ptft_jax.data.sources import DataError
+from ptft_jax.data.vocab import END_OF_TEXT, train_byte_bpe, train_wordpiece
 
 log = logging.getLogger(__name__)
-
-SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-
-
-def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
-    """Train a BERT WordPiece tokenizer on ``texts``, deterministically: uncased and without
-    accents (BERT's uncased models), or with ``lowercase=False`` cased and keeping accents.
-
-    WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
-    ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
-    between equally frequent merges, and with them the vocabulary, change from run to run.
-    Here each inner character becomes a private-use character of its own (numbered in sorted
-    order), so every symbol is in the initial alphabet, which the BPE trainer numbers in sorted
-    order: ties break the same way every time. The learned symbols map back to WordPiece
-    tokens (``##`` for those that start inside a word), numbered sorted after the specials.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
-    from transformers import BertTokenizerFast
-
-    strip_accents = None if lowercase else False  # None: as lowercase says (BERT's default)
-    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    counts = collections.Counter(
-        word
-        for text in texts
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
-    )
-    seen = {c for word in counts for c in word}
-    inner, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
-    for c in sorted({c for word in counts for c in word[1:]}):
-        while chr(code) in seen:
-            code += 1
-        inner[c], code = chr(code), code + 1
-    outer = {v: k for k, v in inner.items()}
-
-    def marked(word: str) -> str:
-        return word[0] + "".join(inner[c] for c in word[1:])
-
-    def repeated():  # every word as often as it occurs, a few thousand words a string
-        batch = []
-        for word, n in sorted(counts.items()):
-            batch += [marked(word)] * n
-            if len(batch) >= 4096:
-                yield " ".join(batch)
-                batch = []
-        yield " ".join(batch)
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = BpeTrainer(vocab_size=max(vocab_size - len(SPECIAL_TOKENS), 1), show_progress=False)
-    bpe.train_from_iterator(repeated(), trainer=trainer)
-
-    def wordpiece(symbol: str) -> str:
-        if symbol[0] in outer:
-            return "##" + "".join(outer[c] for c in symbol)
-        return symbol[0] + "".join(outer.get(c, c) for c in symbol[1:])
-
-    learned = {wordpiece(s) for s in bpe.get_vocab()} - set(SPECIAL_TOKENS)
-    order = SPECIAL_TOKENS + sorted(learned)
-    tok = Tokenizer(
-        models.WordPiece(
-            vocab={t: i for i, t in enumerate(order)},
-            unk_token="[UNK]",
-            max_input_chars_per_word=100,
-        )
-    )
-    tok.normalizer = normalizer
-    tok.pre_tokenizer = pre_tokenizer
-    tok.decoder = decoders.WordPiece()
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    fast = BertTokenizerFast(
-        tokenizer_object=tok, do_lower_case=lowercase, strip_accents=strip_accents
-    )
-    for name in SPECIAL_TOKENS:
-        setattr(fast, name.strip("[]").lower() + "_token", name)
-    if len(fast) > vocab_size:
-        raise DataError(
-            f"The data's alphabet alone needs {len(fast)} tokens, more than model.vocab_size="
-            f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
-        )
-    return fast
 
 
 def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
@@ -118,22 +31,40 @@ def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
 
 
 def load_tokenizer(path: str):
-    """A BertTokenizerFast from a folder (``vocab.txt`` and/or ``tokenizer.json``) or hub id."""
-    from transformers import BertTokenizerFast
+    """The tokenizer in a folder or hub id: GPT-2's byte-level BPE when the folder holds
+    ``merges.txt`` or its tokenizer.json is a BPE model, else a BertTokenizerFast (``vocab.txt``
+    and/or ``tokenizer.json``)."""
+    from transformers import BertTokenizerFast, GPT2Tokenizer
 
+    cls = GPT2Tokenizer if _is_bpe(pathlib.Path(path).expanduser()) else BertTokenizerFast
     try:
-        return BertTokenizerFast.from_pretrained(path)
+        tokenizer = cls.from_pretrained(path)
     except OSError as e:
         raise DataError(
             f"Could not load a tokenizer from {path!r} ({e.__class__.__name__}); set "
             "--config.data.tokenizer to a folder with vocab.txt or tokenizer.json, or to '' to "
             "train one on the data."
         ) from None
+    if cls is GPT2Tokenizer and tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none: batches pad with its end
+    return tokenizer
 
 
-def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming):
+def _is_bpe(folder: pathlib.Path) -> bool:
+    if (folder / "merges.txt").exists():
+        return True
+    try:
+        return json.loads((folder / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def get_tokenizer(
+    data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming, kind="wordpiece"
+):
     """The run's tokenizer, not yet saved: ``W/tokenizer`` when resuming, else the one given in
-    ``data.tokenizer``, else WordPiece trained on ``texts``."""
+    ``data.tokenizer``, else one of ``kind`` (``wordpiece`` or ``byte_bpe``) trained on
+    ``texts``."""
     if resuming:  # the run's own tokenizer, never a new one
         if not (workdir / "tokenizer").is_dir():
             raise DataError(
@@ -143,6 +74,11 @@ def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size:
         tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
+    elif kind == "byte_bpe":
+        log.info(
+            "training a byte-level BPE tokenizer (vocab %d) on %d texts", vocab_size, len(texts)
+        )
+        return train_byte_bpe(texts, vocab_size)
     else:
         log.info("training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts))
         return train_wordpiece(texts, vocab_size, data_cfg.lowercase)
@@ -154,11 +90,12 @@ def get_tokenizer(data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size:
     return tokenizer
 
 
-def factory(data_cfg, workdir: pathlib.Path, vocab_size: int, resuming: bool):
-    """``texts -> tokenizer``: W's on resume, else the given one, else WordPiece on ``texts``."""
+def factory(data_cfg, workdir: pathlib.Path, vocab_size: int, resuming: bool, kind="wordpiece"):
+    """``texts -> tokenizer``: W's on resume, else the given one, else one of ``kind``
+    trained on ``texts``."""
 
     def get(texts):
-        tokenizer = get_tokenizer(data_cfg, workdir, texts, vocab_size, resuming)
+        tokenizer = get_tokenizer(data_cfg, workdir, texts, vocab_size, resuming, kind)
         if jax.process_count() > 1 and not resuming and not data_cfg.tokenizer:
             # Every host must use process 0's tokenizer (training may break ties differently).
             # Only then is W written before every check ran: the processes must agree.
@@ -228,3 +165,14 @@ def special_ids(tokenizer) -> dict[str, int]:
             )
         ids[name] = int(tid)
     return ids
+
+
+def end_of_text_id(tokenizer) -> int:
+    """The id that ends every document of a causal-LM stream (GPT-2's ``<|endoftext|>``)."""
+    tid = tokenizer.eos_token_id
+    if tid is None:
+        raise DataError(
+            f"The tokenizer has no end-of-text token; use a GPT-2 tokenizer ({END_OF_TEXT}) or "
+            "set --config.data.tokenizer='' to train one."
+        )
+    return int(tid)

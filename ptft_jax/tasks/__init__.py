@@ -13,6 +13,7 @@ REGISTRY = {
     "classification": "ptft_jax.tasks.classification:Classification",
     "contrastive": "ptft_jax.tasks.contrastive:Contrastive",
     "distill": "ptft_jax.tasks.distill:Distill",
+    "causal_lm": "ptft_jax.tasks.causal_lm:CausalLM",
 }
 
 

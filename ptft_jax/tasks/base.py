@@ -22,6 +22,7 @@ from the config by ``from_config``. It owns:
   ``evaluate(ctx, params, ...)`` host metrics over a split (``EvalContext``)
   ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
   ``labelled``               whether exports carry its label names (``id2label``)
+  ``tokenizer_kind``         the tokenizer trained when none is given (``data/vocab.py``)
   ``predict(run, ...)``      the rows ``python -m ptft_jax.predict`` prints
   ``model_task``             the task whose model it trains (a distillation's student task)
 """
@@ -73,6 +74,7 @@ class Task:
     """Defaults shared by tasks; see the module docstring for the interface."""
 
     labelled = False
+    tokenizer_kind = "wordpiece"  # what data.tokenizer='' trains: wordpiece or byte_bpe
     uses_teacher = False  # distillation: train.teacher runs inside the train step
     objectives = (("mlm",),)  # the train.objectives it takes
 

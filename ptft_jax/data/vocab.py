@@ -1,0 +1,134 @@
+"""Tokenizers trained on the data, deterministically: BERT's WordPiece and GPT-2's byte-level
+BPE. The same texts and settings give the same files on every run and every machine."""
+
+from __future__ import annotations
+
+import collections
+
+from ptft_jax.data.sources import DataError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: between documents, and padding
+
+
+def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
+    """Train a BERT WordPiece tokenizer on ``texts``, deterministically: uncased and without
+    accents (BERT's uncased models), or with ``lowercase=False`` cased and keeping accents.
+
+    WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
+    ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
+    between equally frequent merges, and with them the vocabulary, change from run to run.
+    Here each inner character becomes a private-use character of its own (numbered in sorted
+    order), so every symbol is in the initial alphabet, which the BPE trainer numbers in sorted
+    order: ties break the same way every time. The learned symbols map back to WordPiece
+    tokens (``##`` for those that start inside a word), numbered sorted after the specials.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import BertTokenizerFast
+
+    strip_accents = None if lowercase else False  # None: as lowercase says (BERT's default)
+    normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = collections.Counter(
+        word
+        for text in texts
+        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+    )
+    seen = {c for word in counts for c in word}
+    inner, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
+    for c in sorted({c for word in counts for c in word[1:]}):
+        while chr(code) in seen:
+            code += 1
+        inner[c], code = chr(code), code + 1
+    outer = {v: k for k, v in inner.items()}
+
+    def marked(word: str) -> str:
+        return word[0] + "".join(inner[c] for c in word[1:])
+
+    def repeated():  # every word as often as it occurs, a few thousand words a string
+        batch = []
+        for word, n in sorted(counts.items()):
+            batch += [marked(word)] * n
+            if len(batch) >= 4096:
+                yield " ".join(batch)
+                batch = []
+        yield " ".join(batch)
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = BpeTrainer(vocab_size=max(vocab_size - len(SPECIAL_TOKENS), 1), show_progress=False)
+    bpe.train_from_iterator(repeated(), trainer=trainer)
+
+    def wordpiece(symbol: str) -> str:
+        if symbol[0] in outer:
+            return "##" + "".join(outer[c] for c in symbol)
+        return symbol[0] + "".join(outer.get(c, c) for c in symbol[1:])
+
+    learned = {wordpiece(s) for s in bpe.get_vocab()} - set(SPECIAL_TOKENS)
+    order = SPECIAL_TOKENS + sorted(learned)
+    tok = Tokenizer(
+        models.WordPiece(
+            vocab={t: i for i, t in enumerate(order)},
+            unk_token="[UNK]",
+            max_input_chars_per_word=100,
+        )
+    )
+    tok.normalizer = normalizer
+    tok.pre_tokenizer = pre_tokenizer
+    tok.decoder = decoders.WordPiece()
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    fast = BertTokenizerFast(
+        tokenizer_object=tok, do_lower_case=lowercase, strip_accents=strip_accents
+    )
+    for name in SPECIAL_TOKENS:
+        setattr(fast, name.strip("[]").lower() + "_token", name)
+    if len(fast) > vocab_size:
+        raise DataError(
+            f"The data's alphabet alone needs {len(fast)} tokens, more than model.vocab_size="
+            f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
+        )
+    return fast
+
+
+def train_byte_bpe(texts: list[str], vocab_size: int):
+    """Train a GPT-2 byte-level BPE tokenizer on ``texts``: GPT-2's pre-tokenisation (its
+    regex, no prefix space), the 256 byte symbols, merges, and ``<|endoftext|>`` (id 0) as the
+    end of every document and the padding. Every byte is in the initial alphabet, which the
+    BPE trainer numbers in sorted order, so ties between equally frequent merges break the same
+    way every time."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers.trainers import BpeTrainer
+    from transformers import GPT2Tokenizer
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + 1:
+        raise DataError(
+            f"model.vocab_size={vocab_size} cannot hold the {len(alphabet)} byte symbols and "
+            f"{END_OF_TEXT}; raise --config.model.vocab_size to at least {len(alphabet) + 1}."
+        )
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=sorted(alphabet),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    return GPT2Tokenizer(
+        vocab=model["vocab"],
+        merges=[tuple(m) for m in model["merges"]],
+        unk_token=END_OF_TEXT,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+    )
