@@ -2,8 +2,9 @@
 
 Names map one-to-one through the model family (``models/``): ``bert.encoder.layer.0.attention.
 self.query.weight`` (torch nn.Linear, (out, in)) is our ``bert/encoder/layer/0/attention/self/
-query/kernel`` (in, out); a LayerNorm's weight is our ``scale``, an nn.Embedding's our
-``embedding``. The family says which torch module each name is, and what is tied or a buffer.
+query/kernel`` (in, out), transposed; GPT-2's Conv1D weights are (in, out) already. A
+LayerNorm's weight is our ``scale``, an nn.Embedding's our ``embedding``. The family says which
+torch module each name is, what is tied or a buffer, and how its config.json names fields.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ptft_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 # Our leaf name for a torch module's ``weight``, by the module's kind (family.module_kind).
-_LEAF = {"norm": "scale", "embedding": "embedding", "linear": "kernel"}
+_LEAF = {"norm": "scale", "embedding": "embedding", "linear": "kernel", "conv1d": "kernel"}
 
 
 def resolve(init_from: str) -> pathlib.Path:
@@ -79,20 +80,14 @@ def read_config(folder: pathlib.Path) -> dict:
     no family computes exactly."""
     hf = read_json(folder)
     family = models.of_hf_config(hf, folder)
-    for key in family.HF_FIELDS:
-        value, whole = hf.get(key, 0), key in family.SHAPE_FIELDS
-        if isinstance(value, bool) or not isinstance(value, int if whole else int | float):
-            kind = "an integer" if whole else "a number"
-            raise DataError(
-                f"{folder / 'config.json'} has {key}={value!r:.40}, not {kind}; fix that value."
-            )
+    fields = family.from_hf(hf, folder / "config.json")  # checks the values' types
     for key, value in family.HF_CONSTANTS.items():
         if hf.get(key, value) != value:
             raise DataError(
                 f"{folder} has {key}={hf[key]!r}; ptft_jax computes {family.CONFIG.family} "
                 f"models with {key}={value!r} only."
             )
-    return {"family": family.CONFIG.family, **{k: hf[k] for k in family.HF_FIELDS if k in hf}}
+    return {"family": family.CONFIG.family, **fields}
 
 
 def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[str, np.ndarray]:
@@ -129,7 +124,7 @@ def read_tensors(folder: pathlib.Path, allow_pytorch_bin: bool = False) -> dict[
 def to_ours(family, name: str) -> tuple[tuple, bool] | None:
     """``(our path, transpose?)`` for a HF tensor name; None for buffers and tied tensors.
     Names outside the family's top-level modules are the backbone's (a bare encoder)."""
-    if name in family.TIED or name.split(".")[-1] in family.BUFFERS:
+    if name in family.TIED or family.BUFFERS.fullmatch(name):
         return None
     parts = name.split(".")
     if parts[0] not in family.TOP:
@@ -142,10 +137,11 @@ def to_ours(family, name: str) -> tuple[tuple, bool] | None:
     return path, transpose
 
 
-def to_hf(path: tuple) -> tuple[str, bool]:
-    """``(HF tensor name, transpose?)`` for one of our parameter paths."""
+def to_hf(family, path: tuple) -> tuple[str, bool]:
+    """``(HF tensor name, transpose?)`` for one of our parameter paths (``family``: the
+    model family module)."""
     *parents, leaf = (str(p) for p in path)
-    transpose = leaf == "kernel"
+    transpose = leaf == "kernel" and family.module_kind(parents[-1]) == "linear"
     if leaf in _LEAF.values():
         leaf = "weight"
     return ".".join((*parents, leaf)), transpose
@@ -165,11 +161,12 @@ def _set(tree: dict, path: tuple, value) -> None:
     tree[path[-1]] = value
 
 
-def to_hf_tensors(params: dict) -> dict[str, np.ndarray]:
-    """Our (host) parameter tree as HF-named float32 tensors."""
+def to_hf_tensors(params: dict, family: str) -> dict[str, np.ndarray]:
+    """Our (host) parameter tree of a ``family`` model as HF-named float32 tensors."""
+    family = models.get(family)
     tensors = {}
     for path, value in _flatten(params):
-        name, transpose = to_hf(path)
+        name, transpose = to_hf(family, path)
         arr = np.asarray(value, np.float32)
         tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
     return tensors
@@ -239,15 +236,17 @@ def export(
     from safetensors.numpy import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_tensors(params)
+    tensors = to_hf_tensors(params, family)
     family = models.get(family)
     hf_config = {
         "architectures": [architecture],
         **family.hf_config(model_fields),
+        # GPT2ForSequenceClassification finds each row's last token by this id.
         "pad_token_id": tokenizer.pad_token_id,
+        **{key: getattr(tokenizer, key, None) for key in family.TOKEN_IDS},
         "tie_word_embeddings": True,
     }
-    if id2label is None and "classifier" in params:
+    if id2label is None and family.CLASSIFIER in params:
         id2label = {i: f"LABEL_{i}" for i in range(model_fields["num_labels"])}
     if id2label is not None:
         hf_config["id2label"] = {str(i): label for i, label in id2label.items()}

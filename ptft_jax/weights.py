@@ -50,8 +50,9 @@ def resolve(spec: str, allow_pytorch_bin: bool = False, key: str = "init_from") 
     fields = hf.read_config(folder)  # checks the family and the field types
     raw = hf.read_json(folder)
     family = models.get(fields["family"])
-    # The checkpoint's head names the task its model does (mlm or classification).
-    head = family.head_of((raw.get("architectures") or [family.ARCHITECTURES["mlm"]])[0])
+    # The checkpoint's head names the task its model does (mlm, causal_lm or classification).
+    architectures = raw.get("architectures")
+    head = family.head_of(architectures[0]) if architectures else family.DEFAULT_HEAD
     labels = raw.get("num_labels") or len(raw.get("id2label") or {}) or 2
     options = tasks.task_class(head)().model_options()
     model_cfg = family.CONFIG(**fields, num_labels=labels, **options)
@@ -76,7 +77,7 @@ def _from_workdir(path: pathlib.Path, key: str) -> Pretrained:
         model_cfg,
         fields,
         path / "tokenizer",
-        lambda: hf.to_hf_tensors(jax.device_get(workdir.load(path).params)),
+        lambda: hf.to_hf_tensors(jax.device_get(workdir.load(path).params), model_cfg.family),
     )
 
 

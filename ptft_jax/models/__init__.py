@@ -1,17 +1,28 @@
 """Model families: one file each, registered below, selected by ``model.family``.
 
 A family module provides:
-  ``CONFIG``           a frozen dataclass of shape and numerics (Hugging Face field names)
-  ``SHAPE_FIELDS``     the fields a checkpoint fixes; ``HF_FIELDS``: config.json fields copied
-                       as they are; ``HF_CONSTANTS``: config.json values it computes
-  ``HEADS``            head name -> NNX module: ``mlm``, ``classification``, ``embedding``
+  ``CONFIG``           a frozen dataclass of shape and numerics (``BertConfig``'s field names
+                       wherever the meaning is the same, whatever the family's config.json says)
+  ``SHAPE_FIELDS``     the fields a checkpoint fixes; ``HF_FIELDS``: the fields config.json
+                       holds (under other names in some families); ``HF_CONSTANTS``: config.json
+                       values it computes (checked on import, written on export)
+  ``HEADS``            head name -> NNX module: ``mlm``, ``classification``, ``embedding``,
+                       ``causal_lm``; ``ARCHITECTURES``: head -> transformers class name;
+                       ``DEFAULT_HEAD``: the head of a config.json without ``architectures``
   ``build_model(cfg, head, seed)``, ``architecture(head, cfg)``, ``head_of(architecture)``
+  config.json: ``from_hf(hf, where)`` (our fields from its dict; ``where``: the file, named
+  when a value has the wrong type), ``hf_config(fields)`` (its part of an export),
+  ``TOKEN_IDS`` (token id keys an export copies from the tokenizer besides ``pad_token_id``)
   Hugging Face parameter names: ``BACKBONE``, ``TOP``, ``CLASSIFIER``, ``LAYER_NAME``,
-  ``BUFFERS``, ``TIED``, ``module_kind(name)``, ``optional(path)``, ``hf_config(fields)``
+  ``BUFFERS`` (a regex that full names of non-parameter tensors match), ``TIED`` (names of
+  tensors that are another's), ``module_kind(name)`` (how the torch module ``name`` stores its
+  weight: ``norm``, ``embedding``, ``linear`` (out, in) or ``conv1d`` (in, out)),
+  ``optional(path)``
 
 Dimension letters used in tensor names:
-  B: batch, L: sequence length, K: masked positions per sequence (max_predictions_per_seq),
-  D: hidden size, N: attention heads, H: head size, F: intermediate (MLP) size, V: vocab size.
+  B: batch, L: sequence length, K: masked positions per sequence (max_predictions_per_seq) or
+  example slots of a packed row, Q: the positions a layer computes (queries), D: hidden size,
+  N: attention heads, H: head size, F: intermediate (MLP) size, V: vocab size, C: labels.
 Every parameter carries logical axis names (``embed``, ``vocab``, ``heads``, ``mlp``, ``norm``);
 main activations are constrained with ``batch``, ``length``, ``act_*`` names. ``sharding.py``
 maps them onto mesh axes; no family names a mesh axis.
@@ -22,9 +33,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.models import bert
+from ptft_jax.models import bert, gpt2
 
-FAMILIES: dict[str, ModuleType] = {"bert": bert}
+FAMILIES: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2}
 
 
 def get(name: str) -> ModuleType:

@@ -20,6 +20,7 @@ from flax import nnx
 
 from ptft_jax import ops
 from ptft_jax.models import layers
+from ptft_jax.models.config_json import read_fields
 from ptft_jax.models.layers import dense, embed, layer_norm, lookup, mean_pool, run_layers
 from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
 
@@ -366,14 +367,16 @@ ARCHITECTURES = {
     "classification": "BertForSequenceClassification",
     "embedding": "BertModel",
 }
+DEFAULT_HEAD = "mlm"  # a config.json without architectures
 # config.json values this family computes: checked on import, written on export.
 HF_CONSTANTS = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
 BACKBONE = "bert"  # the encoder's top-level name (bare BertModel checkpoints omit it)
 TOP = ("bert", "cls", "classifier")  # top-level names of checkpoint tensors: encoder and heads
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(bert\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
-BUFFERS = ("position_ids", "token_type_ids")  # in HF state dicts, not parameters
+BUFFERS = re.compile(r"(.+\.)?(position_ids|token_type_ids)")  # in HF state dicts, not params
 TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # word embeddings
+TOKEN_IDS = ()  # config.json token ids besides pad_token_id: none
 
 
 def build_model(cfg: BertConfig, head: str, seed: int) -> nnx.Module:
@@ -404,6 +407,11 @@ def optional(path: tuple) -> bool:
     """Whether ``path`` is a head or the pooler: a checkpoint may lack it (MLM checkpoints have
     no pooler, and HF starts it fresh too), and another task's checkpoint may have it."""
     return path[0] != BACKBONE or path[1] == "pooler"
+
+
+def from_hf(hf: dict, where) -> dict:
+    """Our fields from a config.json dict: HF_FIELDS as they are (``where``: the file)."""
+    return read_fields(hf, {k: k for k in HF_FIELDS}, SHAPE_FIELDS, where)
 
 
 def hf_config(fields: dict) -> dict:

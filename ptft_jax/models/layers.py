@@ -22,19 +22,23 @@ def init(initializer, names: tuple[str | None, ...]):
     return nnx.with_partitioning(initializer, names, eager_sharding=False)
 
 
-def param_init(cfg, names: tuple[str | None, ...]):
-    """HF's normal(0, ``cfg.initializer_range``) init with logical ``names``."""
-    return init(nnx.initializers.normal(cfg.initializer_range), names)
+def param_init(cfg, names: tuple[str | None, ...], std: float | None = None):
+    """HF's normal(0, ``cfg.initializer_range``) init (or normal(0, ``std``)) with logical
+    ``names``."""
+    return init(nnx.initializers.normal(cfg.initializer_range if std is None else std), names)
 
 
-def dense(cfg, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs, bias=True):
-    """A Linear whose kernel is (in, out) with logical names and HF's normal init."""
+def dense(
+    cfg, d_in: int, d_out: int, names: tuple[str | None, str | None], rngs, bias=True, std=None
+):
+    """A Linear whose kernel is (in, out) with logical names and HF's normal init (``std``:
+    another standard deviation)."""
     return nnx.Linear(
         d_in,
         d_out,
         use_bias=bias,
         dtype=cfg.jnp_dtype,
-        kernel_init=param_init(cfg, names),
+        kernel_init=param_init(cfg, names, std),
         bias_init=init(nnx.initializers.zeros_init(), (names[1],)),
         rngs=rngs,
     )
@@ -98,6 +102,24 @@ def segment_mask(segments_BxL) -> jax.Array:
     padding query to every real key (so its softmax stays finite; no output reads it)."""
     q_BxLx1, k_Bx1xL = segments_BxL[:, :, None], segments_BxL[:, None, :]
     return (k_Bx1xL > 0) & ((q_BxLx1 == k_Bx1xL) | (q_BxLx1 == 0))
+
+
+def causal_mask(attention_mask_BxL) -> jax.Array:
+    """Which keys each query attends to in a decoder, ``[B, Q, L]``: its own example's keys
+    (``segment_mask``; a 0/1 mask is one example a row) at its position or before."""
+    length = attention_mask_BxL.shape[1]
+    earlier_LxL = jnp.tril(jnp.ones((length, length), bool))
+    return segment_mask(attention_mask_BxL) & earlier_LxL[None]
+
+
+def last_positions(attention_mask_BxL, count: int = 1) -> jax.Array:
+    """The position of the last token of each of a row's ``count`` examples, ``[B, K]``: the
+    rightmost position ``attention_mask_BxL`` numbers ``k`` (a 0/1 mask: the last real token;
+    an empty slot: 0). A decoder's classifier reads the state there."""
+    length = attention_mask_BxL.shape[1]
+    slots_Kx1 = jnp.arange(1, count + 1)[:, None]
+    in_slot_BxKxL = attention_mask_BxL[:, None, :] == slots_Kx1[None]
+    return jnp.max(jnp.where(in_slot_BxKxL, jnp.arange(length), 0), axis=-1).astype(jnp.int32)
 
 
 def segment_mean_pool(hidden_BxLxD, segments_BxL, count: int) -> jax.Array:
