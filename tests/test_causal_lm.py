@@ -1,0 +1,89 @@
+"""task=causal_lm end to end on 8 devices: a tiny GPT-2 learns next tokens on real text (with a
+byte-level BPE trained on it), evaluates as training did, and exports to a folder that
+transformers' GPT2LMHeadModel loads with the same logits."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from ptft_jax import config as config_lib
+from ptft_jax import steps, workdir
+from ptft_jax.evaluate import evaluate
+from ptft_jax.export import export
+from ptft_jax.train import run
+
+
+def tiny_gpt(**train):
+    c = config_lib.base_config()
+    c.task = "causal_lm"
+    c.model.update(
+        family="gpt2",
+        vocab_size=512,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        layer_norm_eps=1e-5,
+    )
+    c.data.update(source="builtin:wiki_en", max_documents=200, max_seq_length=32)
+    c.data.eval_fraction = 0.1
+    c.train.update(
+        steps=30,
+        batch_size=16,
+        learning_rate=3e-3,
+        warmup_steps=3,
+        log_every=5,
+        eval_every=15,
+        checkpoint_every=15,
+        eval_batches=0,  # all of the held-out split, as the evaluate command scores it
+    )
+    c.train.update(train)
+    c.mesh.update(data=4, fsdp=2, tensor=1)
+    return c
+
+
+@pytest.mark.slow
+def test_gpt_learns_evaluates_and_exports(tmp_path):
+    w = tmp_path / "w"
+    summary = run(tiny_gpt(), w)
+    rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "validation"]
+    assert [r["step"] for r in evals] == [0, 15, 30]
+    assert evals[-1]["perplexity"] < 0.5 * evals[0]["perplexity"], evals
+    assert evals[-1]["next_token_accuracy"] > evals[0]["next_token_accuracy"]
+    assert summary["real_token_share"] > 0.95  # blocks are full but for the split's last one
+    again = evaluate(str(w), "validation")
+    assert again["loss"] == pytest.approx(evals[-1]["loss"], rel=1e-5)
+
+    # The export is a GPT2LMHeadModel with the same next-token logits, padding included.
+    out = tmp_path / "hf"
+    export(str(w), str(out))
+    model, info = transformers.GPT2LMHeadModel.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    texts = ["The history of the city began", "A short one."]
+    enc = tok(texts, padding=True, return_tensors="np")
+    with torch.no_grad():
+        theirs = model.eval()(
+            input_ids=torch.tensor(enc["input_ids"]),
+            attention_mask=torch.tensor(enc["attention_mask"]),
+        ).logits.numpy()
+    loaded = workdir.load(w)
+    forward = steps.jit_forward(loaded.model_cfg, "causal_lm", loaded.mesh)
+    batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
+    with jax.set_mesh(loaded.mesh):
+        ours = np.asarray(jax.device_get(forward(loaded.params, batch)))
+    real = enc["attention_mask"].astype(bool)
+    np.testing.assert_allclose(ours[real], theirs[real], atol=2e-4, rtol=1e-4)
+
+
+def test_causal_lm_needs_a_decoder():
+    c = tiny_gpt()
+    c.model.family = "bert"
+    with pytest.raises(config_lib.ConfigError, match="task=causal_lm needs a decoder"):
+        config_lib.validate(c)
