@@ -163,6 +163,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     _check_numbers(t)  # optimizer and loss numbers, distill_alpha and temperatures too
     tasks.task_class(cfg.task).check(cfg)
     _check_model(m, d)
+    _check_head(cfg)
     if (
         cfg.init_from
         and not cfg.init_from.startswith(("hf:", "builtin:"))
@@ -214,6 +215,24 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
+
+
+def _check_head(cfg) -> None:
+    """The family must have the head the task trains (a GPT has no MLM head, BERT no causal
+    one); ``init_from`` may have brought the family."""
+    head, family = tasks.get(cfg).head, cfg.model.family
+    heads = ", ".join(models.get(family).HEADS)
+    if head not in models.get(family).HEADS:
+        which, other = f"model.family={family!r}", "another model.family"
+        if cfg.init_from:
+            which, other = (
+                f"init_from={cfg.init_from} is a {family!r} model, which",
+                "another init_from",
+            )
+        raise ConfigError(
+            f"{which} has no {head!r} head for task={cfg.task} (its heads: {heads}); use a task "
+            f"it has or {other}."
+        )
 
 
 def _check_model(m, d) -> None:

@@ -81,6 +81,21 @@ def test_gpt_learns_evaluates_and_exports(tmp_path):
     real = enc["attention_mask"].astype(bool)
     np.testing.assert_allclose(ours[real], theirs[real], atol=2e-4, rtol=1e-4)
 
+    # The export trains on from init_from=hf:, tokenizer included: it starts where W ended.
+    c = tiny_gpt(steps=1, eval_every=1)
+    c.init_from = f"hf:{out}"
+    run(c, tmp_path / "from_hf")
+    first = json.loads((tmp_path / "from_hf" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["loss"] == pytest.approx(again["loss"], rel=1e-4)
+
+    # A GPT given to an encoder's task: one sentence, nothing written.
+    bert = tiny_gpt()
+    bert.task, bert.init_from = "mlm", str(w)
+    bert.model.family = "bert"
+    with pytest.raises(config_lib.ConfigError, match="is a 'gpt2' model, which has no 'mlm' head"):
+        run(bert, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
 
 def test_causal_lm_needs_a_decoder():
     c = tiny_gpt()
