@@ -1,6 +1,7 @@
 """task=causal_lm end to end on 8 devices: a tiny GPT-2 learns next tokens on real text (with a
 byte-level BPE trained on it), evaluates as training did, and exports to a folder that
-transformers' GPT2LMHeadModel loads with the same logits."""
+transformers' GPT2LMHeadModel loads with the same logits; the export trains on, and the run
+fine-tunes into a classifier that exports as GPT2ForSequenceClassification."""
 
 import json
 
@@ -9,11 +10,13 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from test_classify import tiny_classifier
 
 from ptft_jax import config as config_lib
 from ptft_jax import steps, workdir
 from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
+from ptft_jax.predict import predict
 from ptft_jax.train import run
 
 
@@ -87,6 +90,26 @@ def test_gpt_learns_evaluates_and_exports(tmp_path):
     run(c, tmp_path / "from_hf")
     first = json.loads((tmp_path / "from_hf" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["loss"] == pytest.approx(again["loss"], rel=1e-4)
+
+    # Classification from the GPT run: packed rows, each example's last token; the export is
+    # a GPT2ForSequenceClassification with the same probabilities.
+    c = tiny_classifier(epochs=0, steps=4)
+    c.init_from = str(w)
+    run(c, tmp_path / "cls")
+    texts = ["a gripping, beautiful film", "dull"]
+    ours = predict(workdir.load(tmp_path / "cls"), texts)
+    export(str(tmp_path / "cls"), str(tmp_path / "cls_hf"))
+    model, info = transformers.GPT2ForSequenceClassification.from_pretrained(
+        tmp_path / "cls_hf", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    enc = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(**enc).logits, -1).numpy()
+    for row, p in zip(ours, probs, strict=True):
+        np.testing.assert_allclose(
+            [row["probs"]["negative"], row["probs"]["positive"]], p, atol=1e-5
+        )
 
     # A GPT given to an encoder's task: one sentence, nothing written.
     bert = tiny_gpt()

@@ -176,3 +176,14 @@ def end_of_text_id(tokenizer) -> int:
             "set --config.data.tokenizer='' to train one."
         )
     return int(tid)
+
+
+def pad_id(tokenizer) -> int:
+    """The id that pads rows: the tokenizer's pad token (a GPT-2 one pads with its end)."""
+    tid = tokenizer.pad_token_id
+    if tid is None:
+        raise DataError(
+            "The tokenizer has no pad token; add one to its tokenizer_config.json "
+            "(GPT-2 tokenizers pad with <|endoftext|>) or set --config.data.tokenizer=''."
+        )
+    return int(tid)

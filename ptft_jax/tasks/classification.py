@@ -18,7 +18,7 @@ import numpy as np
 
 from ptft_jax import losses, scores
 from ptft_jax.data import classify, packing, sources
-from ptft_jax.data.tokenize import special_ids
+from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import DataError
 from ptft_jax.tasks.base import (
     EvalContext,
@@ -54,10 +54,11 @@ class Classification(Task):
 
     def batch_spec(self) -> dict:
         """Rows of any bucket length up to ``seq_len``; float targets for a regression. Packed
-        rows add positions and each example's first token, and hold up to ``seq_len // 2``
-        examples (each has at least [CLS] and [SEP]): per-example fields get that axis."""
+        rows add positions and each example's first token, and hold up to ``seq_len`` examples
+        (a GPT tokenizer adds no special tokens: one token can be an example): per-example
+        fields get that axis."""
         length = (self.seq_len,)
-        slot = (self.seq_len // 2,) if self.packing else ()
+        slot = (self.seq_len,) if self.packing else ()
         fields = {
             "input_ids": (length, "int32"),
             "attention_mask": (length, "int32"),
@@ -96,7 +97,7 @@ class Classification(Task):
         }
         if extend is not None:
             encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
-        pad = special_ids(tokenizer)["pad"]
+        pad = pad_id(tokenizer)
         batched = (_packed if self.packing else _bucketed)(cfg, encoded, layout, eval_layout, pad)
         counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
         if encoded["train"].label_weights is not None:
@@ -166,7 +167,9 @@ class Classification(Task):
             return_tensors="np",
         )
         batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
-        batch["token_type_ids"] = enc["token_type_ids"].astype(np.int32)
+        # GPT tokenizers return no segment ids (their models have none)
+        batch["token_type_ids"] = enc.get("token_type_ids", np.zeros_like(enc["input_ids"]))
+        batch["token_type_ids"] = batch["token_type_ids"].astype(np.int32)
         with jax.set_mesh(run.mesh):
             logits = np.asarray(jax.device_get(forward(run.params, batch)))
         names = run.label_names()
