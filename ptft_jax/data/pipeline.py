@@ -211,6 +211,20 @@ def mlm_texts(data_cfg, records: dict[str, list[dict]]) -> tuple[list[str], list
     return [train_texts[i] for i in train_idx], [train_texts[i] for i in eval_idx]
 
 
+def split_texts(data_cfg, records: dict[str, list[dict]], split: str) -> list[str]:
+    """The texts of one evaluation split: the held-out ``validation`` documents as training
+    chose them, or the source's ``test`` split."""
+    from ptft_jax.data.sources import text_of
+
+    if split == "validation":
+        return mlm_texts(data_cfg, records)[1]
+    if "test" not in records:
+        raise DataError(
+            f"data.source {data_cfg.source!r} has no test split; use --split=validation."
+        )
+    return [text_of(r, data_cfg.text_field) for r in records["test"]]
+
+
 def pack_texts(texts: list[str], tokenizer, seq_len: int, cache_root) -> Blocks:
     """Tokenize (cached on disk) and pack ``texts`` into ``seq_len`` blocks."""
     ids = special_ids(tokenizer)

@@ -83,14 +83,7 @@ class CausalLM(Task):
         from ptft_jax.data.builtin import cache_dir
 
         records = sources.load_records(cfg.data.source)
-        if split == "validation":
-            texts = pipeline.mlm_texts(cfg.data, records)[1]
-        elif "test" in records:
-            texts = [sources.text_of(r, cfg.data.text_field) for r in records["test"]]
-        else:
-            raise DataError(
-                f"data.source {cfg.data.source!r} has no test split; use --split=validation."
-            )
+        texts = pipeline.split_texts(cfg.data, records, split)
         blocks = causal.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
         return TaskData(
             tokenizer=tokenizer, train=None, eval=list(causal.eval_batches(blocks, layout, 0))

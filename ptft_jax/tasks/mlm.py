@@ -138,14 +138,7 @@ class MLM(Task):
         from ptft_jax.data import pipeline, sources
 
         records = sources.load_records(cfg.data.source)
-        if split == "validation":
-            texts = pipeline.mlm_texts(cfg.data, records)[1]
-        elif "test" in records:
-            texts = [sources.text_of(r, cfg.data.text_field) for r in records["test"]]
-        else:
-            raise DataError(
-                f"data.source {cfg.data.source!r} has no test split; use --split=validation."
-            )
+        texts = pipeline.split_texts(cfg.data, records, split)
         blocks = self.blocks(cfg, texts, tokenizer, held_out=True)  # NSP pairs too
         spec = pipeline.masking_spec(cfg.data, tokenizer)
         batches = list(pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0))
