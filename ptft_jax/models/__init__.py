@@ -10,6 +10,8 @@ A family module provides:
                        ``causal_lm``; ``ARCHITECTURES``: head -> transformers class name;
                        ``DEFAULT_HEAD``: the head of a config.json without ``architectures``
   ``build_model(cfg, head, seed)``, ``architecture(head, cfg)``, ``head_of(architecture)``
+  a decoder also: ``empty_cache(cfg, rows)`` and its ``causal_lm`` head's
+  ``cached(ids, start, cache)``, a key/value-cached step for ``generate.py``
   config.json: ``from_hf(hf, where)`` (our fields from its dict; ``where``: the file, named
   when a value has the wrong type), ``hf_config(fields)`` (its part of an export),
   ``TOKEN_IDS`` (token id keys an export copies from the tokenizer besides ``pad_token_id``)

@@ -8,7 +8,8 @@ table itself (tied), so it has no parameter of its own.
 
 Config fields carry BERT's names where they mean the same (``hidden_size`` is HF's ``n_embd``);
 ``from_hf`` and ``hf_config`` translate config.json. Tensor names carry their dimension letters
-and every parameter its logical axes, as ``models/__init__.py`` describes.
+and every parameter its logical axes, as ``models/__init__.py`` describes. The ``cached``
+methods run the decoder over a key/value cache (``empty_cache``) for generation.
 """
 
 from __future__ import annotations
@@ -103,6 +104,16 @@ class GPT2Attention(nnx.Module):
         out_BxQxD = self.c_proj(out_BxQxNxH.reshape(*q_BxQxD.shape[:2], cfg.hidden_size))
         return dropout(out_BxQxD, cfg.hidden_dropout_prob, rngs)
 
+    def cached(self, h_BxQxD, start_B, k_BxMxNxH, v_BxMxNxH):
+        """Attention of Q new tokens at positions ``start_B + 0..Q-1`` over a key/value cache
+        ``[B, M, N, H]`` that first takes their keys and values; returns (out, keys, values)."""
+        heads = (*h_BxQxD.shape[:2], self.cfg.num_attention_heads, self.cfg.head_dim)
+        qkv = [x.reshape(heads) for x in jnp.split(self.c_attn(h_BxQxD), 3, axis=-1)]
+        out_BxQxNxH, k_BxMxNxH, v_BxMxNxH = layers.attend_cached(
+            *qkv, start_B, k_BxMxNxH, v_BxMxNxH
+        )
+        return self.c_proj(out_BxQxNxH.reshape(h_BxQxD.shape)), k_BxMxNxH, v_BxMxNxH
+
 
 class GPT2MLP(nnx.Module):
     def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
@@ -138,6 +149,15 @@ class GPT2Block(nnx.Module):
         x_BxQxD = x_BxQxD + a_BxQxD
         x_BxQxD = x_BxQxD + self.mlp(self.ln_2(x_BxQxD), rngs=rngs)
         return constrain(x_BxQxD, ("batch", "length", "act_embed"))
+
+    def cached(self, x_BxQxD, start_B, k_BxMxNxH, v_BxMxNxH):
+        """``__call__`` (no dropout) of Q new tokens over a key/value cache
+        (``GPT2Attention.cached``); returns (outputs, keys, values)."""
+        a_BxQxD, k_BxMxNxH, v_BxMxNxH = self.attn.cached(
+            self.ln_1(x_BxQxD), start_B, k_BxMxNxH, v_BxMxNxH
+        )
+        x_BxQxD = x_BxQxD + a_BxQxD
+        return x_BxQxD + self.mlp(self.ln_2(x_BxQxD)), k_BxMxNxH, v_BxMxNxH
 
 
 class GPT2Model(nnx.Module):
@@ -192,6 +212,15 @@ class GPT2Model(nnx.Module):
             out["hidden_states"] = hidden
         return out
 
+    def cached(self, input_ids_BxQ, start_B, cache: dict) -> tuple[jax.Array, dict]:
+        """``last_hidden_state`` of Q new tokens at positions ``start_B + 0..Q-1`` of each row,
+        each attending to its row's cached positions up to its own; their keys and values go
+        into ``cache`` (``empty_cache``), which is returned updated."""
+        positions_BxQ = start_B[:, None] + jnp.arange(input_ids_BxQ.shape[1])
+        x_BxQxD = lookup(self.wte, input_ids_BxQ) + lookup(self.wpe, positions_BxQ)
+        x_BxQxD, cache = layers.run_cached(self.h, x_BxQxD, start_B, cache)
+        return self.ln_f(x_BxQxD), cache
+
 
 class GPT2LMHeadModel(nnx.Module):
     """The decoder and next-token logits from the tied word embeddings (HF's GPT2LMHeadModel)."""
@@ -214,14 +243,27 @@ class GPT2LMHeadModel(nnx.Module):
         out = self.transformer(
             input_ids_BxL, attention_mask_BxL, rngs=rngs, position_ids_BxL=position_ids_BxL
         )
+        return self.logits(out["last_hidden_state"])
+
+    def logits(self, hidden_BxLxD) -> jax.Array:
+        """Float32 next-token logits ``[B, L, V]`` of final hidden states (after ``ln_f``)."""
         dtype = self.cfg.jnp_dtype
         logits_BxLxV = jnp.einsum(
             "bld,vd->blv",
-            out["last_hidden_state"].astype(dtype),
+            hidden_BxLxD.astype(dtype),
             self.transformer.wte.embedding[...].astype(dtype),
             preferred_element_type=jnp.float32,
         )
         return constrain(logits_BxLxV, ("batch", "length", "act_vocab"))
+
+    def cached(self, input_ids_BxQ, start_B, cache: dict, at_BxK=None) -> tuple[jax.Array, dict]:
+        """Logits of Q new tokens over a key/value cache (``GPT2Model.cached``), only at their
+        indices ``at_BxK`` when given (a prefill needs each row's last); returns (logits,
+        cache)."""
+        hidden_BxQxD, cache = self.transformer.cached(input_ids_BxQ, start_B, cache)
+        if at_BxK is not None:
+            hidden_BxQxD = _at(hidden_BxQxD, at_BxK)
+        return self.logits(hidden_BxQxD), cache
 
 
 class GPT2ForSequenceClassification(nnx.Module):
@@ -306,6 +348,9 @@ def build_model(cfg: GPT2Config, head: str, seed: int) -> nnx.Module:
     """The model with ``head`` (``HEADS``), initialised from ``seed`` (call under jit or
     eval_shape to shard)."""
     return HEADS[head](cfg, rngs=nnx.Rngs(params=seed))
+
+
+empty_cache = layers.empty_cache  # the key/value cache generation fills
 
 
 def architecture(head: str, cfg: GPT2Config) -> str:

@@ -1,6 +1,7 @@
 """NNX building blocks every model family shares: parameters born with logical axis names and
 Hugging Face's normal(initializer_range) init, float32-statistics LayerNorm, FSDP-friendly
-table lookups, a remat-able stack of layers, and mean pooling over real tokens.
+table lookups, a remat-able stack of layers, a decoder's key/value cache for generation,
+and mean pooling over real tokens.
 
 Families (``bert.py``, ...) assemble their modules from these and name parameters as their
 Hugging Face counterparts do; nothing here names a mesh axis (``sharding.py`` maps the
@@ -86,6 +87,61 @@ def run_layers(layers, x, mask, rngs, *, remat: bool, policy: str, last_position
         call = nnx.remat(call, policy=ops.REMAT_POLICIES[policy]) if remat else call
         hidden.append(call(layer, hidden[-1], mask, rngs))
     return hidden
+
+
+def run_cached(layers, x_BxQxD, start_B, cache: dict) -> tuple[jax.Array, dict]:
+    """The last layer's output for Q new tokens at positions ``start_B + 0..Q-1``; each layer is
+    called as ``layer.cached(x, start_B, keys, values)`` with its slice of ``cache``
+    (``empty_cache``) and returns the slice updated, which goes back in."""
+    k_XxBxMxNxH, v_XxBxMxNxH = cache["k"], cache["v"]
+    for i, layer in enumerate(layers):
+        x_BxQxD, k_BxMxNxH, v_BxMxNxH = layer.cached(
+            x_BxQxD, start_B, k_XxBxMxNxH[i], v_XxBxMxNxH[i]
+        )
+        k_XxBxMxNxH = k_XxBxMxNxH.at[i].set(k_BxMxNxH)
+        v_XxBxMxNxH = v_XxBxMxNxH.at[i].set(v_BxMxNxH)
+    return x_BxQxD, {"k": k_XxBxMxNxH, "v": v_XxBxMxNxH}
+
+
+def empty_cache(cfg, rows: int) -> dict:
+    """A decoder's key/value cache for ``rows`` sequences of up to the context length:
+    ``{"k", "v"}``, each ``[layers, B, max_position_embeddings, N, H]`` in the matmul dtype."""
+    shape = (cfg.num_hidden_layers, rows, cfg.max_position_embeddings)
+    shape += (cfg.num_attention_heads, cfg.head_dim)
+    return {"k": jnp.zeros(shape, cfg.jnp_dtype), "v": jnp.zeros(shape, cfg.jnp_dtype)}
+
+
+def write_rows(cache_BxMxNxH, new_BxQxNxH, start_B) -> jax.Array:
+    """``cache`` with each row's Q new entries at positions ``start_B`` onwards: rows of
+    different lengths each continue after their own last token (``start_B + Q`` must not pass
+    M: the update would be moved back to fit)."""
+
+    def row(cache_MxNxH, new_QxNxH, start):
+        return jax.lax.dynamic_update_slice_in_dim(
+            cache_MxNxH, new_QxNxH.astype(cache_MxNxH.dtype), start, axis=0
+        )
+
+    return jax.vmap(row)(cache_BxMxNxH, new_BxQxNxH, start_B)
+
+
+def attend_cached(q_BxQxNxH, k_BxQxNxH, v_BxQxNxH, start_B, k_BxMxNxH, v_BxMxNxH):
+    """Attention (no dropout) of Q new tokens at positions ``start_B + 0..Q-1`` over a
+    key/value cache ``[B, M, N, H]``, their own keys and values written into it first;
+    returns (out, keys, values).
+
+    Each query sees the cached positions up to its own. A row's earlier positions all hold its
+    real tokens (the prompt, then what was generated), so no query sees padding; later ones
+    are stale entries the row will overwrite before it reaches them.
+    """
+    k_BxMxNxH = write_rows(k_BxMxNxH, k_BxQxNxH, start_B)
+    v_BxMxNxH = write_rows(v_BxMxNxH, v_BxQxNxH, start_B)
+    positions_BxQ = start_B[:, None] + jnp.arange(q_BxQxNxH.shape[1])
+    mask_BxQxM = jnp.arange(k_BxMxNxH.shape[1])[None, None] <= positions_BxQ[..., None]
+    # A pairwise mask: XLA's kernel, as ops.attention runs it for packed rows.
+    out_BxQxNxH = jax.nn.dot_product_attention(
+        q_BxQxNxH, k_BxMxNxH, v_BxMxNxH, mask=mask_BxQxM[:, None]
+    )
+    return out_BxQxNxH, k_BxMxNxH, v_BxMxNxH
 
 
 def mean_pool(hidden_BxLxD, attention_mask_BxL) -> jax.Array:
