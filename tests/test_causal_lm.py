@@ -111,6 +111,18 @@ def test_gpt_learns_evaluates_and_exports(tmp_path):
             [row["probs"]["negative"], row["probs"]["positive"]], p, atol=1e-5
         )
 
+    # A one-layer student distilled from the GPT on its next-token distributions.
+    c = tiny_gpt(steps=3, eval_every=3, checkpoint_every=3)
+    c.task = "distill"
+    c.train.update(teacher=str(w), student_layers_from_teacher=(1,))
+    run(c, tmp_path / "student")
+    rows = [
+        json.loads(x) for x in (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert any("kd_loss" in r for r in rows)
+    student = workdir.load(tmp_path / "student")
+    assert student.task.model_task == "causal_lm" and student.model_cfg.num_hidden_layers == 1
+
     # A GPT given to an encoder's task: one sentence, nothing written.
     bert = tiny_gpt()
     bert.task, bert.init_from = "mlm", str(w)

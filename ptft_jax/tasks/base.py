@@ -113,7 +113,9 @@ class Task:
         return None
 
     def teacher_outputs(self, model, mb):
-        raise ConfigError(f"task={self.name} cannot be distilled; distill mlm or classification.")
+        raise ConfigError(
+            f"task={self.name} cannot be distilled; distill mlm, causal_lm or classification."
+        )
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         raise ConfigError(f"A {self.name} run has no evaluation split to score on its own.")

@@ -1,10 +1,11 @@
-"""Knowledge distillation (``task="distill"``): it wraps the student's task (classification or
-MLM, the teacher's by default).
+"""Knowledge distillation (``task="distill"``): it wraps the student's task (classification,
+MLM or causal LM, the teacher's by default).
 
 The student learns from ``alpha * T^2 * KL(teacher || student)`` at temperature ``T`` plus
 ``(1 - alpha)`` times its task's hard-label loss (``losses.distill_sums``), per labelled row
-(classification) or masked position (MLM). The teacher runs inside the same jitted train step,
-without dropout or gradient; its parameters are the step's third argument. For
+(classification), masked position (MLM) or next token (causal LM). The teacher runs inside
+the same jitted train step, without dropout or gradient; its parameters are the step's third
+argument. For
 classification, ``train.distill_augment`` adds word-level variants of each training text (a
 transfer set) that only the teacher labels. Data, evaluation, the best checkpoint, export and
 predict are the student task's: the checkpoint holds the student alone.
@@ -22,10 +23,11 @@ from ptft_jax import losses
 from ptft_jax.data import augment, classify, sources
 from ptft_jax.errors import ConfigError
 from ptft_jax.tasks.base import Task, check_objectives
+from ptft_jax.tasks.causal_lm import CausalLM
 from ptft_jax.tasks.classification import Classification
 from ptft_jax.tasks.mlm import MLM
 
-STUDENT_TASKS = {"mlm": MLM, "classification": Classification}
+STUDENT_TASKS = {"mlm": MLM, "classification": Classification, "causal_lm": CausalLM}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +54,8 @@ class Distill:
             raise ConfigError("task=distill needs a teacher; set --config.train.teacher.")
         if t.distill_task not in ("", *STUDENT_TASKS):
             raise ConfigError(
-                f"train.distill_task={t.distill_task!r} is unknown; use 'classification' or "
-                "'mlm' (or '' for the teacher's task)."
+                f"train.distill_task={t.distill_task!r} is unknown; use 'classification', "
+                "'mlm' or 'causal_lm' (or '' for the teacher's task)."
             )
         if t.distill_augment < 0 or (t.distill_augment and not t.distill_alpha):
             raise ConfigError(
