@@ -3,16 +3,23 @@
     python -m ptft_jax.bench --preset cpu   # BERT-mini class, 32 x 128, fp32 (2 cores: ~4 min)
     python -m ptft_jax.bench --preset gpu   # BERT-base, 256 x 128 and 64 x 512, bf16
     python -m ptft_jax.bench --preset cpu --model bert-tiny --batch 16 --seq 64 --peers hf_eager
+    python -m ptft_jax.bench --preset cpu --model gpt-mini     # GPT, 16 x 128, fp32
+    python -m ptft_jax.bench --preset gpu --model gpt2-small   # GPT-2 124M, 16 x 1024, bf16
 
-The same model (shapes, vocabulary, random init, 15% of positions labelled, dropout 0.1,
-AdamW with clipping) is trained on the same random batch by each system, each in its own
-subprocess: ptft_jax through the train step ``train.py`` uses (``steps.jit_steps``), and
-``BertForMaskedLM`` (SDPA attention; bf16 autocast and fused AdamW on GPU) eagerly
-(``hf_eager``) or under ``torch.compile`` (``hf_compile``). After warm-up steps, a number of
-timed steps give tokens/s (every position of every row is a real token: no padding).
+``--model`` picks the family. A BERT model (``bert-*``) trains MLM: the same model (shapes,
+vocabulary, random init, 15% of positions labelled, dropout 0.1, AdamW with clipping) is
+trained on the same random batch by each system, each in its own subprocess: ptft_jax through
+the train step ``train.py`` uses (``steps.jit_steps``), and ``BertForMaskedLM`` (SDPA
+attention; bf16 autocast and fused AdamW on GPU) eagerly (``hf_eager``) or under
+``torch.compile`` (``hf_compile``). A GPT model (``gpt-tiny``, ``gpt-mini``, ``gpt2-small``)
+trains causal LM the same way: ptft_jax's ``causal_lm`` task against ``GPT2LMHeadModel``,
+every position labelled with its next token. Without ``--batch``/``--seq`` the preset's shapes
+for the family run: BERT 32 x 128 (cpu), 256 x 128 and 64 x 512 (gpu); GPT 16 x 128 (cpu),
+16 x 1024 (gpu). After warm-up steps, a number of timed steps give tokens/s (every position of
+every row is a real token: no padding).
 
-Model FLOPs per step (printed with the results), with R the rows the last layer's queries
-run on and P the rows the MLM head runs on:
+Model FLOPs per step (printed with the results) for BERT, with R the rows the last layer's
+queries run on and P the rows the MLM head runs on:
     tokens x (6 x lower layers' matmul parameters + 12 x (layers - 1) x hidden x seq)
     + tokens x 6 x 2 hidden^2 (the last layer's keys and values)
     + R x (6 x (2 hidden^2 + 2 hidden x intermediate) + 12 x hidden x seq)
@@ -21,9 +28,15 @@ ptft_jax computes the last layer's queries, attention output, MLP and the MLM he
 masked positions only (R = P = masked positions: nothing else reaches the loss);
 ``BertForMaskedLM`` computes them at every position (R = P = tokens, the textbook count).
 ``mfu`` counts the FLOPs each system computes; ``mfu_common`` counts both on one basis, the
-work the loss needs (R = P = masked positions). MFU divides by the chip's
-dense peak (bf16 on GPUs, from the vendor's table) or, on CPUs, by the peak that a large fp32
-matmul reaches in JAX on the same machine (measured at start, in its own subprocess).
+work the loss needs (R = P = masked positions). For GPT, where both systems compute every
+position (so ``mfu_common`` = ``mfu``), the textbook count:
+    tokens x (6 x (layers x (4 hidden^2 + 2 hidden x intermediate) + hidden x vocab)
+              + 12 x layers x hidden x seq)
+that is, 6 x the matmul parameters outside the embeddings (the tied LM head's hidden x vocab
+included) and the attention scores and values over the whole (unmasked) sequence, per token.
+MFU divides by the chip's dense peak (bf16 on GPUs, from the vendor's table) or, on CPUs, by
+the peak that a large fp32 matmul reaches in JAX on the same machine (measured at start, in
+its own subprocess).
 
 The data stack (datasets, grain, ml_collections) is never imported here.
 """
@@ -41,8 +54,10 @@ import time
 
 from ptft_jax import cli
 from ptft_jax.bench_workload import (
+    FLOPS_FORMULAS,
     MODELS,
     TRAIN,
+    loss_rows,
     masked_per_row,
     model_fields,
     model_flops,
@@ -53,16 +68,17 @@ from ptft_jax.bench_workload import (
 PRESETS = {
     "cpu": {
         "model": "bert-mini",
-        "shapes": [(32, 128)],
+        "shapes": {"bert": [(32, 128)], "gpt2": [(16, 128)]},  # by the model's family
         "dtype": "float32",
         "peers": ["hf_eager"],
-        "attention_dropout": 0.1,  # BERT's
+        "attention_dropout": 0.1,  # BERT's and GPT-2's
         "warmup": 3,
         "steps": 20,
     },
     "gpu": {
         "model": "bert-base",
-        "shapes": [(256, 128), (64, 512)],
+        # GPT-2 at its full context, as it pretrains.
+        "shapes": {"bert": [(256, 128), (64, 512)], "gpt2": [(16, 1024)]},
         "dtype": "bfloat16",
         "peers": ["hf_eager", "hf_compile"],
         # Without attention dropout both systems may use fused attention kernels (cuDNN in
@@ -83,48 +99,64 @@ class _TrainCfg(dict):
 
 
 def run_ptft_jax(model, batch, seq, dtype, attention_dropout, warmup, steps) -> dict:
-    """Time ``steps`` train steps of ptft_jax's real MLM train step on all local devices, with
-    the attention kernel ``model.attention="auto"`` picks; should cuDNN's refuse the shape or
-    the GPU, XLA's is measured instead and the JSON says so."""
-    from ptft_jax import ops
-    from ptft_jax.models.bert import BertConfig
+    """Time ``steps`` train steps of ptft_jax's real train step (MLM for BERT, causal LM for
+    GPT) on all local devices, with the attention kernel ``model.attention="auto"`` picks;
+    should cuDNN's refuse the shape or the GPU, XLA's is measured instead and the JSON says
+    so."""
+    from ptft_jax import models, ops
 
-    cfg = BertConfig(**model_fields(model, seq, attention_dropout), dtype=dtype)
+    fields = model_fields(model, seq, attention_dropout)
+    cfg = models.get(MODELS[model].family).CONFIG(**fields, dtype=dtype)
     kernel = ops.attention_implementation(cfg.attention, dtype, cfg.head_dim)
+    timed = (model, batch, seq, warmup, steps)
     try:
-        out = _time_steps(dataclasses.replace(cfg, attention=kernel), batch, seq, warmup, steps)
+        out = _time_steps(dataclasses.replace(cfg, attention=kernel), *timed)
     except Exception as e:  # noqa: BLE001 - any refusal of the cuDNN kernel
         if kernel != "cudnn":
             raise
-        out = _time_steps(dataclasses.replace(cfg, attention="xla"), batch, seq, warmup, steps)
+        out = _time_steps(dataclasses.replace(cfg, attention="xla"), *timed)
         out["attention_fallback"] = f"cudnn failed: {type(e).__name__}: {str(e)[:300]}"
         kernel = "xla"
     return {**out, "attention": kernel}
 
 
-def _time_steps(model_cfg, batch, seq, warmup, steps) -> dict:
-    import jax
+def task_and_batch(model: str, batch: int, seq: int):
+    """The task ``model``'s family trains and its host batch of one microbatch
+    (``random_batch``'s rows, every position real)."""
     import numpy as np
+
+    raw = random_batch(model, batch, seq)
+    ones = np.ones((batch, seq), np.int32)
+    if MODELS[model].family == "gpt2":
+        from ptft_jax.tasks.causal_lm import CausalLM
+
+        task = CausalLM(seq_len=seq)
+        host = {**raw, "attention_mask": ones, "label_weights": ones}
+    else:
+        from ptft_jax.tasks.mlm import MLM
+
+        task = MLM(seq_len=seq, max_predictions=masked_per_row(seq))
+        host = {
+            **raw,
+            "attention_mask": ones,
+            "token_type_ids": np.zeros_like(ones),
+            "masked_weights": np.ones(raw["masked_ids"].shape),
+        }
+    # One microbatch, in the dtypes of the task's batch spec.
+    host = {k: host[k][None].astype(dtype) for k, (_, dtype) in task.batch_spec().items()}
+    return task, host
+
+
+def _time_steps(model_cfg, model, batch, seq, warmup, steps) -> dict:
+    import jax
     from flax import nnx
 
     from ptft_jax import optim, sharding
     from ptft_jax import steps as steps_lib
-    from ptft_jax.tasks.mlm import MLM
 
-    task = MLM(seq_len=seq, max_predictions=masked_per_row(seq))
+    task, host = task_and_batch(model, batch, seq)
     tx, schedule = optim.make_optimizer(_TrainCfg(TRAIN), 10_000)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    raw = random_batch(batch, seq)
-    host = {
-        "input_ids": raw["input_ids"],
-        "attention_mask": np.ones((batch, seq), np.int32),
-        "token_type_ids": np.zeros((batch, seq), np.int32),
-        "masked_positions": raw["masked_positions"],
-        "masked_ids": raw["masked_ids"],
-        "masked_weights": np.ones(raw["masked_ids"].shape, np.float32),
-    }
-    # One microbatch, in the dtypes of the MLM task's batch spec.
-    host = {k: host[k][None].astype(dtype) for k, (_, dtype) in task.batch_spec().items()}
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         train, _, _ = steps_lib.jit_steps(model_cfg, task, tx, schedule, mesh, 0)
         state = steps_lib.make_init_fn(model_cfg, task.head, tx, mesh, 0)()
@@ -148,8 +180,10 @@ def _time_steps(model_cfg, batch, seq, warmup, steps) -> dict:
         "loss": float(metrics["loss"]),
         "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
-        "head_rows": batch * masked_per_row(seq),
-        "last_layer_rows": batch * masked_per_row(seq),
+        # The head and the last layer run only where the loss reads them (MLM: the masked
+        # positions; causal LM: all of them).
+        "head_rows": loss_rows(model, batch, seq),
+        "last_layer_rows": loss_rows(model, batch, seq),
         "device": jax.local_devices()[0].device_kind,
         "devices": jax.local_device_count(),
         "versions": {"jax": jax.__version__},
@@ -216,7 +250,11 @@ def _spawn(system: str, model: str, batch: int, seq: int, args) -> dict:
 def _parse(argv) -> argparse.Namespace:
     p = cli.ArgumentParser(prog="python -m ptft_jax.bench", description=__doc__.split("\n")[0])
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    p.add_argument("--model", choices=sorted(MODELS))
+    p.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        help="bert-*: BERT, MLM; gpt-*, gpt2-small: GPT-2, causal LM (default: the preset's BERT)",
+    )
     p.add_argument("--batch", type=int, help="rows per step (with --seq: one shape)")
     p.add_argument("--seq", type=int, help="sequence length (with --batch: one shape)")
     p.add_argument("--peers", help="comma-separated: hf_eager, hf_compile ('' for none)")
@@ -237,7 +275,8 @@ def _parse(argv) -> argparse.Namespace:
         p.error(f"unknown peer {unknown[0]!r}; use hf_eager and/or hf_compile.")
     if (args.batch is None) != (args.seq is None):
         p.error("give --batch and --seq together (one shape), or neither (the preset's shapes).")
-    args.shapes = [(args.batch, args.seq)] if args.batch else preset["shapes"]
+    family = MODELS[args.model].family
+    args.shapes = [(args.batch, args.seq)] if args.batch else preset["shapes"][family]
     if min(args.warmup, args.steps) < 1:
         p.error("--warmup and --steps must be at least 1.")
     return args
@@ -255,8 +294,8 @@ def main(argv=None) -> dict | None:
         for system in ["ptft_jax", *args.peers]:
             r = _spawn(system, args.model, batch, seq, args)
             flops = model_flops(args.model, batch, seq, r["head_rows"], r["last_layer_rows"])
-            masked = batch * masked_per_row(seq)
-            common = model_flops(args.model, batch, seq, masked, masked)
+            needed = loss_rows(args.model, batch, seq)
+            common = model_flops(args.model, batch, seq, needed, needed)
             r = {
                 "system": system,
                 "model": args.model,
@@ -284,14 +323,7 @@ def main(argv=None) -> dict | None:
         "ratios": ratios,
         "peak_flops": peak["peak_flops"],
         "peak_source": peak["peak_source"],
-        "flops_formula": (
-            "tokens x (6 x lower layers' matmul params + 12 x (layers-1) x hidden x seq) "
-            "+ tokens x 12 hidden^2 (last layer's keys, values) "
-            "+ R x (12 hidden^2 + 12 hidden x intermediate + 12 x hidden x seq) "
-            "+ P x 6 x (hidden^2 + hidden x vocab); R, P: rows of the last layer's queries and "
-            "of the MLM head (ptft_jax: masked positions; transformers: all positions; "
-            "mfu_common: masked positions for both)"
-        ),
+        "flops_formula": FLOPS_FORMULAS[MODELS[args.model].family],
         "date": time.strftime("%Y-%m-%d"),
     }
     print(f"peak {peak['peak_flops'] / 1e12:.2f} TFLOP/s ({peak['peak_source']})")

@@ -1,24 +1,72 @@
-"""The benchmark's peers: transformers' BertForMaskedLM on PyTorch (see ptft_jax/bench.py)."""
+"""The benchmark's peers: transformers' BertForMaskedLM and GPT2LMHeadModel on PyTorch (see
+ptft_jax/bench.py)."""
 
 from __future__ import annotations
 
 import time
 
-from ptft_jax.bench_workload import TRAIN, model_fields, peak_rss, random_batch
+from ptft_jax.bench_workload import MODELS, TRAIN, model_fields, peak_rss, random_batch
+
+# GPT2Config's names for the fields ``model_fields`` gives (resid_pdrop also sets embd_pdrop).
+GPT2_NAMES = {
+    "vocab_size": "vocab_size",
+    "hidden_size": "n_embd",
+    "num_hidden_layers": "n_layer",
+    "num_attention_heads": "n_head",
+    "intermediate_size": "n_inner",
+    "max_position_embeddings": "n_positions",
+    "hidden_dropout_prob": "resid_pdrop",
+    "attention_probs_dropout_prob": "attn_pdrop",
+}
+
+
+def hf_model(model: str, seq: int, attention_dropout: float):
+    """The transformers model of ``model``'s family, randomly initialised, SDPA attention."""
+    import transformers
+
+    fields = model_fields(model, seq, attention_dropout)
+    if MODELS[model].family == "bert":
+        config = transformers.BertConfig(**fields, attn_implementation="sdpa")
+        return transformers.BertForMaskedLM(config)
+    end = fields["vocab_size"] - 1  # GPT-2's end-of-text id is its last (50256), here too
+    config = transformers.GPT2Config(
+        **{GPT2_NAMES[k]: v for k, v in fields.items()},
+        embd_pdrop=fields["hidden_dropout_prob"],
+        bos_token_id=end,
+        eos_token_id=end,
+        attn_implementation="sdpa",
+    )
+    return transformers.GPT2LMHeadModel(config)
+
+
+def hf_inputs(model: str, batch: int, seq: int, device) -> dict:
+    """The forward's arguments for ``random_batch``'s rows, ``labels`` included so that the
+    model computes its own loss (GPT-2 shifts them itself: ``labels`` are the input ids)."""
+    import torch
+
+    raw = random_batch(model, batch, seq)
+    ids = torch.from_numpy(raw["input_ids"]).long().to(device)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if MODELS[model].family == "gpt2":
+        return {**inputs, "labels": ids}
+    labels = torch.full_like(ids, -100)
+    rows = torch.arange(batch)[:, None]
+    labels[rows, torch.from_numpy(raw["masked_positions"]).long()] = (
+        torch.from_numpy(raw["masked_ids"]).long().to(device)
+    )
+    return {**inputs, "token_type_ids": torch.zeros_like(ids), "labels": labels}
 
 
 def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled: bool) -> dict:
-    """Time ``steps`` training steps of transformers' BertForMaskedLM on PyTorch."""
+    """Time ``steps`` training steps of transformers' BertForMaskedLM or GPT2LMHeadModel on
+    PyTorch."""
     import torch
     import transformers
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
-    config = transformers.BertConfig(
-        **model_fields(model, seq, attention_dropout), attn_implementation="sdpa"
-    )
-    net = transformers.BertForMaskedLM(config).to(device).train()
+    net = hf_model(model, seq, attention_dropout).to(device).train()
     opt_kwargs = {"fused": True} if cuda else {"foreach": True}
     opt = torch.optim.AdamW(
         net.parameters(),
@@ -29,21 +77,12 @@ def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled:
         **opt_kwargs,
     )
     forward = torch.compile(net) if compiled else net
-    raw = random_batch(batch, seq)
-    ids = torch.from_numpy(raw["input_ids"]).long().to(device)
-    labels = torch.full_like(ids, -100)
-    rows = torch.arange(batch)[:, None]
-    labels[rows, torch.from_numpy(raw["masked_positions"]).long()] = (
-        torch.from_numpy(raw["masked_ids"]).long().to(device)
-    )
-    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    inputs = hf_inputs(model, batch, seq, device)
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def one_step():
         with autocast:
-            loss = forward(
-                input_ids=ids, attention_mask=mask, token_type_ids=types, labels=labels
-            ).loss
+            loss = forward(**inputs).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), TRAIN["max_grad_norm"])
         opt.step()
@@ -67,7 +106,7 @@ def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled:
     return {
         "step_s": step_s,
         "compile_s": max(first_s - step_s, 0.0) if compiled else 0.0,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
         "head_rows": batch * seq,

@@ -5,15 +5,36 @@ imports it before its own framework."""
 
 from __future__ import annotations
 
-# layers, hidden, heads, intermediate
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchModel:
+    """A benchmark model's family (``model.family``: ``"bert"`` trains MLM, ``"gpt2"``
+    causal LM) and shape."""
+
+    family: str
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    vocab: int
+    positions: int  # at least; a longer --seq gets as many as it needs
+
+
+BERT_VOCAB = 30522
 MODELS = {
-    "bert-tiny": (2, 128, 2, 512),
-    "bert-mini": (4, 256, 4, 1024),
-    "bert-small": (4, 512, 8, 2048),
-    "bert-base": (12, 768, 12, 3072),
-    "bert-large": (24, 1024, 16, 4096),
+    "bert-tiny": BenchModel("bert", 2, 128, 2, 512, BERT_VOCAB, 512),
+    "bert-mini": BenchModel("bert", 4, 256, 4, 1024, BERT_VOCAB, 512),
+    "bert-small": BenchModel("bert", 4, 512, 8, 2048, BERT_VOCAB, 512),
+    "bert-base": BenchModel("bert", 12, 768, 12, 3072, BERT_VOCAB, 512),
+    "bert-large": BenchModel("bert", 24, 1024, 16, 4096, BERT_VOCAB, 512),
+    # A GPT-2 shape at BERT-tiny and BERT-mini size, with a vocabulary a small byte-level BPE
+    # would have, so that the 50k-way head does not swamp a CPU run.
+    "gpt-tiny": BenchModel("gpt2", 2, 128, 2, 512, 8192, 512),
+    "gpt-mini": BenchModel("gpt2", 4, 256, 4, 1024, 8192, 512),
+    "gpt2-small": BenchModel("gpt2", 12, 768, 12, 3072, 50257, 1024),  # GPT-2 124M
 }
-VOCAB = 30522
 MASK_RATE = 0.15
 # Both systems' AdamW: BERT's settings, global-norm clipping at 1.
 TRAIN = {
@@ -25,50 +46,84 @@ TRAIN = {
     "adam_b2": 0.999,
     "adam_eps": 1e-6,
 }
+FLOPS_FORMULAS = {
+    "bert": (
+        "tokens x (6 x lower layers' matmul params + 12 x (layers-1) x hidden x seq) "
+        "+ tokens x 12 hidden^2 (last layer's keys, values) "
+        "+ R x (12 hidden^2 + 12 hidden x intermediate + 12 x hidden x seq) "
+        "+ P x 6 x (hidden^2 + hidden x vocab); R, P: rows of the last layer's queries and "
+        "of the MLM head (ptft_jax: masked positions; transformers: all positions; "
+        "mfu_common: masked positions for both)"
+    ),
+    "gpt2": (
+        "tokens x (6 x (layers x (4 hidden^2 + 2 hidden x intermediate) + hidden x vocab) "
+        "+ 12 x layers x hidden x seq); both systems compute every position "
+        "(mfu_common = mfu)"
+    ),
+}
 
 
 def masked_per_row(seq: int) -> int:
     return max(1, round(MASK_RATE * seq))
 
 
+def loss_rows(model: str, batch: int, seq: int) -> int:
+    """The positions the loss needs: the labelled ones for MLM, every one for causal LM."""
+    return batch * (seq if MODELS[model].family == "gpt2" else masked_per_row(seq))
+
+
 def model_fields(model: str, seq: int, attention_dropout: float) -> dict:
-    """The model's shape in the field names both ModelConfig and HF's BertConfig use."""
-    layers, hidden, heads, inter = MODELS[model]
+    """The model's shape and dropout in BertConfig's field names (ptft_jax's configs of every
+    family read them; HF's BertConfig too)."""
+    m = MODELS[model]
     return {
-        "vocab_size": VOCAB,
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": inter,
-        "max_position_embeddings": max(512, seq),
+        "vocab_size": m.vocab,
+        "hidden_size": m.hidden,
+        "num_hidden_layers": m.layers,
+        "num_attention_heads": m.heads,
+        "intermediate_size": m.intermediate,
+        "max_position_embeddings": max(m.positions, seq),
+        "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": attention_dropout,
     }
 
 
 def model_flops(model: str, batch: int, seq: int, head_rows: int, last_rows: int) -> float:
-    """Training FLOPs of one step (see the module doc): ``head_rows`` rows of the MLM head,
-    ``last_rows`` rows of the last layer's queries, attention output and MLP."""
-    layers, hidden, _, inter = MODELS[model]
-    layer = 4 * hidden * hidden + 2 * hidden * inter
+    """Training FLOPs of one step (see bench.py's module doc): ``head_rows`` rows of the LM
+    head, ``last_rows`` rows of the last layer's queries, attention output and MLP. With
+    ``head_rows = last_rows = batch x seq`` this is the textbook 6 x matmul parameters +
+    12 x layers x hidden x seq per token."""
+    m = MODELS[model]
+    hidden = m.hidden
+    layer = 4 * hidden * hidden + 2 * hidden * m.intermediate
+    # BERT's MLM head transforms its rows (a hidden^2 dense) before the tied decoder;
+    # GPT-2's goes straight to the tied decoder.
+    head = hidden * m.vocab + (hidden * hidden if m.family == "bert" else 0)
     tokens = batch * seq
-    lower = tokens * (layers - 1) * (6 * layer + 12 * hidden * seq)
+    lower = tokens * (m.layers - 1) * (6 * layer + 12 * hidden * seq)
     keys_values = tokens * 6 * 2 * hidden * hidden
     queries = last_rows * (6 * (layer - 2 * hidden * hidden) + 12 * hidden * seq)
-    return lower + keys_values + queries + 6 * (hidden * hidden + hidden * VOCAB) * head_rows
+    return lower + keys_values + queries + 6 * head * head_rows
 
 
-def random_batch(batch: int, seq: int, seed: int = 0) -> dict:
-    """Token ids, and ``masked_per_row(seq)`` distinct labelled positions per row (numpy)."""
+def random_batch(model: str, batch: int, seq: int, seed: int = 0) -> dict:
+    """The same random rows for every system (numpy). MLM: token ids, and
+    ``masked_per_row(seq)`` distinct labelled positions per row with their labels. Causal LM:
+    ``input_ids`` and ``labels``, the ids shifted by one (each position's next token)."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
+    vocab = MODELS[model].vocab
+    if MODELS[model].family == "gpt2":
+        ids = rng.integers(0, vocab, (batch, seq + 1), dtype=np.int32)
+        return {"input_ids": ids[:, :-1], "labels": ids[:, 1:]}
     k = masked_per_row(seq)
-    ids = rng.integers(5, VOCAB, (batch, seq), dtype=np.int32)
+    ids = rng.integers(5, vocab, (batch, seq), dtype=np.int32)
     positions = np.sort(np.argsort(rng.random((batch, seq - 2)), axis=1)[:, :k] + 1, axis=1)
     return {
         "input_ids": ids,
         "masked_positions": positions.astype(np.int32),
-        "masked_ids": rng.integers(5, VOCAB, (batch, k), dtype=np.int32),
+        "masked_ids": rng.integers(5, vocab, (batch, k), dtype=np.int32),
     }
 
 

@@ -10,9 +10,7 @@ import jax
 import pytest
 from flax import nnx
 
-from ptft_jax import bench, bench_workload, optim, sharding, steps
-from ptft_jax.models.bert import BertConfig as ModelConfig
-from ptft_jax.tasks.mlm import MLM
+from ptft_jax import bench, bench_workload, models, optim, sharding, steps
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WITHOUT_DATA_STACK = """
@@ -24,49 +22,55 @@ runpy.run_module("ptft_jax.bench", run_name="__main__")
 """
 
 
-def test_flops_formula_matches_the_compiler():
-    """The formula against XLA's count for ptft_jax's compiled train step (bert-mini, 8 x 128):
-    the matmuls and attention it counts are nearly all the step's FLOPs."""
-    layers, hidden, heads, inter = bench_workload.MODELS["bert-mini"]
-    cfg = ModelConfig(
-        vocab_size=bench_workload.VOCAB,
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=512,
-    )
-    batch, seq = 8, 128
-    k = bench_workload.masked_per_row(seq)
+@pytest.mark.parametrize("model, batch, seq", [("bert-mini", 8, 128), ("gpt-tiny", 4, 64)])
+def test_flops_formula_matches_the_compiler(model, batch, seq):
+    """The formula against XLA's count for ptft_jax's compiled train step on the bench's own
+    batch: the matmuls and attention it counts are nearly all the step's FLOPs (BERT: the
+    masked positions' head and last layer; GPT: every position's)."""
+    fields = bench_workload.model_fields(model, seq, 0.1)
+    cfg = models.get(bench_workload.MODELS[model].family).CONFIG(**fields)
+    task, host = bench.task_and_batch(model, batch, seq)
+    abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
     tx, schedule = optim.make_optimizer(bench._TrainCfg(bench_workload.TRAIN), 100)
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    shapes = {
-        "input_ids": (seq, "int32"),
-        "attention_mask": (seq, "int32"),
-        "token_type_ids": (seq, "int32"),
-        "masked_positions": (k, "int32"),
-        "masked_ids": (k, "int32"),
-        "masked_weights": (k, "float32"),
-    }
-    abstract = {n: jax.ShapeDtypeStruct((1, batch, d), t) for n, (d, t) in shapes.items()}
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
-        task = MLM(seq_len=seq, max_predictions=k)
         train, _, _ = steps.jit_steps(cfg, task, tx, schedule, mesh, 0)
-        state = jax.eval_shape(steps.make_init_fn(cfg, "mlm", tx, mesh, 0))
+        state = jax.eval_shape(steps.make_init_fn(cfg, task.head, tx, mesh, 0))
         cost = train.lower(state, abstract).compile().cost_analysis()
     compiled = (cost[0] if isinstance(cost, list) else cost)["flops"]
-    formula = bench_workload.model_flops("bert-mini", batch, seq, batch * k, batch * k)
+    rows = bench_workload.loss_rows(model, batch, seq)
+    formula = bench_workload.model_flops(model, batch, seq, rows, rows)
     assert formula == pytest.approx(compiled, rel=0.1)
+
+
+def test_the_gpt_formula_is_the_textbook_count():
+    """GPT-2 124M: 6 x (its 85M non-embedding matmul parameters + the 38.6M of the tied LM
+    head) + 12 x layers x hidden x seq, per token."""
+    per_token = bench_workload.model_flops("gpt2-small", 1, 1024, 1024, 1024) / 1024
+    matmul_params = 12 * (4 * 768**2 + 2 * 768 * 3072) + 768 * 50257
+    assert per_token == 6 * matmul_params + 12 * 12 * 768 * 1024
+
+
+def test_presets_pick_shapes_by_the_models_family():
+    assert bench._parse(["--preset", "gpu"]).model == "bert-base"
+    assert bench._parse(["--preset", "gpu", "--model", "gpt2-small"]).shapes == [(16, 1024)]
+    assert bench._parse(["--model", "gpt-mini"]).shapes == [(16, 128)]
+    assert bench._parse(["--model", "gpt-mini", "--batch", "2", "--seq", "8"]).shapes == [(2, 8)]
+
+
+def run_bench(tmp_path, *args) -> tuple[dict, str]:
+    """The bench's JSON and stdout from a command-line run with the data stack unimportable."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-c", WITHOUT_DATA_STACK, *args, "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(out.read_text()), done.stdout
 
 
 @pytest.mark.slow
 def test_bench_runs_without_the_data_stack_and_writes_its_json(tmp_path):
-    out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-c", WITHOUT_DATA_STACK, "--preset", "cpu", "--model", "bert-tiny"]
-    cmd += ["--batch", "8", "--seq", "32", "--warmup", "1", "--steps", "2", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(out.read_text())
+    args = ["--preset", "cpu", "--model", "bert-tiny", "--batch", "8", "--seq", "32"]
+    result, stdout = run_bench(tmp_path, *args, "--warmup", "1", "--steps", "2")
     systems = [r["system"] for r in result["runs"]]
     assert systems == ["ptft_jax", "hf_eager"]
     for r in result["runs"]:
@@ -80,7 +84,28 @@ def test_bench_runs_without_the_data_stack_and_writes_its_json(tmp_path):
     assert ours["head_rows"] == ours["last_layer_rows"] == 8 * 5
     assert ours["attention"] == "xla" and "attention_fallback" not in ours  # CPUs: XLA's kernel
     assert peer["head_rows"] == peer["last_layer_rows"] == 8 * 32
-    assert '"ratios"' in done.stdout and "FLOPs per step" in done.stdout
+    assert '"ratios"' in stdout and "FLOPs per step" in stdout
+
+
+@pytest.mark.slow
+def test_a_gpt_bench_runs_causal_lm_against_gpt2lmheadmodel(tmp_path):
+    args = ["--preset", "cpu", "--model", "gpt-tiny", "--batch", "8", "--seq", "16"]
+    result, stdout = run_bench(tmp_path, *args, "--warmup", "1", "--steps", "1")
+    assert [r["system"] for r in result["runs"]] == ["ptft_jax", "hf_eager"]
+    ours, peer = result["runs"]
+    for r in result["runs"]:
+        assert r["model"] == "gpt-tiny" and r["batch"] == 8 and r["seq"] == 16
+        assert r["tokens_per_s"] > 0
+        # Both compute every position: one FLOPs count, and the common basis is the same.
+        assert r["head_rows"] == r["last_layer_rows"] == 8 * 16
+        assert r["model_flops_per_step"] == bench_workload.model_flops("gpt-tiny", 8, 16, 128, 128)
+        assert 0 < r["mfu_common"] == r["mfu"] < 1
+        assert r["loss"] == pytest.approx(9.0, abs=0.5)  # ln(8192): an untrained model
+    assert result["ratios"] == {
+        "hf_eager": pytest.approx(ours["tokens_per_s"] / peer["tokens_per_s"])
+    }
+    assert result["flops_formula"] == bench_workload.FLOPS_FORMULAS["gpt2"]
+    assert ours["attention"] == "xla" and "transformers" in peer["versions"]
 
 
 def test_a_refused_cudnn_kernel_is_measured_as_xla_and_said(monkeypatch):
