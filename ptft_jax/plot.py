@@ -78,6 +78,11 @@ def main(argv=None) -> None:
         from ptft_jax import workdir
 
         run = workdir.load(args.workdir)
+        if run.model_cfg.family != "bert":
+            cli.fail(
+                f"{args.workdir} holds a {run.model_cfg.family} model; attention maps read "
+                "BERT's query and key layers only, so plot curves for it instead."
+            )
         tokens, probs = attention_maps(run, args.text, args.text_pair)
 
         def pick(spec):

@@ -13,7 +13,7 @@ import transformers
 from test_classify import tiny_classifier
 
 from ptft_jax import config as config_lib
-from ptft_jax import steps, workdir
+from ptft_jax import plot, steps, workdir
 from ptft_jax.evaluate import evaluate
 from ptft_jax.export import export
 from ptft_jax.predict import predict
@@ -51,7 +51,7 @@ def tiny_gpt(**train):
 
 
 @pytest.mark.slow
-def test_gpt_learns_evaluates_and_exports(tmp_path):
+def test_gpt_learns_evaluates_and_exports(tmp_path, capsys):
     w = tmp_path / "w"
     summary = run(tiny_gpt(), w)
     rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
@@ -110,6 +110,12 @@ def test_gpt_learns_evaluates_and_exports(tmp_path):
         np.testing.assert_allclose(
             [row["probs"]["negative"], row["probs"]["positive"]], p, atol=1e-5
         )
+
+    # Attention maps read BERT's layers: a GPT workdir gets one sentence and exit 2.
+    with pytest.raises(SystemExit) as stop:
+        plot.main(["attention", "--workdir", str(w), "--text", "a b"])
+    assert stop.value.code == 2
+    assert "holds a gpt2 model; attention maps read BERT's" in capsys.readouterr().err
 
     # A one-layer student distilled from the GPT on its next-token distributions.
     c = tiny_gpt(steps=3, eval_every=3, checkpoint_every=3)
