@@ -180,7 +180,7 @@ def generate_ids(
     end-of-text token and what follows it left out. Arguments as ``generate``'s."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     check_request(prompts, max_new_tokens, temperature, top_k, top_p, seed, num_samples)
-    if run.cfg.task != "causal_lm":
+    if run.task.head != "causal_lm":  # a distilled GPT student generates too
         raise ConfigError(
             f"{run.path} holds a task={run.cfg.task} run; generate needs a causal_lm run (train "
             "one with --config.task=causal_lm)."
