@@ -18,6 +18,11 @@ from ptft_jax.data.sources import DataError
 from ptft_jax.data.vocab import END_OF_TEXT, train_byte_bpe, train_wordpiece
 
 log = logging.getLogger(__name__)
+# Task.tokenizer_kind -> (its name in the log, a trainer of texts, vocab size and data.*)
+TRAINERS = {
+    "wordpiece": ("WordPiece", lambda texts, n, d: train_wordpiece(texts, n, d.lowercase)),
+    "byte_bpe": ("byte-level BPE", lambda texts, n, d: train_byte_bpe(texts, n)),
+}
 
 
 def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
@@ -74,14 +79,10 @@ def get_tokenizer(
         tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
-    elif kind == "byte_bpe":
-        log.info(
-            "training a byte-level BPE tokenizer (vocab %d) on %d texts", vocab_size, len(texts)
-        )
-        return train_byte_bpe(texts, vocab_size)
     else:
-        log.info("training a WordPiece tokenizer (vocab %d) on %d texts", vocab_size, len(texts))
-        return train_wordpiece(texts, vocab_size, data_cfg.lowercase)
+        name, train = TRAINERS[kind]
+        log.info("training a %s tokenizer (vocab %d) on %d texts", name, vocab_size, len(texts))
+        return train(texts, vocab_size, data_cfg)
     if len(tokenizer) > vocab_size:
         raise DataError(
             f"The tokenizer has {len(tokenizer)} tokens but model.vocab_size is {vocab_size}; "
