@@ -272,7 +272,8 @@ NUMBERS = {
     "max_grad_norm": ("at least 0 (0: no clipping)", lambda v: v >= 0),
     "adam_b1": ("in [0, 1)", lambda v: 0 <= v < 1),
     "adam_b2": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "adam_eps": ("at least 0", lambda v: v >= 0),
+    # Above 0: a parameter whose gradient has always been 0 would otherwise update by 0/0.
+    "adam_eps": ("above 0 (BERT's is 1e-6)", lambda v: v > 0),
     "warmup_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "distill_alpha": ("in [0, 1]", lambda v: 0 <= v <= 1),
     "distill_temperature": ("above 0", lambda v: v > 0),

@@ -114,20 +114,20 @@ def train_step(state: State, batch: dict, *frozen, task, graphdef, tx, schedule,
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
         (grads, sums), _ = jax.lax.scan(microbatch, zeros, (jnp.arange(num_micro), batch))
     loss, grad_norm = task.loss(sums, totals), optax.global_norm(grads)
-    # An update whose loss, gradient or new parameters are not finite never reaches the state:
+    # An update whose loss, gradient or learning rate is not finite never reaches the state:
     # it is dropped (and counted), so no checkpoint can hold a NaN, whatever the cause (a bad
-    # batch, a NaN learning rate, an optimizer number). The new parameters are checked, not
-    # predicted: one flag for all of them, then a cond keeps the old state when it is down.
-    updates, new_opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    for leaf in jax.tree.leaves(new_params):
-        finite &= jnp.all(jnp.isfinite(leaf))
-    params, opt_state = jax.lax.cond(
-        finite,
-        lambda: (new_params, new_opt_state),
-        lambda: (params, state["opt_state"]),
-    )
+    # batch, an overflow, a schedule gone wrong). From finite inputs AdamW's new parameters
+    # are finite: config.validate keeps adam_eps above 0 and the betas below 1, so it never
+    # divides 0 by 0. The update runs inside the cond, in place; checking the new parameters
+    # instead cost a pass over them and a copy of the whole state (35 ms of a 460 ms MiniLM
+    # step on 2 cores).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(schedule(step))
+
+    def update():
+        updates, new_opt_state = tx.update(grads, state["opt_state"], params)
+        return optax.apply_updates(params, updates), new_opt_state
+
+    params, opt_state = jax.lax.cond(finite, update, lambda: (params, state["opt_state"]))
     metrics = {
         "loss": loss,
         **task.step_metrics(sums, totals),

@@ -158,6 +158,7 @@ BAD_NUMBERS = [
     ("learning_rate", math.inf),
     ("learning_rate", -1e-4),
     ("adam_b2", 1.0),
+    ("adam_eps", 0.0),
     ("weight_decay", math.nan),
     ("temperature", 0.0),
 ]
