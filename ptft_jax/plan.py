@@ -45,6 +45,10 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
     config.validate(cfg)
     distributed.preflight(cfg)
+    reader = tasks.task_class(cfg.task)  # a distillation's student task checks when it reads
+    if store.is_store(cfg.data.source) and getattr(reader, "store_blocks", None):
+        folder = pathlib.Path(cfg.data.source).expanduser()  # before its tokenizer is checked
+        store.check_blocks(cfg.data.source, store.read_manifest(folder), reader)
     if store.is_store(cfg.data.source) and not cfg.data.tokenizer:
         cfg = cfg.copy_and_resolve_references()  # a prepared folder brings its tokenizer
         cfg.data.tokenizer = str(pathlib.Path(cfg.data.source).expanduser() / "tokenizer")

@@ -8,8 +8,10 @@ token store that training streams from (``data/store.py``).
 The config's data keys say what: ``data.source`` (files, folders and globs of .txt, .jsonl,
 .csv, .parquet, optionally .gz/.zst; or a built-in), ``data.text_field``,
 ``data.max_seq_length``, ``data.eval_fraction`` (documents held out by a hash of their text),
-``data.tokenizer`` (or a WordPiece trained on a seeded sample of
-``data.tokenizer_sample_documents`` documents). Then ``--config.data.source=DIR`` trains on it.
+``data.tokenizer`` (or the task's tokenizer, WordPiece or byte-level BPE, trained on a seeded
+sample of ``data.tokenizer_sample_documents`` documents). The task says what a block is: MLM's
+``[CLS] ... [SEP]`` blocks, or causal_lm's next-token windows (``data/store.py``). Then
+``--config.data.source=DIR`` trains that task on it.
 
 Each input file is packed into its own shards (``data/writer.py``), by local worker processes
 or by an Apache Beam pipeline (``data/beam.py``): both write the same records. A folder with
@@ -36,20 +38,20 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
-from ptft_jax import cli, config, metrics
+from ptft_jax import cli, config, metrics, tasks
 from ptft_jax.data import store, stream, tokenize, writer
 
 
-def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction: float, workers: int):
+def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction: float, blocks: str, workers: int):
     """``(key, writer.encode(texts))`` of every ``(key, texts)`` of ``chunks``, in order;
     ``workers`` processes run ahead."""
     if workers <= 1:
-        writer.start_worker(str(tokenizer_dir), fraction)
+        writer.start_worker(str(tokenizer_dir), fraction, blocks)
         for key, texts in chunks:
             yield key, writer.encode(texts)
         return
     context = multiprocessing.get_context("spawn")
-    args = (str(tokenizer_dir), fraction)
+    args = (str(tokenizer_dir), fraction, blocks)
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=writer.start_worker, initargs=args
     ) as pool:
@@ -87,25 +89,34 @@ def fingerprints(source: str) -> list[dict]:
     ]
 
 
-def _tokenizer(cfg):
-    """``data.tokenizer``, or WordPiece trained on a seeded sample of the corpus (a first pass
-    over it, which also finds a file that cannot be read before anything is written)."""
+def _tokenizer(cfg, kind: str):
+    """``data.tokenizer``, or one of ``kind`` (the task's: WordPiece, byte-level BPE) trained on
+    a seeded sample of the corpus (a first pass over it, which also finds a file that cannot be
+    read before anything is written)."""
     d = cfg.data
     if d.tokenizer:
         return tokenize.get_tokenizer(d, pathlib.Path(), [], cfg.model.vocab_size, False)
     texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
     if not texts:
         raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")
-    return tokenize.train_wordpiece(texts, cfg.model.vocab_size, d.lowercase)
+    return tokenize.get_tokenizer(d, pathlib.Path(), texts, cfg.model.vocab_size, False, kind)
 
 
 def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> dict:
     """Write the token store of ``cfg``'s data into ``out``; returns its manifest. ``options``
     (``--runner=...`` and its flags) run the Apache Beam pipeline instead of local workers."""
     config.validate(cfg)
+    task = tasks.task_class(cfg.task)
+    if getattr(task, "store_blocks", None) is None:
+        readers = [n for n in tasks.REGISTRY if getattr(tasks.task_class(n), "store_blocks", 0)]
+        raise config.ConfigError(
+            f"task={cfg.task} trains from its source text, not from a prepared folder; prepare "
+            f"with a config of task {' or '.join(readers)}."
+        )
     d, out = cfg.data, pathlib.Path(out).expanduser()
     names = stream.inputs(d.source)
     inputs = {
+        "blocks": task.store_blocks,
         "sources": fingerprints(d.source),
         "text_field": d.text_field,
         "seq_len": d.max_seq_length,
@@ -119,13 +130,14 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             "sample_documents": d.tokenizer_sample_documents,
             "seed": cfg.train.seed,
             "lowercase": d.lowercase,
+            "kind": task.tokenizer_kind,
         }
     if store.is_store(str(out)):
         found = store.read_manifest(out)
         if {k: found.get(k) for k in inputs} == inputs:
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
-    tok = _start(cfg, out, inputs)
+    tok = _start(cfg, out, inputs, task.tokenizer_kind)
     done = store.finished_units(out)
     todo = [(i, name) for i, name in enumerate(names) if done.get(i, {}).get("input") != name]
     for i, _ in todo:
@@ -139,9 +151,10 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             from ptft_jax.data import beam
 
             fraction, seq_len = d.eval_fraction, d.max_seq_length
-            beam.run(out, todo, d.text_field, fraction, seq_len, per_shard, options)
+            blocks = task.store_blocks
+            beam.run(out, todo, d.text_field, fraction, seq_len, per_shard, blocks, options)
     else:
-        _write(d, out, todo, workers or os.cpu_count() or 1, per_shard, done)
+        _write(d, out, todo, workers or os.cpu_count() or 1, per_shard, done, task.store_blocks)
     manifest = _manifest(d, inputs, tok, store.finished_units(out), len(names))
     store.write_manifest(out, manifest)
     seconds = time.time() - t0
@@ -155,7 +168,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
     return manifest
 
 
-def _start(cfg, out: pathlib.Path, inputs: dict):
+def _start(cfg, out: pathlib.Path, inputs: dict, tokenizer_kind: str):
     """The folder with its tokenizer, emptied of the work of other inputs. An unfinished folder
     of the same inputs keeps its tokenizer and its finished inputs, so a prepare killed and run
     again writes what an uninterrupted one would, without packing those inputs again."""
@@ -164,7 +177,7 @@ def _start(cfg, out: pathlib.Path, inputs: dict):
     if same and (out / "tokenizer" / "tokenizer.json").is_file():
         tok = tokenize.load_tokenizer(str(out / "tokenizer"))
     else:
-        tok, same = _tokenizer(cfg), False
+        tok, same = _tokenizer(cfg, tokenizer_kind), False
     if not same:
         for part in ("tokenizer", ".done", *store.SPLITS):
             shutil.rmtree(out / part, ignore_errors=True)
@@ -177,10 +190,10 @@ def _start(cfg, out: pathlib.Path, inputs: dict):
     return tok
 
 
-def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict) -> None:
+def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict, blocks) -> None:
     """Tokenize on ``workers`` processes and pack, input by input, every input of ``todo``."""
     tok = tokenize.load_tokenizer(str(out / "tokenizer"))
-    ids, dtype = tokenize.special_ids(tok), writer.dtype_of(tok)
+    ids, dtype = writer.separators(tok, blocks), writer.dtype_of(tok)
     names = dict(todo)
     total, t0 = stream.size(d.source), time.time()
     bar = tqdm(total=total or None, desc="prepare", unit="B", unit_scale=True, dynamic_ncols=True)
@@ -188,9 +201,11 @@ def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict)
     docs = tokens = 0
     unit = None
     chunks = writer.chunks(todo, d.text_field)
-    for (index, last), encoded in _encoded(chunks, out / "tokenizer", d.eval_fraction, workers):
+    encoded_chunks = _encoded(chunks, out / "tokenizer", d.eval_fraction, blocks, workers)
+    for (index, last), encoded in encoded_chunks:
         if unit is None:
-            unit = store.Unit(out, index, names[index], d.max_seq_length, ids, dtype, per_shard)
+            seq_len = d.max_seq_length
+            unit = store.Unit(out, index, names[index], seq_len, ids, dtype, per_shard, blocks)
         unit.add(encoded)
         if last:
             unit.finish()

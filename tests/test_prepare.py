@@ -50,7 +50,7 @@ def test_workers_tokenize_whole_documents_whatever_the_tokenizer_file_pads_or_cu
     tok.backend_tokenizer.enable_padding(length=96, pad_id=0, pad_token="[PAD]")
     tok.backend_tokenizer.enable_truncation(32)  # as sentence-transformers' tokenizer.json
     tokenize.save_tokenizer(tok, tmp_path / "tok")
-    writer.start_worker(str(tmp_path / "tok"), 0.0)
+    writer.start_worker(str(tmp_path / "tok"), 0.0, "mlm")
     encoded = writer.encode(texts)
     want = tok(texts, add_special_tokens=False)["input_ids"]  # a call sets neither
     assert encoded["tokens"] == sum(map(len, want)) > 32 * len(texts)

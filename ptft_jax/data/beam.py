@@ -21,12 +21,12 @@ from ptft_jax.errors import DataError
 class PackInput(beam.DoFn):
     """Tokenizes and packs one ``(index, input)`` into its shards; emits the index."""
 
-    def __init__(self, out: str, field: str, fraction: float, seq_len: int, per_shard: int):
+    def __init__(self, out: str, field: str, fraction: float, seq_len: int, per_shard, blocks):
         self.out, self.field, self.fraction = out, field, fraction
-        self.seq_len, self.per_shard = seq_len, per_shard
+        self.seq_len, self.per_shard, self.blocks = seq_len, per_shard, blocks
 
     def setup(self):
-        writer.start_worker(str(pathlib.Path(self.out) / "tokenizer"), self.fraction)
+        writer.start_worker(str(pathlib.Path(self.out) / "tokenizer"), self.fraction, self.blocks)
 
     def process(self, item):
         index, name = item
@@ -35,11 +35,11 @@ class PackInput(beam.DoFn):
         yield index
 
 
-def run(out, todo, field: str, fraction: float, seq_len: int, per_shard: int, options) -> None:
+def run(out, todo, field: str, fraction: float, seq_len: int, per_shard, blocks, options) -> None:
     """Pack the inputs of ``todo`` into ``out`` (which already holds the tokenizer) with the
     pipeline options ``options`` (``--runner=...`` and the runner's own flags). A corpus
     mistake found by a worker comes back as its one sentence."""
-    pack = PackInput(str(out), field, fraction, seq_len, per_shard)
+    pack = PackInput(str(out), field, fraction, seq_len, per_shard, blocks)
     try:
         with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
             _ = (

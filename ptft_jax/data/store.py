@@ -8,9 +8,16 @@ training process holds no more than its batches, whatever the corpus size.
     DIR/tokenizer/             the tokenizer the blocks were made with
     DIR/<split>/NNNNN.array_record   one record per block: its real tokens (no padding)
 
-A block is ``[CLS] tokens [SEP]`` with documents concatenated, each followed by ``[SEP]``,
-exactly as ``pipeline.pack`` cuts them. A document is held out for ``validation`` by a hash
-of its text, so it stays where it is when the corpus grows.
+The manifest's ``blocks`` says what a record is, for the task that reads it:
+
+* ``mlm``: ``[CLS] tokens [SEP]`` with documents concatenated, each followed by ``[SEP]``,
+  exactly as ``pipeline.pack`` cuts them (``max_seq_length`` tokens).
+* ``next_token`` (task ``causal_lm``): documents each followed by the end-of-text token, cut
+  into windows of ``max_seq_length + 1`` tokens that start every ``max_seq_length``, exactly as
+  ``causal.pack_stream`` cuts them: the model reads the first L and predicts the last L.
+
+A document is held out for ``validation`` by a hash of its text, so it stays where it is when
+the corpus grows.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ptft_jax.errors import DataError
 FORMAT = 1
 MANIFEST = "manifest.json"
 SPLITS = ("train", "validation")
+BLOCKS = ("mlm", "next_token")  # what a record is (the module doc); manifests before: mlm
 
 
 def is_store(source: str) -> bool:
@@ -74,6 +82,42 @@ class Packer:
         block = np.concatenate([[self.cls], self.rest, [self.sep]]).astype(np.int64)
         self.rest = np.zeros(0, np.int64)
         return [block]
+
+
+class NextTokenPacker:
+    """Streams documents' token ids into next-token windows of ``seq_len + 1`` tokens that
+    start every ``seq_len``: the blocks of ``causal.pack_stream`` on the whole list."""
+
+    def __init__(self, seq_len: int):
+        self.seq_len = seq_len
+        self.rest = np.zeros(0, np.int64)
+
+    def feed(self, stream: np.ndarray) -> np.ndarray:
+        """Append ``stream`` (documents' ids, each followed by the end of text); returns the
+        complete windows ``[n, seq_len + 1]``. Each window's last token starts the next."""
+        buffer = np.concatenate([self.rest, stream.astype(np.int64)])
+        n = max((len(buffer) - 1) // self.seq_len, 0)
+        starts = np.arange(n) * self.seq_len
+        windows = buffer[starts[:, None] + np.arange(self.seq_len + 1)]
+        self.rest = buffer[n * self.seq_len :].copy()
+        return windows
+
+    def finish(self) -> list[np.ndarray]:
+        """The last, shorter window, when it predicts at least one token."""
+        rest, self.rest = self.rest, np.zeros(0, np.int64)
+        return [rest] if len(rest) > 1 else []
+
+
+def packer(blocks: str, seq_len: int, ids: dict):
+    """The packer of one split's stream for records of kind ``blocks`` (``BLOCKS``)."""
+    if blocks == "next_token":
+        return NextTokenPacker(seq_len)
+    return Packer(seq_len, ids["cls"], ids["sep"])
+
+
+def width(manifest: dict) -> int:
+    """The tokens of a full record: ``max_seq_length``, one more for next-token windows."""
+    return manifest["seq_len"] + int(manifest.get("blocks", "mlm") == "next_token")
 
 
 def stream_of(documents: list[np.ndarray], sep_id: int) -> np.ndarray:
@@ -132,9 +176,11 @@ class Unit:
     machine (the Beam pipeline), and a rerun skips the inputs whose record ``DIR/.done/N.json``
     exists. The record, written last, lists the input's shards and counts."""
 
-    def __init__(self, out: pathlib.Path, index: int, name: str, seq_len, ids, dtype, per_shard):
+    def __init__(
+        self, out: pathlib.Path, index: int, name: str, seq_len, ids, dtype, per_shard, blocks
+    ):
         self.out, self.index, self.name = out, index, name
-        self.packers = {s: Packer(seq_len, ids["cls"], ids["sep"]) for s in SPLITS}
+        self.packers = {s: packer(blocks, seq_len, ids) for s in SPLITS}
         self.shards = {s: Shards(out / s, dtype, per_shard, index) for s in SPLITS}
         self.documents = self.tokens = self.bytes = 0
 
@@ -227,7 +273,7 @@ class StoreBlocks:
                     f"{path} has {path.stat().st_size} bytes but the manifest says "
                     f"{shard['bytes']}: it is damaged; prepare the folder again."
                 )
-        self.seq_len, self.pad_id = manifest["seq_len"], pad_id
+        self.seq_len, self.pad_id = width(manifest), pad_id
         self.folder, self.split, self.shards = folder, split, shards
         self.dtype = np.dtype(manifest["dtype"])
         try:
@@ -279,6 +325,56 @@ class StoreBlocks:
 def open_split(folder, split: str, pad_id: int) -> StoreBlocks:
     folder = pathlib.Path(folder).expanduser()
     return StoreBlocks(folder, split, read_manifest(folder), pad_id)
+
+
+def check_blocks(folder, manifest: dict, task) -> None:
+    """One sentence when the folder's kind of block is not what ``task`` reads."""
+    blocks = manifest.get("blocks", "mlm")
+    if blocks != task.store_blocks:
+        raise DataError(
+            f"{folder} holds {blocks} blocks, which task={task.name} does not read; prepare the "
+            f"corpus again with a task={task.name} config, or train task={_READER[blocks]}."
+        )
+
+
+def open_for(data_cfg, task, tokenizer, pad_id: int) -> tuple[StoreBlocks, StoreBlocks]:
+    """The train and validation blocks of the prepared folder ``data.source``, checked against
+    the run: the task's kind of block (``task.store_blocks``), the sequence length and the
+    tokenizer; one sentence naming the fix for each mismatch."""
+    from ptft_jax.data import tokenize
+
+    folder = data_cfg.source
+    manifest = read_manifest(pathlib.Path(folder).expanduser())
+    check_blocks(folder, manifest, task)
+    if manifest["seq_len"] != data_cfg.max_seq_length:
+        raise DataError(
+            f"{folder} holds blocks of {manifest['seq_len']} tokens but data.max_seq_length is "
+            f"{data_cfg.max_seq_length}; set --config.data.max_seq_length={manifest['seq_len']} "
+            "or prepare the corpus again."
+        )
+    if manifest["tokenizer"] != tokenize.tokenizer_fingerprint(tokenizer):
+        raise DataError(
+            f"{folder} was tokenized with another tokenizer than data.tokenizer="
+            f"{data_cfg.tokenizer}; drop --config.data.tokenizer (the folder's is used) or "
+            "prepare the corpus again with this one."
+        )
+    path = pathlib.Path(folder).expanduser()
+    return tuple(StoreBlocks(path, split, manifest, pad_id) for split in SPLITS)
+
+
+def held_out_split(data_cfg, task, tokenizer, pad_id: int, split: str) -> StoreBlocks:
+    """The ``validation`` blocks of a prepared folder, as training read them; a folder has no
+    ``test`` split (one sentence)."""
+    if split != "validation":
+        raise DataError(
+            f"{data_cfg.source} is a prepared folder: it holds train and validation blocks, no "
+            f"{split} split; evaluate --split=validation, or prepare the test text on its own "
+            "and pass it with --config.data.source."
+        )
+    return open_for(data_cfg, task, tokenizer, pad_id)[1]
+
+
+_READER = {"mlm": "mlm", "next_token": "causal_lm"}  # the task that trains on each kind
 
 
 def as_blocks(blocks: list[np.ndarray], seq_len: int, pad_id: int) -> Blocks:

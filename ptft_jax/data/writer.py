@@ -21,8 +21,16 @@ CHUNK = 512  # documents per tokenization job
 _WORKER = {}
 
 
-def start_worker(tokenizer_dir: str, fraction: float) -> None:
-    """Load the store's tokenizer in this process, for ``encode``."""
+def separators(tokenizer, blocks: str) -> dict[str, int]:
+    """The ids a packer of ``blocks`` records needs: ``sep`` ends every document ([SEP], or
+    the end of text for next-token blocks), ``cls`` starts an MLM block."""
+    if blocks == "next_token":
+        return {"sep": tokenize.end_of_text_id(tokenizer)}
+    return tokenize.special_ids(tokenizer)
+
+
+def start_worker(tokenizer_dir: str, fraction: float, blocks: str) -> None:
+    """Load the store's tokenizer in this process, for ``encode`` and ``pack_input``."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     tokenizer = tokenize.load_tokenizer(tokenizer_dir)
     # encode() calls the Rust tokenizer directly, which applies the padding and truncation a
@@ -30,8 +38,8 @@ def start_worker(tokenizer_dir: str, fraction: float) -> None:
     # tokenized whole, without either.
     tokenizer.backend_tokenizer.no_padding()
     tokenizer.backend_tokenizer.no_truncation()
-    _WORKER.update(tokenizer=tokenizer, fraction=fraction)
-    _WORKER["sep"] = tokenize.special_ids(tokenizer)["sep"]
+    _WORKER.update(tokenizer=tokenizer, fraction=fraction, blocks=blocks)
+    _WORKER["ids"] = separators(tokenizer, blocks)
 
 
 def encode(texts: list[str]) -> dict:
@@ -43,7 +51,7 @@ def encode(texts: list[str]) -> dict:
     for text, ids in zip(texts, encoded, strict=True):
         held = store.held_out(text, _WORKER["fraction"])
         split["validation" if held else "train"].append(np.asarray(ids, np.int32))
-    out = {name: store.stream_of(docs, _WORKER["sep"]) for name, docs in split.items()}
+    out = {name: store.stream_of(docs, _WORKER["ids"]["sep"]) for name, docs in split.items()}
     out["documents"], out["tokens"] = len(texts), sum(map(len, encoded))
     out["bytes"] = sum(len(t.encode("utf-8")) for t in texts)
     return out
@@ -70,9 +78,8 @@ def dtype_of(tokenizer) -> str:
 def pack_input(out: pathlib.Path, index: int, name: str, field: str, seq_len: int, per_shard: int):
     """Tokenize and pack one whole input in this process (after ``start_worker``): its shards
     and record (``store.Unit``)."""
-    tokenizer = _WORKER["tokenizer"]
-    ids, dtype = tokenize.special_ids(tokenizer), dtype_of(tokenizer)
-    unit = store.Unit(out, index, name, seq_len, ids, dtype, per_shard)
+    ids, dtype, blocks = _WORKER["ids"], dtype_of(_WORKER["tokenizer"]), _WORKER["blocks"]
+    unit = store.Unit(out, index, name, seq_len, ids, dtype, per_shard, blocks)
     for _, texts in chunks([(index, name)], field):
         unit.add(encode(texts))
     return unit.finish()

@@ -23,6 +23,8 @@ from the config by ``from_config``. It owns:
   ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
   ``labelled``               whether exports carry its label names (``id2label``)
   ``tokenizer_kind``         the tokenizer trained when none is given (``data/vocab.py``)
+  ``store_blocks``           the records it reads from a prepared folder (``data/store.py``;
+                             None: it trains from source text only)
   ``predict(run, ...)``      the rows ``python -m ptft_jax.predict`` prints
   ``model_task``             the task whose model it trains (a distillation's student task)
 """
@@ -75,6 +77,7 @@ class Task:
 
     labelled = False
     tokenizer_kind = "wordpiece"  # what data.tokenizer='' trains: wordpiece or byte_bpe
+    store_blocks = None  # what python -m ptft_jax.prepare packs for it: mlm, next_token
     uses_teacher = False  # distillation: train.teacher runs inside the train step
     objectives = (("mlm",),)  # the train.objectives it takes
 

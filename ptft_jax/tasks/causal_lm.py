@@ -13,7 +13,7 @@ import dataclasses
 import math
 
 from ptft_jax import losses
-from ptft_jax.errors import ConfigError, DataError
+from ptft_jax.errors import ConfigError
 from ptft_jax.tasks.base import EvalContext, Task, TaskData, spec_of, summed
 
 CAUSAL_FAMILIES = ("gpt2",)  # families with a "causal_lm" head
@@ -28,6 +28,7 @@ class CausalLM(Task):
     accuracy = "next_token_accuracy"
     weight_field = "label_weights"
     tokenizer_kind = "byte_bpe"
+    store_blocks = "next_token"
 
     @classmethod
     def from_config(cls, cfg) -> CausalLM:
@@ -56,20 +57,22 @@ class CausalLM(Task):
     # --- Data (imported here, as MLM's: the benchmark builds steps without the data stack).
 
     def data(self, cfg, get_tokenizer, layout, eval_layout, labels_file) -> TaskData:
-        """Next-token blocks of the source's documents and of a held-out split."""
-        from ptft_jax.data import causal, pipeline, sources, store
+        """Next-token blocks of the source's documents and of a held-out split; from a
+        prepared folder (``python -m ptft_jax.prepare`` with this task) they are read from disk
+        as batches need them."""
+        from ptft_jax.data import causal, pipeline, sources, store, tokenize
         from ptft_jax.data.builtin import cache_dir
 
-        if store.is_store(cfg.data.source):
-            raise DataError(
-                f"{cfg.data.source} is a prepared folder of MLM blocks; train task=causal_lm "
-                "from the source text (data.source=<files>) instead."
-            )
-        records = sources.load_records(cfg.data.source)
-        train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
-        tokenizer = get_tokenizer(train_texts)
-        train = causal.pack_texts(train_texts, tokenizer, self.seq_len, cache_dir())
-        held_out = causal.pack_texts(eval_texts, tokenizer, self.seq_len, cache_dir())
+        if store.is_store(cfg.data.source):  # a prepared folder, read as batches need it
+            tokenizer = get_tokenizer([])  # the folder's (data.tokenizer points at it)
+            eot = tokenize.end_of_text_id(tokenizer)
+            train, held_out = store.open_for(cfg.data, self, tokenizer, eot)
+        else:
+            records = sources.load_records(cfg.data.source)
+            train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
+            tokenizer = get_tokenizer(train_texts)
+            train = causal.pack_texts(train_texts, tokenizer, self.seq_len, cache_dir())
+            held_out = causal.pack_texts(eval_texts, tokenizer, self.seq_len, cache_dir())
         return TaskData(
             tokenizer=tokenizer,
             train=causal.train_dataset(train, layout, cfg.train.seed),
@@ -79,12 +82,16 @@ class CausalLM(Task):
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         """The held-out validation split as training made it, or the source's test split."""
-        from ptft_jax.data import causal, pipeline, sources
+        from ptft_jax.data import causal, pipeline, sources, store, tokenize
         from ptft_jax.data.builtin import cache_dir
 
-        records = sources.load_records(cfg.data.source)
-        texts = pipeline.split_texts(cfg.data, records, split)
-        blocks = causal.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
+        if store.is_store(cfg.data.source):
+            eot = tokenize.end_of_text_id(tokenizer)
+            blocks = store.held_out_split(cfg.data, self, tokenizer, eot, split)
+        else:
+            records = sources.load_records(cfg.data.source)
+            texts = pipeline.split_texts(cfg.data, records, split)
+            blocks = causal.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
         return TaskData(
             tokenizer=tokenizer, train=None, eval=list(causal.eval_batches(blocks, layout, 0))
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +32,7 @@ class MLM(Task):
     head = "mlm"
     accuracy = "mlm_accuracy"
     weight_field = "masked_weights"
+    store_blocks = "mlm"
     objectives = (("mlm",), ("mlm", "nsp"))
 
     @classmethod
@@ -105,19 +105,8 @@ class MLM(Task):
         from ptft_jax.data import store, tokenize
 
         folder = cfg.data.source
-        manifest = store.read_manifest(pathlib.Path(folder).expanduser())
-        if manifest["seq_len"] != self.seq_len:
-            raise DataError(
-                f"{folder} holds blocks of {manifest['seq_len']} tokens but data.max_seq_length "
-                f"is {self.seq_len}; set --config.data.max_seq_length={manifest['seq_len']} or "
-                "prepare the corpus again."
-            )
-        if manifest["tokenizer"] != tokenize.tokenizer_fingerprint(tokenizer):
-            raise DataError(
-                f"{folder} was tokenized with another tokenizer than data.tokenizer="
-                f"{cfg.data.tokenizer}; drop --config.data.tokenizer (the folder's is used) or "
-                "prepare the corpus again with this one."
-            )
+        pad = tokenize.special_ids(tokenizer)["pad"]
+        splits = store.open_for(cfg.data, self, tokenizer, pad)
         if self.nsp:
             raise DataError(
                 f"{folder} holds packed blocks, not sentence pairs; train NSP from the source "
@@ -130,16 +119,19 @@ class MLM(Task):
                 cfg.data.max_documents,
                 folder,
             )
-        pad = tokenize.special_ids(tokenizer)["pad"]
-        return tuple(store.open_split(folder, split, pad) for split in store.SPLITS)
+        return splits
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         """The held-out validation split as training made it, or the source's test split."""
-        from ptft_jax.data import pipeline, sources
+        from ptft_jax.data import pipeline, sources, store, tokenize
 
-        records = sources.load_records(cfg.data.source)
-        texts = pipeline.split_texts(cfg.data, records, split)
-        blocks = self.blocks(cfg, texts, tokenizer, held_out=True)  # NSP pairs too
+        if store.is_store(cfg.data.source):
+            pad = tokenize.special_ids(tokenizer)["pad"]
+            blocks = store.held_out_split(cfg.data, self, tokenizer, pad, split)
+        else:
+            records = sources.load_records(cfg.data.source)
+            texts = pipeline.split_texts(cfg.data, records, split)
+            blocks = self.blocks(cfg, texts, tokenizer, held_out=True)  # NSP pairs too
         spec = pipeline.masking_spec(cfg.data, tokenizer)
         batches = list(pipeline.eval_batches(blocks, spec, layout, cfg.train.seed, 0))
         return TaskData(tokenizer=tokenizer, train=None, eval=batches)
