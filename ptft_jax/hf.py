@@ -241,8 +241,9 @@ def export(
     hf_config = {
         "architectures": [architecture],
         **family.hf_config(model_fields),
-        # GPT2ForSequenceClassification finds each row's last token by this id.
-        "pad_token_id": tokenizer.pad_token_id,
+        # GPT2ForSequenceClassification finds each row's last token by this id; a RoBERTa
+        # numbers positions from its own pad_token_id, which must then be written.
+        "pad_token_id": model_fields.get("pad_token_id", tokenizer.pad_token_id),
         **{key: getattr(tokenizer, key, None) for key in family.TOKEN_IDS},
         "tie_word_embeddings": True,
     }

@@ -35,9 +35,9 @@ from __future__ import annotations
 from types import ModuleType
 
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.models import bert, gpt2
+from ptft_jax.models import bert, gpt2, roberta
 
-FAMILIES: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2}
+FAMILIES: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "roberta": roberta}
 
 
 def get(name: str) -> ModuleType:
