@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
             if f.name not in ("add_pooling_layer", "next_sentence")  # the task decides them
         }
     )
+    # RoBERTa-style families number positions from the pad id: -1 takes the tokenizer's.
+    c.model.pad_token_id = -1
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "builtin:wiki_en"

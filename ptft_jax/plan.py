@@ -75,6 +75,7 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     vocab, kind = model_cfg.vocab_size, task.tokenizer_kind
     get_tokenizer = tokenize.factory(cfg.data, workdir, vocab, resuming, kind)
     data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
+    cfg, model_cfg = _with_pad_id(cfg, model_cfg, data.tokenizer)
     if data.layout is not None:  # packed rows: the data decided how many a batch takes
         layout, eval_layout = data.layout, data.layout.with_rows(data.layout.micro, accum=1)
     if data.eval:  # the data keeps to the task's batch spec (what the steps are jitted for)
@@ -95,3 +96,24 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
         cfg, task, model_cfg, mesh, layout, eval_layout, data, data_iter, per_epoch,
         total_steps, tx, schedule, init_fn, resuming, pretrained, teacher,
     )  # fmt: skip
+
+
+def _with_pad_id(cfg, model_cfg, tokenizer):
+    """``(cfg, model_cfg)`` with the model's pad id resolved, for a family that numbers positions
+    from it (RoBERTa): the tokenizer's unless a checkpoint or the config fixed it; and one
+    sentence when rows do not fit the position table from there."""
+    if not hasattr(model_cfg, "pad_token_id"):
+        return cfg, model_cfg
+    if model_cfg.pad_token_id < 0:
+        cfg = cfg.copy_and_resolve_references()
+        cfg.model.pad_token_id = tokenize.pad_id(tokenizer)
+        model_cfg = config.model_config(cfg)
+    need = cfg.data.max_seq_length + model_cfg.pad_token_id + 1
+    if need > model_cfg.max_position_embeddings:
+        raise config.ConfigError(
+            f"model.family={model_cfg.family} numbers positions from pad_token_id + 1 = "
+            f"{model_cfg.pad_token_id + 1}, so rows of data.max_seq_length="
+            f"{cfg.data.max_seq_length} need model.max_position_embeddings >= {need} (it is "
+            f"{model_cfg.max_position_embeddings}); raise it or shorten data.max_seq_length."
+        )
+    return cfg, model_cfg
