@@ -1,6 +1,8 @@
-"""Shared test builders: a fixed tiny MLM batch and sharded state on any mesh."""
+"""Shared test builders: a fixed tiny MLM batch, sharded state on any mesh, and the parameter
+trees of abstract NNX models (for the families' parity tests)."""
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
@@ -52,3 +54,21 @@ def run_steps(model_cfg, mesh_cfg, batch, n=2, devices=None, seed=0, tcfg=None):
             state, m = train(state, gb)
             history.append(jax.device_get(m))
         return jax.device_get(state["params"]), history
+
+
+def fresh_tree(abstract: nnx.Module) -> dict:
+    """The parameter tree of an abstract model (``nnx.eval_shape``), as shapes."""
+    return nnx.to_pure_dict(nnx.state(abstract))
+
+
+def built_model(abstract: nnx.Module, params: dict) -> nnx.Module:
+    """The model ``abstract`` describes, holding ``params``."""
+    graphdef, state = nnx.split(abstract)
+    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
+    return nnx.merge(graphdef, state)
+
+
+def random_like(tree: dict, seed: int) -> dict:
+    """``tree`` with every leaf ~ normal(0, 0.5), as host arrays."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda x: rng.normal(0.0, 0.5, x.shape).astype(np.float32), tree)

@@ -19,6 +19,7 @@ import tokenizers
 import torch
 import transformers
 from flax import nnx
+from helpers import built_model, fresh_tree, random_like
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from safetensors.numpy import load_file, save_file
@@ -65,21 +66,16 @@ def _abstract(cfg: GPT2Config, head: str) -> nnx.Module:
 
 
 def _fresh(cfg: GPT2Config, head: str) -> dict:
-    return nnx.to_pure_dict(nnx.state(_abstract(cfg, head)))
+    return fresh_tree(_abstract(cfg, head))
 
 
 def _build(cfg: GPT2Config, head: str, params: dict) -> nnx.Module:
-    graphdef, state = nnx.split(_abstract(cfg, head))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
+    return built_model(_abstract(cfg, head), params)
 
 
 def _random_params(cfg: GPT2Config, head: str, seed: int) -> dict:
     """Our parameter tree with every leaf ~ normal(0, 0.5), as host arrays."""
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(
-        lambda x: rng.normal(0.0, 0.5, x.shape).astype(np.float32), _fresh(cfg, head)
-    )
+    return random_like(_fresh(cfg, head), seed)
 
 
 def _load(folder, head: str) -> tuple[GPT2Config, dict, list[str]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ import tokenizers
 import torch
 import transformers
 from flax import nnx
+from helpers import built_model, fresh_tree, random_like
 from safetensors.numpy import load_file
 
 from ptft_jax import hf, models
@@ -67,21 +67,16 @@ def _abstract(cfg: RobertaConfig, head: str) -> nnx.Module:
 
 
 def _fresh(cfg: RobertaConfig, head: str) -> dict:
-    return nnx.to_pure_dict(nnx.state(_abstract(cfg, head)))
+    return fresh_tree(_abstract(cfg, head))
 
 
 def _build(cfg: RobertaConfig, head: str, params: dict) -> nnx.Module:
-    graphdef, state = nnx.split(_abstract(cfg, head))
-    nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-    return nnx.merge(graphdef, state)
+    return built_model(_abstract(cfg, head), params)
 
 
 def _random_params(cfg: RobertaConfig, head: str, seed: int) -> dict:
     """Our parameter tree with every leaf ~ normal(0, 0.5), as host arrays."""
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(
-        lambda x: rng.normal(0.0, 0.5, x.shape).astype(np.float32), _fresh(cfg, head)
-    )
+    return random_like(_fresh(cfg, head), seed)
 
 
 def _load(folder, head: str) -> tuple[RobertaConfig, dict, list[str]]:
