@@ -110,14 +110,20 @@ def compile_report(cfg, topology: str) -> Report:
     mesh = sharding.make_mesh(cfg.mesh, devices)
     sharding.check_rows(mesh, cfg.train.batch_size // cfg.train.grad_accum_steps)
     model_cfg = config.model_config(cfg)
-    tx, schedule = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1))
+    tx, schedule = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1), cfg.model.family)
     t0 = time.time()
     with jax.set_mesh(mesh), nnx.logical_axis_rules(sharding.LOGICAL_RULES):
         batch = abstract_batch(cfg, task, mesh)
         train, _, state_sh = steps.jit_steps(model_cfg, task, tx, schedule, mesh, 0)
         init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, 0)
         state = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
-        compiled = train.lower(state, batch).compile()
+        lowered = train.lower(state, batch)
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:  # the TPU compiler's own out-of-memory stop
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            raise config.ConfigError(out_of_memory(str(e), chip)) from None
     mem = compiled.memory_analysis()
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -139,16 +145,32 @@ def compile_report(cfg, topology: str) -> Report:
     return report
 
 
+KNOBS = (
+    "lower train.batch_size (or raise train.grad_accum_steps), shard parameters and optimizer "
+    "state with --config.mesh.fsdp, or set --config.model.remat=True"
+)
+
+
 def check_fits(report: Report) -> None:
     """Stop, naming the knobs, when one chip's share exceeds its HBM."""
     if report.total > report.hbm:
         chip = report.topology.split(":")[0]
         raise config.ConfigError(
             f"One {chip} chip would need {report.total / GiB:.1f} GiB for this train step but "
-            f"has {report.hbm / GiB:.0f} GiB; lower train.batch_size (or raise "
-            "train.grad_accum_steps), shard parameters and optimizer state with "
-            "--config.mesh.fsdp, or set --config.model.remat=True."
+            f"has {report.hbm / GiB:.0f} GiB; {KNOBS}."
         )
+
+
+def out_of_memory(message: str, chip: str) -> str:
+    """One sentence for a compiler that stopped because a chip's share does not fit: what it
+    needed (``... temporaries (99.09G) exceeds available HBM (95.74G)``) and the knobs."""
+    import re
+
+    sizes = re.findall(r"\(([\d.]+)G\)", message)
+    need = "more than its HBM for this train step"
+    if len(sizes) > 1:
+        need = f"{sizes[0]} GiB of temporaries for this train step, more than its {sizes[1]} GiB"
+    return f"The TPU compiler found that one {chip} chip would need {need}; {KNOBS}."
 
 
 def describe(r: Report, cfg) -> str:

@@ -5,17 +5,22 @@
     python -m ptft_jax.bench --preset cpu --model bert-tiny --batch 16 --seq 64 --peers hf_eager
     python -m ptft_jax.bench --preset cpu --model gpt-mini     # GPT, 16 x 128, fp32
     python -m ptft_jax.bench --preset gpu --model gpt2-small   # GPT-2 124M, 16 x 1024, bf16
+    python -m ptft_jax.bench --preset cpu --model modernbert-mini   # 8 x 512, fp32
+    python -m ptft_jax.bench --preset gpu --model modernbert-base   # 64 x 1024, 8 x 8192, bf16
 
 ``--model`` picks the family. A BERT model (``bert-*``) trains MLM: the same model (shapes,
 vocabulary, random init, 15% of positions labelled, dropout 0.1, AdamW with clipping) is
 trained on the same random batch by each system, each in its own subprocess: ptft_jax through
 the train step ``train.py`` uses (``steps.jit_steps``), and ``BertForMaskedLM`` (SDPA
 attention; bf16 autocast and fused AdamW on GPU) eagerly (``hf_eager``) or under
-``torch.compile`` (``hf_compile``). A GPT model (``gpt-tiny``, ``gpt-mini``, ``gpt2-small``)
-trains causal LM the same way: ptft_jax's ``causal_lm`` task against ``GPT2LMHeadModel``,
-every position labelled with its next token. Without ``--batch``/``--seq`` the preset's shapes
-for the family run: BERT 32 x 128 (cpu), 256 x 128 and 64 x 512 (gpu); GPT 16 x 128 (cpu),
-16 x 1024 (gpu). After warm-up steps, a number of timed steps give tokens/s (every position of
+``torch.compile`` (``hf_compile``). A ModernBERT model (``modernbert-*``) trains MLM against
+``ModernBertForMaskedLM`` with ``sparse_prediction`` (its head at the labelled positions
+only, as its recipe trains), without dropout but the attention's. A GPT model (``gpt-tiny``,
+``gpt-mini``, ``gpt2-small``) trains causal LM the same way: ptft_jax's ``causal_lm`` task
+against ``GPT2LMHeadModel``, every position labelled with its next token. Without
+``--batch``/``--seq`` the preset's shapes for the family run: BERT 32 x 128 (cpu), 256 x 128
+and 64 x 512 (gpu); GPT 16 x 128 (cpu), 16 x 1024 (gpu); ModernBERT 8 x 512 (cpu), 64 x 1024
+and 8 x 8192 (gpu). After warm-up steps, a number of timed steps give tokens/s (every position of
 every row is a real token: no padding).
 
 Model FLOPs per step (printed with the results) for BERT, with R the rows the last layer's
@@ -68,22 +73,28 @@ from ptft_jax.bench_workload import (
 PRESETS = {
     "cpu": {
         "model": "bert-mini",
-        "shapes": {"bert": [(32, 128)], "gpt2": [(16, 128)]},  # by the model's family
+        # By the model's family; ModernBERT at rows of four local windows.
+        "shapes": {"bert": [(32, 128)], "gpt2": [(16, 128)], "modernbert": [(8, 512)]},
         "dtype": "float32",
         "peers": ["hf_eager"],
-        "attention_dropout": 0.1,  # BERT's and GPT-2's
+        "attention_dropout": {"bert": 0.1, "gpt2": 0.1, "modernbert": 0.0},  # their recipes
         "warmup": 3,
         "steps": 20,
     },
     "gpu": {
         "model": "bert-base",
-        # GPT-2 at its full context, as it pretrains.
-        "shapes": {"bert": [(256, 128), (64, 512)], "gpt2": [(16, 1024)]},
+        # GPT-2 at its full context, as it pretrains; ModernBERT at its first phase's 1,024
+        # and its longest context.
+        "shapes": {
+            "bert": [(256, 128), (64, 512)],
+            "gpt2": [(16, 1024)],
+            "modernbert": [(64, 1024), (8, 8192)],
+        },
         "dtype": "bfloat16",
         "peers": ["hf_eager", "hf_compile"],
         # Without attention dropout both systems may use fused attention kernels (cuDNN in
         # JAX, SDPA's flash/efficient kernels in PyTorch), as current BERT recipes do.
-        "attention_dropout": 0.0,
+        "attention_dropout": {"bert": 0.0, "gpt2": 0.0, "modernbert": 0.0},
         "warmup": 5,
         "steps": 30,
     },
@@ -253,7 +264,8 @@ def _parse(argv) -> argparse.Namespace:
     p.add_argument(
         "--model",
         choices=sorted(MODELS),
-        help="bert-*: BERT, MLM; gpt-*, gpt2-small: GPT-2, causal LM (default: the preset's BERT)",
+        help="bert-*, modernbert-*: MLM; gpt-*, gpt2-small: GPT-2, causal LM (default: the "
+        "preset's BERT)",
     )
     p.add_argument("--batch", type=int, help="rows per step (with --seq: one shape)")
     p.add_argument("--seq", type=int, help="sequence length (with --batch: one shape)")
@@ -269,6 +281,8 @@ def _parse(argv) -> argparse.Namespace:
     for key in ("model", "dtype", "attention_dropout", "warmup", "steps"):
         if getattr(args, key) is None:
             setattr(args, key, preset[key])
+    if isinstance(args.attention_dropout, dict):  # the preset's, by family
+        args.attention_dropout = args.attention_dropout[MODELS[args.model].family]
     args.peers = preset["peers"] if args.peers is None else [x for x in args.peers.split(",") if x]
     unknown = sorted(set(args.peers) - {"hf_eager", "hf_compile"})
     if unknown:

@@ -1,11 +1,18 @@
-"""The benchmark's peers: transformers' BertForMaskedLM and GPT2LMHeadModel on PyTorch (see
-ptft_jax/bench.py)."""
+"""The benchmark's peers: transformers' BertForMaskedLM, ModernBertForMaskedLM and
+GPT2LMHeadModel on PyTorch (see ptft_jax/bench.py)."""
 
 from __future__ import annotations
 
 import time
 
-from ptft_jax.bench_workload import MODELS, TRAIN, model_fields, peak_rss, random_batch
+from ptft_jax.bench_workload import (
+    MODELS,
+    TRAIN,
+    loss_rows,
+    model_fields,
+    peak_rss,
+    random_batch,
+)
 
 # GPT2Config's names for the fields ``model_fields`` gives (resid_pdrop also sets embd_pdrop).
 GPT2_NAMES = {
@@ -28,6 +35,19 @@ def hf_model(model: str, seq: int, attention_dropout: float):
     if MODELS[model].family == "bert":
         config = transformers.BertConfig(**fields, attn_implementation="sdpa")
         return transformers.BertForMaskedLM(config)
+    if MODELS[model].family == "modernbert":
+        fields["norm_eps"] = fields.pop("layer_norm_eps")
+        config = transformers.ModernBertConfig(
+            **fields,
+            pad_token_id=0,
+            bos_token_id=1,
+            cls_token_id=1,
+            eos_token_id=2,
+            sep_token_id=2,
+            sparse_prediction=True,  # its head at the labelled positions only, as it trains
+            attn_implementation="sdpa",
+        )
+        return transformers.ModernBertForMaskedLM(config)
     end = fields["vocab_size"] - 1  # GPT-2's end-of-text id is its last (50256), here too
     config = transformers.GPT2Config(
         **{GPT2_NAMES[k]: v for k, v in fields.items()},
@@ -54,6 +74,8 @@ def hf_inputs(model: str, batch: int, seq: int, device) -> dict:
     labels[rows, torch.from_numpy(raw["masked_positions"]).long()] = (
         torch.from_numpy(raw["masked_ids"]).long().to(device)
     )
+    if MODELS[model].family == "modernbert":  # no token types
+        return {**inputs, "labels": labels}
     return {**inputs, "token_type_ids": torch.zeros_like(ids), "labels": labels}
 
 
@@ -109,7 +131,8 @@ def run_hf(model, batch, seq, dtype, attention_dropout, warmup, steps, compiled:
         "loss": float(loss.detach()),
         "peak_memory_bytes": int(peak) if peak else peak_rss(),
         "peak_memory_kind": "device" if peak else "host RSS",
-        "head_rows": batch * seq,
+        # ModernBertForMaskedLM's sparse prediction: its head at the labelled positions.
+        "head_rows": loss_rows(model, batch, seq) if "modernbert" in model else batch * seq,
         "last_layer_rows": batch * seq,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "devices": 1,

@@ -10,8 +10,8 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class BenchModel:
-    """A benchmark model's family (``model.family``: ``"bert"`` trains MLM, ``"gpt2"``
-    causal LM) and shape."""
+    """A benchmark model's family (``model.family``: ``"bert"`` and ``"modernbert"`` train
+    MLM, ``"gpt2"`` causal LM) and shape."""
 
     family: str
     layers: int
@@ -34,7 +34,12 @@ MODELS = {
     "gpt-tiny": BenchModel("gpt2", 2, 128, 2, 512, 8192, 512),
     "gpt-mini": BenchModel("gpt2", 4, 256, 4, 1024, 8192, 512),
     "gpt2-small": BenchModel("gpt2", 12, 768, 12, 3072, 50257, 1024),  # GPT-2 124M
+    # ModernBERT-base's shape (GeGLU halves of 1,152; 128-token local windows, every third
+    # layer global), and one at BERT-mini size with a small BPE's vocabulary for CPUs.
+    "modernbert-mini": BenchModel("modernbert", 4, 256, 4, 384, 8192, 8192),
+    "modernbert-base": BenchModel("modernbert", 22, 768, 12, 1152, 50368, 8192),
 }
+LOCAL_WINDOW = 128  # ModernBERT's local_attention: 64 tokens each side
 MASK_RATE = 0.15
 # Both systems' AdamW: BERT's settings, global-norm clipping at 1.
 TRAIN = {
@@ -60,6 +65,12 @@ FLOPS_FORMULAS = {
         "+ 12 x layers x hidden x seq); both systems compute every position "
         "(mfu_common = mfu)"
     ),
+    "modernbert": (
+        "BERT's, with a layer's matmul params 4 hidden^2 + 3 hidden x intermediate (GeGLU) "
+        "and its attention width seq in global layers, min(seq, 129) in local ones; "
+        "transformers' sparse_prediction runs its MLM head at the masked positions too "
+        "(P: masked positions for both; R: ptft_jax masked positions, transformers all)"
+    ),
 }
 
 
@@ -73,19 +84,20 @@ def loss_rows(model: str, batch: int, seq: int) -> int:
 
 
 def model_fields(model: str, seq: int, attention_dropout: float) -> dict:
-    """The model's shape and dropout in BertConfig's field names (ptft_jax's configs of every
-    family read them; HF's BertConfig too)."""
+    """The model's shape and dropout in its ptft_jax config's field names (BertConfig's: HF's
+    BertConfig reads them too; ModernBERT's: its recipe's, no dropout but the attention's)."""
     m = MODELS[model]
-    return {
+    shape = {
         "vocab_size": m.vocab,
         "hidden_size": m.hidden,
         "num_hidden_layers": m.layers,
         "num_attention_heads": m.heads,
         "intermediate_size": m.intermediate,
         "max_position_embeddings": max(m.positions, seq),
-        "hidden_dropout_prob": 0.1,
-        "attention_probs_dropout_prob": attention_dropout,
     }
+    if m.family == "modernbert":
+        return {**shape, "attention_dropout": attention_dropout, "layer_norm_eps": 1e-5}
+    return {**shape, "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": attention_dropout}
 
 
 def model_flops(model: str, batch: int, seq: int, head_rows: int, last_rows: int) -> float:
@@ -95,14 +107,18 @@ def model_flops(model: str, batch: int, seq: int, head_rows: int, last_rows: int
     12 x layers x hidden x seq per token."""
     m = MODELS[model]
     hidden = m.hidden
-    layer = 4 * hidden * hidden + 2 * hidden * m.intermediate
-    # BERT's MLM head transforms its rows (a hidden^2 dense) before the tied decoder;
-    # GPT-2's goes straight to the tied decoder.
-    head = hidden * m.vocab + (hidden * hidden if m.family == "bert" else 0)
+    mlp = (3 if m.family == "modernbert" else 2) * hidden * m.intermediate  # GeGLU: 3
+    layer = 4 * hidden * hidden + mlp
+    # The MLM heads transform their rows (a hidden^2 dense) before the tied decoder; GPT-2's
+    # goes straight to the tied decoder.
+    head = hidden * m.vocab + (0 if m.family == "gpt2" else hidden * hidden)
     tokens = batch * seq
-    lower = tokens * (m.layers - 1) * (6 * layer + 12 * hidden * seq)
+    widths = [seq] * m.layers  # the keys each query attends to, layer by layer
+    if m.family == "modernbert":  # every third layer global, from the first
+        widths = [seq if i % 3 == 0 else min(seq, LOCAL_WINDOW + 1) for i in range(m.layers)]
+    lower = tokens * sum(6 * layer + 12 * hidden * w for w in widths[:-1])
     keys_values = tokens * 6 * 2 * hidden * hidden
-    queries = last_rows * (6 * (layer - 2 * hidden * hidden) + 12 * hidden * seq)
+    queries = last_rows * (6 * (layer - 2 * hidden * hidden) + 12 * hidden * widths[-1])
     return lower + keys_values + queries + 6 * head * head_rows
 
 

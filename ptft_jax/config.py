@@ -17,7 +17,6 @@ import ml_collections
 
 from ptft_jax import models, ops, tasks
 from ptft_jax.errors import ConfigError
-from ptft_jax.models.bert import BertConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -27,13 +26,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.init_from = ""  # "" | "hf:<folder or hub id>" | "builtin:minilm_l6"
     c.allow_pytorch_bin = False  # read pytorch_model.bin (a pickle) when no safetensors exist
 
-    c.model = ml_collections.ConfigDict(
-        {
-            f.name: f.default
-            for f in dataclasses.fields(BertConfig)  # "family" first: "bert" (models/)
-            if f.name not in ("add_pooling_layer", "next_sentence")  # the task decides them
-        }
-    )
+    # Every family's keys (models/): BERT's first ("family": "bert"), so a key two families
+    # share has BERT's default; a family's own keys have its defaults. The task decides the
+    # pooler and the NSP head.
+    c.model = ml_collections.ConfigDict()
+    for family in models.FAMILIES.values():
+        for f in dataclasses.fields(family.CONFIG):
+            if f.name not in c.model and f.name not in ("add_pooling_layer", "next_sentence"):
+                c.model[f.name] = f.default
     # RoBERTa-style families number positions from the pad id: -1 takes the tokenizer's.
     c.model.pad_token_id = -1
 
@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.packing = True  # classification: several examples a row (False: length buckets)
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
-    c.data.whole_word_masking = False  # mask every WordPiece of a chosen word; rate in words
+    c.data.whole_word_masking = False  # mask every piece of a chosen word; rate in words
     c.data.num_threads = 2  # Grain reader threads
     c.data.prefetch = 8  # batches prefetched by those threads
 
@@ -166,6 +166,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
     tasks.task_class(cfg.task).check(cfg)
     _check_model(m, d)
     _check_head(cfg)
+    model_config(cfg)  # the family's own checks (ModernBERT: its layer types, activations)
     if (
         cfg.init_from
         and not cfg.init_from.startswith(("hf:", "builtin:"))

@@ -244,7 +244,7 @@ def export(
         # GPT2ForSequenceClassification finds each row's last token by this id; a RoBERTa
         # numbers positions from its own pad_token_id, which must then be written.
         "pad_token_id": model_fields.get("pad_token_id", tokenizer.pad_token_id),
-        **{key: getattr(tokenizer, key, None) for key in family.TOKEN_IDS},
+        **{key: getattr(tokenizer, attr, None) for key, attr in family.TOKEN_IDS.items()},
         "tie_word_embeddings": True,
     }
     if id2label is None and family.CLASSIFIER in params:

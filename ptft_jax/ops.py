@@ -82,29 +82,94 @@ def cudnn_fits(dtype: str, head_dim: int) -> bool:
     return dtype in ("bfloat16", "float16") and head_dim % 8 == 0 and head_dim <= 128
 
 
-def attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, *, implementation, dropout_rate, rngs):
+def attention(
+    q_BxQxNxH,
+    k_BxLxNxH,
+    v_BxLxNxH,
+    mask_BxL,
+    *,
+    implementation,
+    dropout_rate,
+    rngs,
+    local_window: int | None = None,
+):
     """Softmax attention of the queries over the keys ``mask_BxL`` marks (padding on the right,
     as every batch here has it), with dropout on the probabilities when ``rngs`` is given.
     A pairwise mask ``[B, Q, L]`` (packed rows: ``layers.segment_mask``) takes XLA's path.
+    ``local_window`` w (a key mask and Q = L only): query i sees keys i - w .. i + w alone;
+    cuDNN then computes only that band, and XLA, once rows pass three windows, blocks of w
+    queries over the 3w keys around them (``banded_attention``): memory and FLOPs linear in L.
 
     Attention dropout needs the probabilities, so it takes the explicit path; otherwise
     ``jax.nn.dot_product_attention``, where cuDNN reads the mask as per-row key lengths (at
     least 1, so an all-padding row stays finite) and never forms the [B, N, Q, L] scores.
     """
+    window = None if local_window is None else (local_window, local_window)
     if rngs is not None and dropout_rate > 0.0:
         scale = jnp.sqrt(jnp.float32(q_BxQxNxH.shape[-1]))
         logits = jnp.einsum(
             "bqnh,bknh->bnqk", q_BxQxNxH, k_BxLxNxH, preferred_element_type=jnp.float32
         )
-        logits = jnp.where(_per_head(mask_BxL), logits / scale, jnp.finfo(jnp.float32).min)
+        mask = _per_head(mask_BxL)
+        if local_window is not None:
+            mask = mask & band(k_BxLxNxH.shape[1], local_window)[None, None]
+        logits = jnp.where(mask, logits / scale, jnp.finfo(jnp.float32).min)
         probs = dropout(jax.nn.softmax(logits, axis=-1), dropout_rate, rngs)
         return jnp.einsum("bnqk,bknh->bqnh", probs.astype(v_BxLxNxH.dtype), v_BxLxNxH)
     if implementation == "cudnn" and mask_BxL.ndim == 2:
         lengths_B = jnp.maximum(mask_BxL.sum(-1), 1).astype(jnp.int32)
         return jax.nn.dot_product_attention(
-            q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, key_value_seq_lengths=lengths_B, implementation="cudnn"
+            q_BxQxNxH,
+            k_BxLxNxH,
+            v_BxLxNxH,
+            key_value_seq_lengths=lengths_B,
+            local_window_size=window,
+            implementation="cudnn",
         )
-    return jax.nn.dot_product_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=_per_head(mask_BxL))
+    if local_window is not None and mask_BxL.ndim == 2 and k_BxLxNxH.shape[1] > 3 * local_window:
+        return banded_attention(q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, local_window)
+    return jax.nn.dot_product_attention(
+        q_BxQxNxH, k_BxLxNxH, v_BxLxNxH, mask=_per_head(mask_BxL), local_window_size=window
+    )
+
+
+def banded_attention(q_BxLxNxH, k_BxLxNxH, v_BxLxNxH, mask_BxL, window: int):
+    """What ``jax.nn.dot_product_attention`` computes with ``local_window_size=(w, w)`` and a
+    key mask, without the [L, L] scores: the rows are cut into blocks of w queries (X of them,
+    the last padded), and each block attends to the three blocks of keys around its own
+    (``[B, X, 3w]``), masked to the band. Memory and FLOPs grow with L, not L^2."""
+    b, length, n, h = q_BxLxNxH.shape
+    blocks = -(-length // window)
+    tail = blocks * window - length
+
+    def pad(x, before, after):
+        return jnp.pad(x, ((0, 0), (before, after)) + ((0, 0),) * (x.ndim - 2))
+
+    def around(x):  # [B, L, ...] -> [B, X, 3w, ...]: each block's keys, from the one before on
+        x = pad(x, window, tail + window).reshape(b, blocks + 2, window, *x.shape[2:])
+        return jnp.concatenate([x[:, :-2], x[:, 1:-1], x[:, 2:]], axis=2)
+
+    q_BxXxWxNxH = pad(q_BxLxNxH, 0, tail).reshape(b, blocks, window, n, h)
+    k_BxXxSxNxH, v_BxXxSxNxH, keys_BxXxS = around(k_BxLxNxH), around(v_BxLxNxH), around(mask_BxL)
+    queries_XxW = jnp.arange(blocks * window).reshape(blocks, window)
+    keys_XxS = (jnp.arange(blocks)[:, None] - 1) * window + jnp.arange(3 * window)[None]
+    band_XxWxS = jnp.abs(queries_XxW[:, :, None] - keys_XxS[:, None, :]) <= window
+    mask_BxXx1xWxS = (band_XxWxS[None] & keys_BxXxS[:, :, None, :])[:, :, None]
+    logits = jnp.einsum(
+        "bxqnh,bxknh->bxnqk", q_BxXxWxNxH, k_BxXxSxNxH, preferred_element_type=jnp.float32
+    )
+    logits = logits * jnp.float32(h**-0.5)
+    logits = jnp.where(mask_BxXx1xWxS, logits, -0.7 * float(jnp.finfo(jnp.float32).max))
+    probs = jax.nn.softmax(logits, axis=-1).astype(k_BxLxNxH.dtype)
+    out = jnp.einsum("bxnqk,bxknh->bxqnh", probs, v_BxXxSxNxH)
+    return out.reshape(b, blocks * window, n, h)[:, :length]
+
+
+def band(length: int, window: int, positions_BxQ=None) -> jax.Array:
+    """Which keys each query sees under a local window: ``|query - key| <= window``, ``[L, L]``
+    (or ``[B, Q, L]`` for the queries at ``positions_BxQ``)."""
+    queries = jnp.arange(length)[:, None] if positions_BxQ is None else positions_BxQ[..., None]
+    return jnp.abs(queries - jnp.arange(length)) <= window
 
 
 def _per_head(mask):

@@ -7,8 +7,7 @@ import re
 import jax
 import optax
 
-# Biases and LayerNorm parameters get no weight decay (BERT's recipe).
-_NO_DECAY = re.compile(r"(^|/)(bias|LayerNorm/(scale|bias))$")
+from ptft_jax import models
 
 
 def path_str(path) -> str:
@@ -17,25 +16,31 @@ def path_str(path) -> str:
 
 
 def decay_mask(params):
-    """True for parameters that receive weight decay."""
-    return jax.tree_util.tree_map_with_path(lambda p, _: not _NO_DECAY.search(path_str(p)), params)
+    """True for parameters that receive weight decay: matrices and tables, not the biases and
+    norm scales (BERT's recipe, and the Trainer's for every family: its names of them all
+    hold 1-D tensors, ours too)."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def trainable_mask(params, train_cfg):
-    """True for parameters that train; ``train.trainable``/``freeze_*`` freeze the rest."""
+def trainable_mask(params, train_cfg, family: str):
+    """True for parameters that train; ``train.trainable``/``freeze_*`` freeze the rest
+    (``family``: whose names say which tensors are the embeddings and which layer is which)."""
     patterns = train_cfg.get("trainable", ())
     if isinstance(patterns, str):
         patterns = [p for p in patterns.split(",") if p]
     regexes = [re.compile(p) for p in patterns]
-    frozen_layers = {f"bert/encoder/layer/{i}/" for i in range(train_cfg.get("freeze_layers", 0))}
+    family = models.get(family)
+    frozen_layers = train_cfg.get("freeze_layers", 0)
 
     def trains(path, _):
         name = path_str(path)
         if regexes and not any(r.search(name) for r in regexes):
             return False
-        if train_cfg.get("freeze_embeddings", False) and name.startswith("bert/embeddings/"):
+        hf_name = name.replace("/", ".")
+        if train_cfg.get("freeze_embeddings", False) and hf_name.startswith(family.EMBEDDINGS):
             return False
-        return not any(name.startswith(prefix) for prefix in frozen_layers)
+        layer = family.LAYER_NAME.match(hf_name)
+        return layer is None or int(layer[2]) >= frozen_layers
 
     return jax.tree_util.tree_map_with_path(trains, params)
 
@@ -57,9 +62,10 @@ def learning_rate_schedule(train_cfg, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(
-    train_cfg, total_steps: int
+    train_cfg, total_steps: int, family: str = "bert"
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (float32 moments) with clipping; gradient accumulation happens in the train step."""
+    """AdamW (float32 moments) with clipping; gradient accumulation happens in the train step.
+    ``family``: the model's (``model.family``), whose parameter names ``freeze_*`` read."""
     schedule = learning_rate_schedule(train_cfg, total_steps)
     chain = []
     if train_cfg.max_grad_norm and train_cfg.max_grad_norm > 0:
@@ -84,7 +90,7 @@ def make_optimizer(
         tx = optax.multi_transform(
             {"train": tx, "frozen": optax.set_to_zero()},
             lambda params: jax.tree.map(
-                lambda t: "train" if t else "frozen", trainable_mask(params, train_cfg)
+                lambda t: "train" if t else "frozen", trainable_mask(params, train_cfg, family)
             ),
         )
     return tx, schedule

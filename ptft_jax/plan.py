@@ -14,7 +14,7 @@ import jax
 
 from ptft_jax import checkpoint, config, distributed, optim, sharding, steps, tasks, weights
 from ptft_jax.data import pipeline, store, tokenize
-from ptft_jax.tasks.base import check_batch
+from ptft_jax.tasks.base import check_batch, trained_tokenizer_kind
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     eval_layout = layout.with_rows(micro, accum=1)
 
     # Data: records, tokenizer, the train dataset, the evaluation batches.
-    vocab, kind = model_cfg.vocab_size, task.tokenizer_kind
+    vocab, kind = model_cfg.vocab_size, trained_tokenizer_kind(task, model_cfg.family)
     get_tokenizer = tokenize.factory(cfg.data, workdir, vocab, resuming, kind)
     data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
     cfg, model_cfg = _with_pad_id(cfg, model_cfg, data.tokenizer)
@@ -84,7 +84,7 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     data_iter = pipeline.train_iterator(data.train, cfg.data.num_threads, cfg.data.prefetch)
     per_epoch = data.steps_per_epoch if cfg.train.epochs else 0  # then epoch ends evaluate too
     total_steps = cfg.train.epochs * per_epoch if per_epoch else cfg.train.steps
-    tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1))
+    tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1), cfg.model.family)
     init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, cfg.train.seed)
     pretrained = None
     if source is not None and not resuming:

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from ptft_jax import cli, config, metrics, tasks
 from ptft_jax.data import store, stream, tokenize, writer
+from ptft_jax.tasks.base import trained_tokenizer_kind
 
 
 def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction: float, blocks: str, workers: int):
@@ -90,9 +91,9 @@ def fingerprints(source: str) -> list[dict]:
 
 
 def _tokenizer(cfg, kind: str):
-    """``data.tokenizer``, or one of ``kind`` (the task's: WordPiece, byte-level BPE) trained on
-    a seeded sample of the corpus (a first pass over it, which also finds a file that cannot be
-    read before anything is written)."""
+    """``data.tokenizer``, or one of ``kind`` (the task's or the model family's:
+    ``trained_tokenizer_kind``) trained on a seeded sample of the corpus (a first pass over it,
+    which also finds a file that cannot be read before anything is written)."""
     d = cfg.data
     if d.tokenizer:
         return tokenize.get_tokenizer(d, pathlib.Path(), [], cfg.model.vocab_size, False)
@@ -114,6 +115,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             f"with a config of task {' or '.join(readers)}."
         )
     d, out = cfg.data, pathlib.Path(out).expanduser()
+    kind = trained_tokenizer_kind(task, cfg.model.family)
     names = stream.inputs(d.source)
     inputs = {
         "blocks": task.store_blocks,
@@ -130,14 +132,14 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             "sample_documents": d.tokenizer_sample_documents,
             "seed": cfg.train.seed,
             "lowercase": d.lowercase,
-            "kind": task.tokenizer_kind,
+            "kind": kind,
         }
     if store.is_store(str(out)):
         found = store.read_manifest(out)
         if {k: found.get(k) for k in inputs} == inputs:
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
-    tok = _start(cfg, out, inputs, task.tokenizer_kind)
+    tok = _start(cfg, out, inputs, kind)
     done = store.finished_units(out)
     todo = [(i, name) for i, name in enumerate(names) if done.get(i, {}).get("input") != name]
     for i, _ in todo:

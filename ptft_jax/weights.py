@@ -128,38 +128,48 @@ def student_config(cfg: ml_collections.ConfigDict, teacher: Pretrained):
                 f"train.student_layers_from_teacher={layers} must list increasing teacher "
                 f"layers between 0 and {n - 1}; fix it."
             )
-        cfg.model.update(_shape(teacher))
-        cfg.model.num_hidden_layers = len(layers)
+        cfg.model.update(_shape(teacher, layers))
     return cfg
 
 
 def student_source(teacher: Pretrained, layers: tuple[int, ...]) -> Pretrained:
     """The student's initial weights: the teacher's embeddings, pooler and heads, and its
-    encoder layers ``layers`` renumbered 0, 1, ... (DistilBERT's initialisation)."""
+    encoder layers ``layers`` renumbered 0, 1, ... (DistilBERT's initialisation). A module the
+    family's first layer lacks (``NOT_IN_FIRST_LAYER``: ModernBERT's attention norm) is left
+    out of the student's first layer when a later teacher layer becomes it."""
     layers = tuple(layers)
-    layer_name = models.get(teacher.model_cfg.family).LAYER_NAME
+    family = models.get(teacher.model_cfg.family)
+    first_lacks = getattr(family, "NOT_IN_FIRST_LAYER", ())
 
     def tensors() -> dict:
         out = {}
         for name, value in teacher.tensors().items():
-            m = layer_name.match(name)
+            m = family.LAYER_NAME.match(name)
             if m is None:
                 out[name] = value
             elif int(m[2]) in layers:
-                out[f"{m[1]}{layers.index(int(m[2]))}{m[3]}"] = value
+                index = layers.index(int(m[2]))
+                if index == 0 and m[3].lstrip(".").split(".")[0] in first_lacks:
+                    continue
+                out[f"{m[1]}{index}{m[3]}"] = value
         return out
 
-    fields = dict(_shape(teacher), num_hidden_layers=len(layers))
-    model_cfg = dataclasses.replace(teacher.model_cfg, num_hidden_layers=len(layers))
+    fields = _shape(teacher, layers)
+    model_cfg = dataclasses.replace(
+        teacher.model_cfg, **{k: v for k, v in fields.items() if k != "family"}
+    )
     return Pretrained(teacher.task, model_cfg, fields, teacher.tokenizer, tensors)
 
 
-def _shape(teacher: Pretrained) -> dict:
-    """The teacher's fields a student taken from its layers must share (dropout is the
-    student's own)."""
-    family = models.get(teacher.model_cfg.family)
-    keep = ("family", *family.SHAPE_FIELDS, "layer_norm_eps")
-    return {k: v for k, v in teacher.fields.items() if k in keep}
+def _shape(teacher: Pretrained, layers: tuple[int, ...]) -> dict:
+    """The teacher's fields a student made of its ``layers`` must share: all but the dropouts
+    (the student's own), with the layer count, and the per-layer ``layer_types`` of those
+    layers (ModernBERT's local or global attention)."""
+    fields = {k: v for k, v in teacher.fields.items() if "dropout" not in k}
+    fields["num_hidden_layers"] = len(layers)
+    if "layer_types" in fields:
+        fields["layer_types"] = [teacher.model_cfg.layer_types[i] for i in layers]
+    return fields
 
 
 def load_teacher(teacher: Pretrained | None, cfg, mesh) -> tuple[object, dict] | None:

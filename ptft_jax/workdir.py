@@ -55,7 +55,9 @@ def load(workdir: str | pathlib.Path) -> Run:
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
-    tx, _ = optim.make_optimizer(cfg.train, max(cfg.train.steps, 1))
+    tx, _ = optim.make_optimizer(
+        cfg.train, max(cfg.train.steps, 1), cfg.model.get("family", "bert")
+    )
     head = tasks.get(cfg).head
     state_sh = sharding.named(mesh, steps.state_specs(model_cfg, head, tx, mesh))
     init_fn = steps.make_init_fn(model_cfg, head, tx, mesh, 0)

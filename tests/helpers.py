@@ -72,3 +72,49 @@ def random_like(tree: dict, seed: int) -> dict:
     """``tree`` with every leaf ~ normal(0, 0.5), as host arrays."""
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda x: rng.normal(0.0, 0.5, x.shape).astype(np.float32), tree)
+
+
+def torch_outputs(model, batch: dict, **kwargs):
+    """A transformers model's outputs on numpy ``batch`` arrays (as int64 tensors), no grad."""
+    import torch
+
+    with torch.no_grad():
+        return model(**{k: torch.from_numpy(v).long() for k, v in batch.items()}, **kwargs)
+
+
+def packed_rows(examples, rows, width: int, pad: int):
+    """``rows``: example indices per row. The packed arrays (ids padded with ``pad``, segment
+    numbers as the mask, positions restarting at 0, each example's first position) and, per
+    slot, its example (-1: none)."""
+    k = max(map(len, rows))
+    ids = np.full((len(rows), width), pad, np.int32)
+    seg, pos = (np.zeros((len(rows), width), np.int32) for _ in range(2))
+    first = np.zeros((len(rows), k), np.int32)
+    slot = np.full((len(rows), k), -1)
+    for r, members in enumerate(rows):
+        at = 0
+        for j, e in enumerate(members):
+            n = len(examples[e])
+            span = slice(at, at + n)
+            ids[r, span], seg[r, span], pos[r, span] = examples[e], j + 1, np.arange(n)
+            first[r, j], slot[r, j] = at, e
+            at += n
+    packed = {"position_ids_BxL": pos, "cls_positions_BxK": first}
+    return (ids, seg, np.zeros_like(ids)), packed, slot
+
+
+def both_logits(loaded, head: str, hf_model, enc) -> tuple[np.ndarray, np.ndarray]:
+    """``(ours, theirs)``: the logits of a loaded workdir (``workdir.load``; its ``head``) and
+    of its export loaded in transformers (``hf_model``) on padded tokenizer output ``enc``."""
+    import torch
+
+    with torch.no_grad():
+        theirs = hf_model.eval()(
+            input_ids=torch.tensor(enc["input_ids"]),
+            attention_mask=torch.tensor(enc["attention_mask"]),
+        ).logits.numpy()
+    forward = steps.jit_forward(loaded.model_cfg, head, loaded.mesh)
+    batch = {k: enc[k].astype(np.int32) for k in ("input_ids", "attention_mask")}
+    with jax.set_mesh(loaded.mesh):
+        ours = np.asarray(jax.device_get(forward(loaded.params, batch)))
+    return ours, theirs

@@ -59,3 +59,17 @@ def test_a_step_that_does_not_fit_names_the_knobs():
 def test_unknown_topology_is_one_sentence():
     with pytest.raises(config.ConfigError, match="use <chip>:<shape>"):
         aot.compile_report(_tiny(), "v9z:2x2")
+
+
+def test_the_compilers_own_out_of_memory_stop_is_one_sentence():
+    """The TPU compiler may refuse a step itself (ModernBERT-base at 8,192 tokens with every
+    layer global did): its message becomes one sentence with the sizes and the knobs."""
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (99.09G) exceeds available HBM (95.74G)."
+    )
+    sentence = aot.out_of_memory(message, "v5p")
+    assert "would need 99.09 GiB of temporaries for this train step, more than its 95.74 GiB" in (
+        sentence
+    )
+    assert "--config.model.remat=True" in sentence and sentence.count(". ") == 0

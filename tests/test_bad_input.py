@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import transformers
 from test_train import tiny_config
 
 from ptft_jax import hf
@@ -98,6 +99,24 @@ def _case(name: str, tmp: pathlib.Path) -> tuple[list[str], dict]:
     if name == "unreachable hub id":
         args = ["--config", str(mlm), "--config.init_from=hf:nobody-here/no-such-bert"]
         return args, {"HF_HUB_OFFLINE": "1"}
+    if name == "layer types that disagree with the layer count":
+        modern = [
+            "--config.model.family=modernbert",
+            "--config.model.layer_types=('full_attention',)",
+        ]
+        return ["--config", str(mlm), *modern], {}
+    if name == "unknown model_type in a Hugging Face folder":
+        (tmp / "llama").mkdir()
+        (tmp / "llama" / "config.json").write_text('{"model_type": "llama"}')
+        return ["--config", str(mlm), f"--config.init_from=hf:{tmp / 'llama'}"], {}
+    if name == "a checkpoint's position limit below the sequence length":
+        config = transformers.ModernBertConfig(
+            vocab_size=1024, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+            intermediate_size=64, max_position_embeddings=32, pad_token_id=0,
+            bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3,
+        )  # fmt: skip
+        transformers.ModernBertForMaskedLM(config).save_pretrained(tmp / "short")
+        return ["--config", str(mlm), f"--config.init_from=hf:{tmp / 'short'}"], {}
     if name == "workdir of another model":
         return ["--config", str(mlm), "--config.model.hidden_size=64"], {}
     if name == "workdir of another task":
@@ -121,6 +140,21 @@ CASES = [
     ),
     ("sequence longer than the position table", "lower data.max_seq_length", False),
     ("unreachable hub id", "Could not download 'nobody-here/no-such-bert'", False),
+    (
+        "layer types that disagree with the layer count",
+        "model.layer_types has 1 entries (full_attention) for model.num_hidden_layers=2",
+        False,
+    ),
+    (
+        "unknown model_type in a Hugging Face folder",
+        "holds a 'llama' model; ptft_jax reads bert, gpt2, modernbert, roberta checkpoints",
+        False,
+    ),
+    (
+        "a checkpoint's position limit below the sequence length",
+        "data.max_seq_length=64 exceeds model.max_position_embeddings=32",
+        False,
+    ),
     (
         "workdir of another model",
         "has model.hidden_size=32 but the config says 64; use a new --workdir",

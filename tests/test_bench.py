@@ -22,13 +22,17 @@ runpy.run_module("ptft_jax.bench", run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("model, batch, seq", [("bert-mini", 8, 128), ("gpt-tiny", 4, 64)])
+@pytest.mark.parametrize(
+    "model, batch, seq", [("bert-mini", 8, 128), ("gpt-tiny", 4, 64), ("modernbert-mini", 2, 512)]
+)
 def test_flops_formula_matches_the_compiler(model, batch, seq):
     """The formula against XLA's count for ptft_jax's compiled train step on the bench's own
     batch: the matmuls and attention it counts are nearly all the step's FLOPs (BERT: the
-    masked positions' head and last layer; GPT: every position's)."""
-    fields = bench_workload.model_fields(model, seq, 0.1)
-    cfg = models.get(bench_workload.MODELS[model].family).CONFIG(**fields)
+    masked positions' head and last layer; GPT: every position's; ModernBERT's local layers:
+    129 keys a query, where the banded kernel computes 192)."""
+    family = bench_workload.MODELS[model].family
+    dropout = bench.PRESETS["cpu"]["attention_dropout"][family]  # ModernBERT's: none
+    cfg = models.get(family).CONFIG(**bench_workload.model_fields(model, seq, dropout))
     task, host = bench.task_and_batch(model, batch, seq)
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
     tx, schedule = optim.make_optimizer(bench._TrainCfg(bench_workload.TRAIN), 100)
@@ -51,11 +55,23 @@ def test_the_gpt_formula_is_the_textbook_count():
     assert per_token == 6 * matmul_params + 12 * 12 * 768 * 1024
 
 
+def test_the_modernbert_formula_counts_local_layers_at_their_window():
+    """ModernBERT-base at 8,192 tokens: a local layer's attention costs 129 keys a query, a
+    global one's 8,192; the GeGLU MLP three hidden x intermediate matmuls."""
+    full = bench_workload.model_flops("modernbert-base", 1, 8192, 8192, 8192) / 8192
+    layers = 22 * 6 * (4 * 768**2 + 3 * 768 * 1152)
+    attention = 12 * 768 * (8 * 8192 + 14 * 129)  # layers 0, 3, ..., 21 global
+    assert full == layers + attention + 6 * (768**2 + 768 * 50368)
+
+
 def test_presets_pick_shapes_by_the_models_family():
     assert bench._parse(["--preset", "gpu"]).model == "bert-base"
     assert bench._parse(["--preset", "gpu", "--model", "gpt2-small"]).shapes == [(16, 1024)]
     assert bench._parse(["--model", "gpt-mini"]).shapes == [(16, 128)]
     assert bench._parse(["--model", "gpt-mini", "--batch", "2", "--seq", "8"]).shapes == [(2, 8)]
+    modern = bench._parse(["--preset", "gpu", "--model", "modernbert-base"])
+    assert modern.shapes == [(64, 1024), (8, 8192)] and modern.attention_dropout == 0.0
+    assert bench._parse(["--model", "bert-mini"]).attention_dropout == 0.1
 
 
 def run_bench(tmp_path, *args) -> tuple[dict, str]:
@@ -119,3 +135,18 @@ def test_a_refused_cudnn_kernel_is_measured_as_xla_and_said(monkeypatch):
     assert out["attention"] == "xla"
     assert out["attention_fallback"].startswith("cudnn failed: ")
     assert out["step_s"] > 0 and out["loss"] == pytest.approx(10.3, abs=0.5)
+
+
+@pytest.mark.slow
+def test_a_modernbert_bench_runs_mlm_against_modernbertformaskedlm(tmp_path):
+    args = ["--preset", "cpu", "--model", "modernbert-mini", "--batch", "8", "--seq", "32"]
+    result, _ = run_bench(tmp_path, *args, "--warmup", "1", "--steps", "1")
+    assert [r["system"] for r in result["runs"]] == ["ptft_jax", "hf_eager"]
+    ours, peer = result["runs"]
+    masked = 8 * bench_workload.masked_per_row(32)
+    assert ours["head_rows"] == ours["last_layer_rows"] == masked
+    assert peer["head_rows"] == masked and peer["last_layer_rows"] == 8 * 32  # sparse head
+    for r in result["runs"]:
+        assert r["tokens_per_s"] > 0 and r["attention_dropout"] == 0.0
+        assert r["loss"] == pytest.approx(9.0, abs=0.6)  # ln(8192): an untrained model
+    assert result["flops_formula"] == bench_workload.FLOPS_FORMULAS["modernbert"]

@@ -20,7 +20,7 @@ import tokenizers
 import torch
 import transformers
 from flax import nnx
-from helpers import built_model, fresh_tree, random_like
+from helpers import built_model, fresh_tree, packed_rows, random_like, torch_outputs
 from safetensors.numpy import load_file
 
 from ptft_jax import hf, models
@@ -84,11 +84,6 @@ def _load(folder, head: str) -> tuple[RobertaConfig, dict, list[str]]:
     cfg = RobertaConfig(**hf.read_config(folder), num_labels=NUM_LABELS)
     params, fresh = hf.load_params(hf.read_tensors(folder), _fresh(cfg, head), "roberta")
     return cfg, params, fresh
-
-
-def _torch(model, batch, **kwargs):
-    with torch.no_grad():
-        return model(**{k: torch.from_numpy(v).long() for k, v in batch.items()}, **kwargs)
 
 
 def _max_diff(ours, theirs, mask=None) -> float:
@@ -162,7 +157,7 @@ def test_hf_checkpoint_loads_with_equal_logits(saved, batch, head):
     ours = _forward(model, batch["input_ids"], batch["attention_mask"])
     assert ours.dtype == jnp.float32
     mask = batch["attention_mask"] if head == "mlm" else None
-    diff = _max_diff(ours, _torch(hf_model, batch).logits.numpy(), mask)
+    diff = _max_diff(ours, torch_outputs(hf_model, batch).logits.numpy(), mask)
     assert diff < ATOL, f"{head} logits: max abs diff {diff}"
 
 
@@ -174,7 +169,9 @@ def test_mlm_logits_at_masked_positions_are_hf_rows(saved, batch):
     positions = np.array([[0, 4, 10, 2], [5, 1, 1, 0], [2, 0, 1, 0]], np.int32)
     logits, nsp = model.pretraining(batch["input_ids"], batch["attention_mask"], None, positions)
     assert nsp is None
-    theirs = np.take_along_axis(_torch(hf_model, batch).logits.numpy(), positions[..., None], 1)
+    theirs = np.take_along_axis(
+        torch_outputs(hf_model, batch).logits.numpy(), positions[..., None], 1
+    )
     diff = _max_diff(logits, theirs)
     assert diff < ATOL, f"gathered MLM logits: max abs diff {diff}"
 
@@ -189,7 +186,7 @@ def test_bare_model_hidden_states_pooler_and_embedding(saved, batch):
     assert fresh == []
     backbone = _build(cfg, "bare", params).roberta
     out = _hidden(backbone, batch["input_ids"], batch["attention_mask"])
-    expected = _torch(hf_model, batch, output_hidden_states=True)
+    expected = torch_outputs(hf_model, batch, output_hidden_states=True)
     mask = batch["attention_mask"]
     assert len(out["hidden_states"]) == len(expected.hidden_states) == 3
     for i, (o, t) in enumerate(zip(out["hidden_states"], expected.hidden_states, strict=True)):
@@ -215,7 +212,7 @@ def test_another_pad_id_and_token_types(tmp_path):
     batch = _rows([12, 7, 4], 12, TINY.vocab_size, pad=0, seed=1)
     batch["token_type_ids"] = (np.arange(12)[None] >= np.array([[6], [3], [2]])).astype(np.int32)
     out = _build(cfg, "bare", params).roberta(*batch.values())
-    expected = _torch(hf_model, batch).last_hidden_state.numpy()
+    expected = torch_outputs(hf_model, batch).last_hidden_state.numpy()
     diff = _max_diff(out["last_hidden_state"], expected, batch["attention_mask"])
     assert diff < ATOL, f"last_hidden_state: max abs diff {diff}"
 
@@ -269,7 +266,7 @@ def test_export_loads_in_transformers_with_equal_outputs(batch, tokenizer, tmp_p
     assert set(info["missing_keys"]) == lacking
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     ours = _forward(_build(TINY, head, params), batch["input_ids"], batch["attention_mask"])
-    out = _torch(theirs.eval(), batch)
+    out = torch_outputs(theirs.eval(), batch)
     mask = batch["attention_mask"]
     if head == "embedding":
         last, weights = out.last_hidden_state.numpy(), mask[..., None]
@@ -295,28 +292,8 @@ def test_export_keeps_the_models_pad_id_over_the_tokenizers(tmp_path):
     batch = _rows([11, 6, 3], 12, TINY.vocab_size, pad=tok.pad_token_id, seed=3)
     theirs = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
     ours = _forward(_build(TINY, "mlm", params), batch["input_ids"], batch["attention_mask"])
-    diff = _max_diff(ours, _torch(theirs, batch).logits.numpy(), batch["attention_mask"])
+    diff = _max_diff(ours, torch_outputs(theirs, batch).logits.numpy(), batch["attention_mask"])
     assert diff < ATOL, f"MLM logits after export: max abs diff {diff}"
-
-
-def _packed(examples, rows, width):
-    """``rows``: example indices per row. The packed arrays (segment numbers as the mask,
-    positions restarting at 0, each example's ``<s>`` position) and, per slot, its example."""
-    k = max(map(len, rows))
-    ids = np.full((len(rows), width), PAD, np.int32)
-    seg, pos = (np.zeros((len(rows), width), np.int32) for _ in range(2))
-    cls = np.zeros((len(rows), k), np.int32)
-    slot = np.full((len(rows), k), -1)
-    for r, members in enumerate(rows):
-        at = 0
-        for j, e in enumerate(members):
-            n = len(examples[e])
-            span = slice(at, at + n)
-            ids[r, span], seg[r, span], pos[r, span] = examples[e], j + 1, np.arange(n)
-            cls[r, j], slot[r, j] = at, e
-            at += n
-    packed = {"position_ids_BxL": pos, "cls_positions_BxK": cls}
-    return (ids, seg, np.zeros_like(ids)), packed, slot
 
 
 @pytest.mark.parametrize(
@@ -329,7 +306,7 @@ def test_packed_rows_compute_what_one_example_a_row_computes(head, num_labels):
     cfg = dataclasses.replace(TINY, num_labels=num_labels)
     model = _build(cfg, head, _random_params(cfg, head, seed=4))
     want = np.asarray(model(one["input_ids"], one["attention_mask"]))
-    inputs, packed, slot = _packed(examples, [[0, 1, 2], [3], [4]], width)
+    inputs, packed, slot = packed_rows(examples, [[0, 1, 2], [3], [4]], width, PAD)
     got = np.asarray(model(*inputs, **packed))
     assert got.shape[:2] == slot.shape
     diff = _max_diff(got[slot >= 0], want[slot[slot >= 0]])

@@ -132,6 +132,41 @@ def test_no_weight_decay_on_bias_and_layernorm(tiny_model_cfg):
     assert not any(p.endswith("bias") or "LayerNorm" in p for p in decayed)
 
 
+FAMILY_NAMES = {  # family -> (its word table, its layer 0 and 1 prefixes)
+    "bert": ("bert/embeddings/word_embeddings/embedding", "bert/encoder/layer/{}/"),
+    "roberta": ("roberta/embeddings/word_embeddings/embedding", "roberta/encoder/layer/{}/"),
+    "gpt2": ("transformer/wte/embedding", "transformer/h/{}/"),
+    "modernbert": ("model/embeddings/tok_embeddings/embedding", "model/layers/{}/"),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILY_NAMES))
+def test_freezing_and_weight_decay_follow_each_familys_names(family):
+    """freeze_embeddings and freeze_layers freeze that family's embeddings and lowest layers
+    (and nothing else); no family's norms or biases are decayed, its matrices are."""
+    from ptft_jax import models
+    from ptft_jax.optim import decay_mask, path_str, trainable_mask
+
+    shape = dict(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2)
+    cfg = models.get(family).CONFIG(**shape, intermediate_size=32, max_position_embeddings=40)
+    head = "causal_lm" if family == "gpt2" else "mlm"
+    model = nnx.eval_shape(lambda: models.get(family).build_model(cfg, head, 0))
+    params = nnx.to_pure_dict(nnx.state(model))
+    tcfg = train_cfg(freeze_embeddings=True, freeze_layers=1)
+    flat = jax.tree_util.tree_flatten_with_path(trainable_mask(params, tcfg, family))[0]
+    frozen = {path_str(p) for p, trains in flat if not trains}
+    table, layer = FAMILY_NAMES[family]
+    assert table in frozen
+    assert any(p.startswith(layer.format(0)) for p in frozen)
+    assert not any(p.startswith(layer.format(1)) for p in frozen)
+    embeddings = table.split("/")[0] + "/" + ("w" if family == "gpt2" else "embeddings/")
+    assert all(p.startswith((layer.format(0), embeddings)) for p in frozen), frozen
+    flat = jax.tree_util.tree_flatten_with_path(decay_mask(params))[0]
+    decayed = {path_str(p) for p, v in flat if v}
+    assert table in decayed and any(p.endswith("kernel") for p in decayed)
+    assert not any(p.endswith(("bias", "scale")) for p in decayed), decayed
+
+
 def test_learning_rate_schedule():
     from ptft_jax.optim import learning_rate_schedule
 
@@ -162,7 +197,7 @@ def test_frozen_parameters_get_no_update_and_no_state(tiny_model_cfg):
     params = jax.tree.map(np.asarray, before)
     tx, _ = optim.make_optimizer(tcfg, 10)
     state_leaves = jax.tree.leaves(jax.eval_shape(tx.init, params))
-    mask = jax.tree.leaves(optim.trainable_mask(params, tcfg))
+    mask = jax.tree.leaves(optim.trainable_mask(params, tcfg, "bert"))
     n_trainable = sum(np.size(p) for p, t in zip(jax.tree.leaves(params), mask, strict=True) if t)
     assert 0 < n_trainable < sum(np.size(p) for p in jax.tree.leaves(params))
     assert sum(x.size for x in state_leaves if x.ndim) == 2 * n_trainable  # mu and nu only

@@ -2,7 +2,9 @@
 
 Token-level by default; with whole-word masking, 15% of the *words* are chosen and every piece
 of a chosen word is predicted (each piece then gets its own 80/10/10 draw, as in BERT's
-release), so no word is ever masked in part.
+release), so no word is ever masked in part. A word is a piece and the pieces that continue it
+(``tokenize.word_continuations``: WordPiece's ``##`` pieces, or byte-level BPE pieces without
+a leading space).
 
 Each row's randomness comes from ``default_rng([seed, batch_index, row])`` where ``row`` is the
 row's position in the *global* batch, so masks are the same whatever the number of hosts or
@@ -25,12 +27,12 @@ class MaskingSpec:
     special_ids: tuple[int, ...]
     max_predictions: int
     probability: float = 0.15
-    # Whole-word masking: True at the ids of WordPiece continuations ("##..."); None = off.
+    # Whole-word masking: True at the ids of pieces that continue a word; None = off.
     continuation: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
 def _whole_words(ids_L, candidates, spec: MaskingSpec, rng) -> np.ndarray:
-    """Positions of whole words (a piece and its ``##`` continuations), ``probability`` of the
+    """Positions of whole words (a piece and its continuations), ``probability`` of the
     words, never more than ``max_predictions`` positions; sorted."""
     if not len(candidates):
         return candidates

@@ -17,7 +17,7 @@ import numpy as np
 
 from ptft_jax.data.masking import MaskingSpec, mask_rows
 from ptft_jax.data.sources import DataError
-from ptft_jax.data.tokenize import special_ids, tokenize_cached
+from ptft_jax.data.tokenize import special_ids, tokenize_cached, word_continuations
 
 
 @dataclasses.dataclass
@@ -119,11 +119,7 @@ def masking_spec(data_cfg, tokenizer) -> MaskingSpec:
         max_predictions=data_cfg.max_predictions_per_seq,
         probability=data_cfg.mlm_probability,
         continuation=(
-            np.array(
-                [t.startswith("##") for t in tokenizer.convert_ids_to_tokens(range(len(tokenizer)))]
-            )
-            if data_cfg.get("whole_word_masking", False)
-            else None
+            word_continuations(tokenizer) if data_cfg.get("whole_word_masking", False) else None
         ),
     )
 

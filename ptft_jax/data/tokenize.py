@@ -15,14 +15,27 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from ptft_jax.data.sources import DataError
-from ptft_jax.data.vocab import END_OF_TEXT, train_byte_bpe, train_wordpiece
+from ptft_jax.data.vocab import (
+    END_OF_TEXT,
+    train_byte_bpe,
+    train_modernbert_bpe,
+    train_roberta_bpe,
+    train_wordpiece,
+)
 
 log = logging.getLogger(__name__)
-# Task.tokenizer_kind -> (its name in the log, a trainer of texts, vocab size and data.*)
+# A kind of tokenizer (a task's ``tokenizer_kind`` or a model family's ``TOKENIZER``) -> (its
+# name in the log, a trainer of texts, vocab size and data.*)
 TRAINERS = {
     "wordpiece": ("WordPiece", lambda texts, n, d: train_wordpiece(texts, n, d.lowercase)),
     "byte_bpe": ("byte-level BPE", lambda texts, n, d: train_byte_bpe(texts, n)),
+    "roberta_bpe": ("RoBERTa byte-level BPE", lambda texts, n, d: train_roberta_bpe(texts, n)),
+    "modernbert_bpe": (
+        "ModernBERT byte-level BPE",
+        lambda texts, n, d: train_modernbert_bpe(texts, n),
+    ),
 }
+SPACE = "Ġ"  # byte-level BPE's symbol of the space byte: it starts every word but a text's first
 
 
 def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
@@ -36,12 +49,13 @@ def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
 
 
 def load_tokenizer(path: str):
-    """The tokenizer in a folder or hub id: GPT-2's byte-level BPE when the folder holds
-    ``merges.txt`` or its tokenizer.json is a BPE model, else a BertTokenizerFast (``vocab.txt``
-    and/or ``tokenizer.json``)."""
+    """The tokenizer in a folder or hub id: a byte-level BPE when the folder holds
+    ``merges.txt`` or its tokenizer.json is a BPE model (``_bpe_class``), else a
+    BertTokenizerFast (``vocab.txt`` and/or ``tokenizer.json``)."""
     from transformers import BertTokenizerFast, GPT2Tokenizer
 
-    cls = GPT2Tokenizer if _is_bpe(pathlib.Path(path).expanduser()) else BertTokenizerFast
+    folder = pathlib.Path(path).expanduser()
+    cls = _bpe_class(folder) if _is_bpe(folder) else BertTokenizerFast
     try:
         tokenizer = cls.from_pretrained(path)
     except OSError as e:
@@ -53,6 +67,32 @@ def load_tokenizer(path: str):
     if cls is GPT2Tokenizer and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none: batches pad with its end
     return tokenizer
+
+
+def _bpe_class(folder: pathlib.Path):
+    """The class of the byte-level BPE in ``folder``: RoBERTa's when its tokenizer_config.json
+    names it or its config.json is a RoBERTa's; the tokenizer.json as it is
+    (``PreTrainedTokenizerFast``) for an encoder's, one with a mask token (ModernBERT's); else
+    GPT-2's."""
+    from transformers import GPT2Tokenizer, PreTrainedTokenizerFast, RobertaTokenizer
+
+    settings = _json_dict(folder / "tokenizer_config.json")
+    named = settings.get("tokenizer_class")
+    roberta = _json_dict(folder / "config.json").get("model_type") == "roberta"
+    if roberta or named in ("RobertaTokenizer", "RobertaTokenizerFast"):
+        return RobertaTokenizer
+    if named in ("PreTrainedTokenizerFast", "TokenizersBackend") and settings.get("mask_token"):
+        return PreTrainedTokenizerFast
+    return GPT2Tokenizer
+
+
+def _json_dict(path: pathlib.Path) -> dict:
+    """The JSON object in ``path``; empty when there is none."""
+    try:
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _is_bpe(folder: pathlib.Path) -> bool:
@@ -68,8 +108,7 @@ def get_tokenizer(
     data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming, kind="wordpiece"
 ):
     """The run's tokenizer, not yet saved: ``W/tokenizer`` when resuming, else the one given in
-    ``data.tokenizer``, else one of ``kind`` (``wordpiece`` or ``byte_bpe``) trained on
-    ``texts``."""
+    ``data.tokenizer``, else one of ``kind`` (a key of ``TRAINERS``) trained on ``texts``."""
     if resuming:  # the run's own tokenizer, never a new one
         if not (workdir / "tokenizer").is_dir():
             raise DataError(
@@ -155,7 +194,8 @@ def tokenize_cached(texts: list[str], tokenizer, cache_root: pathlib.Path) -> li
 
 
 def special_ids(tokenizer) -> dict[str, int]:
-    """Ids of [PAD], [CLS], [SEP], [MASK]; a clear error when the tokenizer lacks one."""
+    """Ids of [PAD], [CLS], [SEP], [MASK] (RoBERTa's ``<pad>``, ``<s>``, ``</s>``, ``<mask>``);
+    a clear error when the tokenizer lacks one."""
     ids = {}
     for name in ("pad", "cls", "sep", "mask"):
         tid = getattr(tokenizer, f"{name}_token_id", None)
@@ -166,6 +206,28 @@ def special_ids(tokenizer) -> dict[str, int]:
             )
         ids[name] = int(tid)
     return ids
+
+
+def word_continuations(tokenizer) -> np.ndarray:
+    """True at the ids of tokens that continue a word (whole-word masking): WordPiece's ``##``
+    pieces, or in a byte-level BPE (GPT-2's, RoBERTa's, ModernBERT's) the tokens that do not
+    start with the space symbol ``Ġ``, as RoBERTa's whole-word masking counts them. A text's
+    first word has no space before it: it follows a special token, where masking starts a word
+    anyway. Special tokens continue nothing."""
+    tokens = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
+    if _is_byte_level(tokenizer):
+        continues = np.array([not t.startswith(SPACE) for t in tokens])
+    else:
+        continues = np.array([t.startswith("##") for t in tokens])
+    continues[list(tokenizer.all_special_ids)] = False
+    return continues
+
+
+def _is_byte_level(tokenizer) -> bool:
+    """Whether the tokenizer pre-tokenises GPT-2's way (byte symbols, ``Ġ`` for a space)."""
+    pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
+    return any(step.get("type") == "ByteLevel" for step in steps)
 
 
 def end_of_text_id(tokenizer) -> int:

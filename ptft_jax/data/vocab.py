@@ -1,5 +1,6 @@
-"""Tokenizers trained on the data, deterministically: BERT's WordPiece and GPT-2's byte-level
-BPE. The same texts and settings give the same files on every run and every machine."""
+"""Tokenizers trained on the data, deterministically: BERT's WordPiece, GPT-2's byte-level BPE,
+and the byte-level BPEs of RoBERTa and ModernBERT. The same texts and settings give the same
+files on every run and every machine."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from ptft_jax.data.sources import DataError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: between documents, and padding
+# RoBERTa's specials by id: the classifier token, padding, the separator, unknown, mask (ids 0-3
+# are roberta-base's; its mask is its last id).
+ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
@@ -97,38 +101,105 @@ def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
 
 
 def train_byte_bpe(texts: list[str], vocab_size: int):
-    """Train a GPT-2 byte-level BPE tokenizer on ``texts``: GPT-2's pre-tokenisation (its
-    regex, no prefix space), the 256 byte symbols, merges, and ``<|endoftext|>`` (id 0) as the
-    end of every document and the padding. Every byte is in the initial alphabet, which the
+    """Train a GPT-2 byte-level BPE tokenizer on ``texts`` (``_byte_bpe``) with
+    ``<|endoftext|>`` (id 0) as the end of every document and the padding."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = _byte_bpe(texts, vocab_size, [END_OF_TEXT])
+    return GPT2Tokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=END_OF_TEXT,
+        bos_token=END_OF_TEXT,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+    )
+
+
+def train_roberta_bpe(texts: list[str], vocab_size: int):
+    """Train RoBERTa's tokenizer on ``texts``: the byte-level BPE of ``_byte_bpe`` with
+    RoBERTa's specials ``<s>`` = 0 (its classifier token), ``<pad>`` = 1, ``</s>`` = 2 (its
+    separator), ``<unk>`` = 3 and ``<mask>`` = 4, the mask taking the space before it as
+    roberta-base's does. Texts become ``<s> A </s>`` and pairs ``<s> A </s></s> B </s>``, all of
+    segment 0: a transformers ``RobertaTokenizer`` (no prefix space, offsets trimmed)."""
+    from tokenizers import AddedToken
+    from transformers import RobertaTokenizer
+
+    vocab, merges = _byte_bpe(texts, vocab_size, ROBERTA_SPECIALS)
+    cls, pad, sep, unk, mask = ROBERTA_SPECIALS
+    return RobertaTokenizer(
+        vocab=vocab,
+        merges=merges,
+        bos_token=cls,
+        eos_token=sep,
+        sep_token=sep,
+        cls_token=cls,
+        unk_token=unk,
+        pad_token=pad,
+        mask_token=AddedToken(mask, lstrip=True, normalized=False, special=True),
+        add_prefix_space=False,
+        trim_offsets=True,
+    )
+
+
+def train_modernbert_bpe(texts: list[str], vocab_size: int):
+    """Train ModernBERT's kind of tokenizer on ``texts``: the byte-level BPE of ``_byte_bpe``
+    with BERT's specials, numbered as ``train_wordpiece`` numbers them (``[PAD]`` = 0,
+    ``[UNK]`` = 1, ``[CLS]`` = 2, ``[SEP]`` = 3, ``[MASK]`` = 4), the mask taking the space
+    before it as ModernBERT-base's does. Texts become ``[CLS] A [SEP]`` and pairs
+    ``[CLS] A [SEP] B [SEP]`` (B and its ``[SEP]`` of segment 1): a transformers
+    ``PreTrainedTokenizerFast`` that, like ModernBERT-base's, returns no token type ids unless
+    asked."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = _byte_bpe(texts, vocab_size, SPECIAL_TOKENS)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True)
+    tok.decoder = decoders.ByteLevel()
+    pad, unk, cls, sep, mask = SPECIAL_TOKENS
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}",
+        pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, vocab[cls]), (sep, vocab[sep])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        cls_token=cls,
+        sep_token=sep,
+        pad_token=pad,
+        unk_token=unk,
+        mask_token=AddedToken(mask, lstrip=True, normalized=False, special=True),
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def _byte_bpe(texts: list[str], vocab_size: int, specials: list[str]):
+    """``(vocab, merges)`` of a byte-level BPE trained on ``texts`` with GPT-2's
+    pre-tokenisation (its regex, no prefix space): ``specials`` numbered from 0 in their order,
+    then the 256 byte symbols and the merges. Every byte is in the initial alphabet, which the
     BPE trainer numbers in sorted order, so ties between equally frequent merges break the same
     way every time."""
     import json
 
     from tokenizers import Tokenizer, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import GPT2Tokenizer
 
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    if vocab_size < len(alphabet) + 1:
+    need = len(alphabet) + len(specials)
+    if vocab_size < need:
         raise DataError(
             f"model.vocab_size={vocab_size} cannot hold the {len(alphabet)} byte symbols and "
-            f"{END_OF_TEXT}; raise --config.model.vocab_size to at least {len(alphabet) + 1}."
+            f"{', '.join(specials)}; raise --config.model.vocab_size to at least {need}."
         )
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     trainer = BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[END_OF_TEXT],
+        special_tokens=specials,
         initial_alphabet=sorted(alphabet),
         show_progress=False,
     )
     bpe.train_from_iterator(texts, trainer=trainer)
     model = json.loads(bpe.to_str())["model"]
-    return GPT2Tokenizer(
-        vocab=model["vocab"],
-        merges=[tuple(m) for m in model["merges"]],
-        unk_token=END_OF_TEXT,
-        bos_token=END_OF_TEXT,
-        eos_token=END_OF_TEXT,
-        pad_token=END_OF_TEXT,
-    )
+    return model["vocab"], [tuple(m) for m in model["merges"]]

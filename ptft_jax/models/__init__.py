@@ -14,12 +14,18 @@ A family module provides:
   ``cached(ids, start, cache)``, a key/value-cached step for ``generate.py``
   config.json: ``from_hf(hf, where)`` (our fields from its dict; ``where``: the file, named
   when a value has the wrong type), ``hf_config(fields)`` (its part of an export),
-  ``TOKEN_IDS`` (token id keys an export copies from the tokenizer besides ``pad_token_id``)
+  ``TOKEN_IDS`` (config.json token id keys an export writes besides ``pad_token_id``, each
+  mapped to the tokenizer attribute it copies)
+  ``TOKENIZER`` (optional): the kind of tokenizer ``data.tokenizer=''`` trains for its encoder
+  tasks (a key of ``data/tokenize.py``'s ``TRAINERS``; none: BERT's WordPiece)
   Hugging Face parameter names: ``BACKBONE``, ``TOP``, ``CLASSIFIER``, ``LAYER_NAME``,
   ``BUFFERS`` (a regex that full names of non-parameter tensors match), ``TIED`` (names of
   tensors that are another's), ``module_kind(name)`` (how the torch module ``name`` stores its
   weight: ``norm``, ``embedding``, ``linear`` (out, in) or ``conv1d`` (in, out)),
-  ``optional(path)``
+  ``optional(path)``, ``EMBEDDINGS`` (name prefixes of the input embeddings: what
+  ``train.freeze_embeddings`` freezes); a family whose first layer lacks a module the others
+  have names it in ``NOT_IN_FIRST_LAYER`` (a student's first layer taken from a later teacher
+  layer leaves it out)
 
 Dimension letters used in tensor names:
   B: batch, L: sequence length, K: masked positions per sequence (max_predictions_per_seq) or
@@ -35,9 +41,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.models import bert, gpt2, roberta
+from ptft_jax.models import bert, gpt2, modernbert, roberta
 
-FAMILIES: dict[str, ModuleType] = {"bert": bert, "gpt2": gpt2, "roberta": roberta}
+FAMILIES: dict[str, ModuleType] = {
+    "bert": bert,
+    "gpt2": gpt2,
+    "roberta": roberta,
+    "modernbert": modernbert,
+}
 
 
 def get(name: str) -> ModuleType:

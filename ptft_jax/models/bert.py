@@ -374,9 +374,10 @@ BACKBONE = "bert"  # the encoder's top-level name (bare BertModel checkpoints om
 TOP = ("bert", "cls", "classifier")  # top-level names of checkpoint tensors: encoder and heads
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(bert\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
+EMBEDDINGS = ("bert.embeddings.",)  # HF name prefixes of the input embeddings
 BUFFERS = re.compile(r"(.+\.)?(position_ids|token_type_ids)")  # in HF state dicts, not params
 TIED = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")  # word embeddings
-TOKEN_IDS = ()  # config.json token ids besides pad_token_id: none
+TOKEN_IDS = {}  # config.json token ids besides pad_token_id: none
 
 
 def build_model(cfg: BertConfig, head: str, seed: int) -> nnx.Module:

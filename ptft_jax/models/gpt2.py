@@ -64,12 +64,6 @@ class GPT2Config:
         return jnp.dtype(self.dtype)
 
 
-def _at(x, positions_BxQ):
-    """Rows ``positions_BxQ`` of ``x`` (``[B, L, ...]``): ``[B, Q, ...]``."""
-    index = positions_BxQ.reshape(*positions_BxQ.shape, *[1] * (x.ndim - 2))
-    return jnp.take_along_axis(x, index, 1)
-
-
 class GPT2Attention(nnx.Module):
     def __init__(self, cfg: GPT2Config, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -88,7 +82,7 @@ class GPT2Attention(nnx.Module):
         heads = (cfg.num_attention_heads, cfg.head_dim)
         names = ("batch", "length", "act_heads", None)
         q_BxLxD, k_BxLxD, v_BxLxD = jnp.split(self.c_attn(h_BxLxD), 3, axis=-1)
-        q_BxQxD = q_BxLxD if positions_BxQ is None else _at(q_BxLxD, positions_BxQ)
+        q_BxQxD = q_BxLxD if positions_BxQ is None else layers.at_positions(q_BxLxD, positions_BxQ)
         q_BxQxNxH = constrain(q_BxQxD.reshape(*q_BxQxD.shape[:2], *heads), names)
         k_BxLxNxH = constrain(k_BxLxD.reshape(*k_BxLxD.shape[:2], *heads), names)
         v_BxLxNxH = constrain(v_BxLxD.reshape(*v_BxLxD.shape[:2], *heads), names)
@@ -143,7 +137,10 @@ class GPT2Block(nnx.Module):
         """Outputs at ``positions_BxQ`` (every position when None); keys span them all."""
         x_BxQxD, mask_BxQxL = x_BxLxD, mask_BxLxL
         if positions_BxQ is not None:
-            x_BxQxD, mask_BxQxL = _at(x_BxLxD, positions_BxQ), _at(mask_BxLxL, positions_BxQ)
+            x_BxQxD, mask_BxQxL = (
+                layers.at_positions(x_BxLxD, positions_BxQ),
+                layers.at_positions(mask_BxLxL, positions_BxQ),
+            )
         a_BxQxD = self.attn(self.ln_1(x_BxLxD), mask_BxQxL, rngs=rngs, positions_BxQ=positions_BxQ)
         # The residual stream keeps the embeddings' dtype (float32) under 16-bit matmuls.
         x_BxQxD = x_BxQxD + a_BxQxD
@@ -262,7 +259,7 @@ class GPT2LMHeadModel(nnx.Module):
         cache)."""
         hidden_BxQxD, cache = self.transformer.cached(input_ids_BxQ, start_B, cache)
         if at_BxK is not None:
-            hidden_BxQxD = _at(hidden_BxQxD, at_BxK)
+            hidden_BxQxD = layers.at_positions(hidden_BxQxD, at_BxK)
         return self.logits(hidden_BxQxD), cache
 
 
@@ -334,11 +331,14 @@ HF_CONSTANTS = {
     "scale_attn_weights": True,
     "scale_attn_by_inverse_layer_idx": False,
 }
-TOKEN_IDS = ("bos_token_id", "eos_token_id")  # from the tokenizer: HF's default is GPT-2's 50256
+# config.json token ids -> the tokenizer's attribute holding each (HF's default: 50256)
+TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id"}
 BACKBONE = "transformer"  # the decoder's top-level name (bare GPT2Model checkpoints omit it)
 TOP = ("transformer", "lm_head", "score")  # top-level names of checkpoint tensors
 CLASSIFIER = "score"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(transformer\.h\.)(\d+)(\..*)")  # HF names in block i
+# HF name prefixes of the input embeddings (wte is also the LM head: tied)
+EMBEDDINGS = ("transformer.wte.", "transformer.wpe.")
 # Causal-mask buffers older checkpoints hold, not parameters (c_attn.bias is one).
 BUFFERS = re.compile(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)")
 TIED = ("lm_head.weight",)  # the word embeddings

@@ -45,12 +45,14 @@ def dense(
     )
 
 
-def layer_norm(cfg, rngs) -> nnx.LayerNorm:
-    """LayerNorm with float32 statistics (flax reduces in float32 whatever the input dtype)."""
+def layer_norm(cfg, rngs, bias: bool = True) -> nnx.LayerNorm:
+    """LayerNorm with float32 statistics (flax reduces in float32 whatever the input dtype);
+    ``bias=False``: scale only."""
     return nnx.LayerNorm(
         cfg.hidden_size,
         epsilon=cfg.layer_norm_eps,
         dtype=cfg.jnp_dtype,
+        use_bias=bias,
         scale_init=init(nnx.initializers.ones_init(), ("norm",)),
         bias_init=init(nnx.initializers.zeros_init(), ("norm",)),
         rngs=rngs,
@@ -69,6 +71,12 @@ def lookup(table: nnx.Embed, ids) -> jax.Array:
     all-gathered before the lookup, so the lookup and its gradient (reduce-scattered back by
     XLA) work on whole rows."""
     return jnp.take(constrain(table.embedding[...], (None, None)), ids, axis=0)
+
+
+def at_positions(x, positions_BxQ) -> jax.Array:
+    """Rows ``positions_BxQ`` of ``x`` (``[B, L, ...]``): ``[B, Q, ...]``."""
+    index = positions_BxQ.reshape(*positions_BxQ.shape, *[1] * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, 1)
 
 
 def run_layers(layers, x, mask, rngs, *, remat: bool, policy: str, last_positions=None) -> list:

@@ -221,9 +221,12 @@ BACKBONE = "roberta"  # the encoder's top-level name (bare RobertaModel checkpoi
 TOP = ("roberta", "lm_head", "classifier")  # top-level names of checkpoint tensors
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(roberta\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
+EMBEDDINGS = ("roberta.embeddings.",)  # HF name prefixes of the input embeddings
 BUFFERS = bert.BUFFERS  # embeddings.position_ids and token_type_ids: in HF state dicts only
 TIED = ("lm_head.decoder.weight", "lm_head.decoder.bias")  # word embeddings, lm_head.bias
-TOKEN_IDS = ("bos_token_id", "eos_token_id")  # <s> and </s> (HF's defaults: 0 and 2)
+# config.json token ids -> the tokenizer's attribute holding each: <s> and </s>
+TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id"}
+TOKENIZER = "roberta_bpe"  # what data.tokenizer='' trains for an encoder task: RoBERTa's BPE
 
 
 def build_model(cfg: RobertaConfig, head: str, seed: int) -> nnx.Module:

@@ -22,7 +22,8 @@ from the config by ``from_config``. It owns:
   ``evaluate(ctx, params, ...)`` host metrics over a split (``EvalContext``)
   ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
   ``labelled``               whether exports carry its label names (``id2label``)
-  ``tokenizer_kind``         the tokenizer trained when none is given (``data/vocab.py``)
+  ``tokenizer_kind``         the tokenizer trained when none is given (``data/vocab.py``);
+                             ``wordpiece``: the model family's (``trained_tokenizer_kind``)
   ``store_blocks``           the records it reads from a prepared folder (``data/store.py``;
                              None: it trains from source text only)
   ``predict(run, ...)``      the rows ``python -m ptft_jax.predict`` prints
@@ -37,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ptft_jax import sharding
+from ptft_jax import models, sharding
 from ptft_jax.errors import ConfigError
 
 
@@ -76,7 +77,7 @@ class Task:
     """Defaults shared by tasks; see the module docstring for the interface."""
 
     labelled = False
-    tokenizer_kind = "wordpiece"  # what data.tokenizer='' trains: wordpiece or byte_bpe
+    tokenizer_kind = "wordpiece"  # what data.tokenizer='' trains (wordpiece: the family's)
     store_blocks = None  # what python -m ptft_jax.prepare packs for it: mlm, next_token
     uses_teacher = False  # distillation: train.teacher runs inside the train step
     objectives = (("mlm",),)  # the train.objectives it takes
@@ -125,6 +126,16 @@ class Task:
 
     def predict(self, run, texts, pairs, top_k: int, forward) -> list[dict]:
         raise ConfigError(f"A {self.name} run predicts nothing; export it for its embeddings.")
+
+
+def trained_tokenizer_kind(task, family: str) -> str:
+    """The kind of tokenizer (a key of ``data.tokenize.TRAINERS``) that ``data.tokenizer=''``
+    trains for ``task`` (a task or its class) on a model of ``family``: the task's when it needs
+    its own (a causal LM: GPT-2's byte-level BPE), else the family's ``TOKENIZER`` (RoBERTa's,
+    ModernBERT's byte-level BPE), else BERT's WordPiece."""
+    if task.tokenizer_kind != Task.tokenizer_kind:
+        return task.tokenizer_kind
+    return getattr(models.get(family), "TOKENIZER", Task.tokenizer_kind)
 
 
 def check_objectives(train_cfg, allowed) -> None:
