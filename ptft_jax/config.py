@@ -16,6 +16,7 @@ import re
 import ml_collections
 
 from ptft_jax import models, ops, tasks
+from ptft_jax.data import segment
 from ptft_jax.errors import ConfigError
 
 
@@ -46,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
     c.data.tokenizer_sample_documents = 200_000  # prepare: a seeded sample trains the tokenizer
     c.data.lowercase = True  # a trained tokenizer: uncased, accents stripped; False keeps both
+    c.data.keep_accents = False  # True: lowercase but keep accents (pinyin tones, kana marks)
     c.data.eval_fraction = 0.02  # documents held out when the source has no validation split
     c.data.max_documents = 0  # 0 = all; a cap for quick runs
     c.data.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
@@ -54,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_predictions_per_seq = 20
     c.data.mlm_probability = 0.15
     c.data.whole_word_masking = False  # mask every piece of a chosen word; rate in words
+    c.data.word_segmenter = ""  # 'jieba': whole-word masking finds Chinese words (extra zh)
     c.data.num_threads = 2  # Grain reader threads
     c.data.prefetch = 8  # batches prefetched by those threads
 
@@ -218,6 +221,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
+    segment.check(d)
 
 
 def _check_head(cfg) -> None:
@@ -345,6 +349,7 @@ DATA_KEYS = (
     "data.max_predictions_per_seq",
     "data.mlm_probability",
     "data.whole_word_masking",
+    "data.word_segmenter",
     "data.length_buckets",
     "train.batch_size",
     "train.seed",
@@ -375,9 +380,9 @@ def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) 
                 f"The checkpoint in the workdir has model.{key}={old} but the config says {new}; "
                 f"use a new --workdir or set --config.model.{key}={old}."
             )
-    changed = []
+    changed, defaults = [], base_config()
     for key in DATA_KEYS:
         group, name = key.split(".")
-        if saved.get(group, {}).get(name) != cfg[group][name]:
+        if saved.get(group, {}).get(name, defaults[group][name]) != cfg[group][name]:
             changed.append(key)
     return changed

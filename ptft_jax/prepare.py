@@ -132,6 +132,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             "sample_documents": d.tokenizer_sample_documents,
             "seed": cfg.train.seed,
             "lowercase": d.lowercase,
+            "keep_accents": d.keep_accents,
             "kind": kind,
         }
     if store.is_store(str(out)):

@@ -117,6 +117,10 @@ def _case(name: str, tmp: pathlib.Path) -> tuple[list[str], dict]:
         )  # fmt: skip
         transformers.ModernBertForMaskedLM(config).save_pretrained(tmp / "short")
         return ["--config", str(mlm), f"--config.init_from=hf:{tmp / 'short'}"], {}
+    if name == "unknown word segmenter":
+        return ["--config", str(mlm), "--config.data.word_segmenter=ltp"], {}
+    if name == "word segmenter without whole-word masking":
+        return ["--config", str(mlm), "--config.data.word_segmenter=jieba"], {}
     if name == "workdir of another model":
         return ["--config", str(mlm), "--config.model.hidden_size=64"], {}
     if name == "workdir of another task":
@@ -153,6 +157,12 @@ CASES = [
     (
         "a checkpoint's position limit below the sequence length",
         "data.max_seq_length=64 exceeds model.max_position_embeddings=32",
+        False,
+    ),
+    ("unknown word segmenter", "data.word_segmenter='ltp' is not one of ('', 'jieba')", False),
+    (
+        "word segmenter without whole-word masking",
+        "set --config.data.whole_word_masking=True or drop the segmenter",
         False,
     ),
     (

@@ -94,15 +94,16 @@ def test_own_column_names_end_to_end(tmp_path, capsys, layout):
     assert all(set(r["probs"]) == {"negative", "positive"} for r in rows)
 
 
-def test_the_split_deduplicates_on_the_configured_fields():
-    rows = [
-        {"premise": "p", "hypothesis": "h1", "y": 0},
-        {"premise": "p", "hypothesis": "h2", "y": 1},
-        {"premise": "p", "hypothesis": "h1", "y": 1},
-    ]
-    got = classify.splits({"train": rows}, ("premise", "hypothesis"), "y")
-    assert sum(len(v) for v in got.values()) == 2, "pairs are duplicates only as pairs"
+def test_the_split_deduplicates_on_the_configured_fields(caplog):
+    rows = [{"premise": "p", "hypothesis": f"h{i}", "y": i % 2} for i in range(20)]
+    rows.append({"premise": "p", "hypothesis": "h1", "y": 0})
+    with caplog.at_level(logging.INFO):
+        got = classify.splits({"train": rows}, ("premise", "hypothesis"), "y")
+    assert sum(len(v) for v in got.values()) == 20, "pairs are duplicates only as pairs"
+    assert "1 of 21 records repeat an earlier record's text and are left out" in caplog.text
     assert sum(len(v) for v in split_labeled(rows, ("premise",)).values()) == 1
+    with pytest.raises(DataError, match="1 distinct texts, too few to cut 80/10/10"):
+        classify.splits({"train": rows}, ("premise",), "y")
 
 
 def test_a_test_split_without_labels_is_announced(tmp_path, caplog):

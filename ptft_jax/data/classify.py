@@ -253,7 +253,22 @@ def splits(records: dict[str, list[dict]], text_fields, label: str) -> dict[str,
     de-duplicated on ``text_fields`` (the text, or text and pair); a test split without labels
     in field ``label`` (GLUE hides them) is left out, with a line that says so."""
     if set(records) == {"train"}:
-        return split_labeled(records["train"], tuple(f for f in text_fields if f))
+        cut = split_labeled(records["train"], tuple(f for f in text_fields if f))
+        kept, given = sum(map(len, cut.values())), len(records["train"])
+        if kept < given:
+            log.info(
+                "%d of %d records repeat an earlier record's text and are left out (the 80/10/10 "
+                "split keeps the first of each text)",
+                given - kept,
+                given,
+            )
+        empty = [name for name, rows in cut.items() if not rows]
+        if empty:
+            raise DataError(
+                f"The data has {kept} distinct texts, too few to cut 80/10/10 (its {empty[0]} "
+                "split would be empty); add records or give train, validation and test files."
+            )
+        return cut
     records = dict(records)
     if "validation" not in records and "validation_matched" in records:  # GLUE MNLI
         records["validation"] = records["validation_matched"]

@@ -4,7 +4,8 @@ Token-level by default; with whole-word masking, 15% of the *words* are chosen a
 of a chosen word is predicted (each piece then gets its own 80/10/10 draw, as in BERT's
 release), so no word is ever masked in part. A word is a piece and the pieces that continue it
 (``tokenize.word_continuations``: WordPiece's ``##`` pieces, or byte-level BPE pieces without
-a leading space).
+a leading space), or, with a word segmenter (``segment.py``: Chinese words, which have no
+``##`` pieces), the flags the segmentation gave each token.
 
 Each row's randomness comes from ``default_rng([seed, batch_index, row])`` where ``row`` is the
 row's position in the *global* batch, so masks are the same whatever the number of hosts or
@@ -31,12 +32,16 @@ class MaskingSpec:
     continuation: np.ndarray | None = dataclasses.field(default=None, compare=False)
 
 
-def _whole_words(ids_L, candidates, spec: MaskingSpec, rng) -> np.ndarray:
+def _whole_words(ids_L, candidates, spec: MaskingSpec, rng, continues_L=None) -> np.ndarray:
     """Positions of whole words (a piece and its continuations), ``probability`` of the
-    words, never more than ``max_predictions`` positions; sorted."""
+    words, never more than ``max_predictions`` positions; sorted. ``continues_L``: which
+    tokens continue a word, by a word segmentation (else the vocabulary's table says)."""
     if not len(candidates):
         return candidates
-    cont = spec.continuation[ids_L[candidates]]
+    if continues_L is not None:
+        cont = continues_L[candidates]
+    else:
+        cont = spec.continuation[ids_L[candidates]]
     # A word starts at a piece that is not a continuation, or after a gap (a special token).
     starts = ~cont | (np.diff(candidates, prepend=-2) > 1)
     words = np.split(candidates, np.flatnonzero(starts)[1:])
@@ -51,12 +56,15 @@ def _whole_words(ids_L, candidates, spec: MaskingSpec, rng) -> np.ndarray:
     return np.sort(np.concatenate(chosen)) if chosen else candidates[:0]
 
 
-def mask_row(ids_L: np.ndarray, length: int, spec: MaskingSpec, rng: np.random.Generator):
-    """Mask one sequence; returns (input_ids, positions_K, label_ids_K, weights_K)."""
+def mask_row(
+    ids_L: np.ndarray, length: int, spec: MaskingSpec, rng: np.random.Generator, continues_L=None
+):
+    """Mask one sequence; returns (input_ids, positions_K, label_ids_K, weights_K).
+    ``continues_L``: each token's word flag from a word segmentation (whole-word masking)."""
     k = spec.max_predictions
     candidates = np.flatnonzero(~np.isin(ids_L[:length], spec.special_ids))
     if spec.continuation is not None:
-        chosen = _whole_words(ids_L, candidates, spec, rng)
+        chosen = _whole_words(ids_L, candidates, spec, rng, continues_L)
     else:
         num = min(k, max(1, round(len(candidates) * spec.probability))) if len(candidates) else 0
         chosen = np.sort(rng.choice(candidates, size=num, replace=False)) if num else candidates[:0]
@@ -80,11 +88,14 @@ def mask_rows(
     spec: MaskingSpec,
     seed: int,
     batch_index: int,
+    continues_BxL: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Mask a block of rows whose global row numbers are ``rows_B``; MLM batch fields."""
+    """Mask a block of rows whose global row numbers are ``rows_B``; MLM batch fields.
+    ``continues_BxL``: the rows' word flags from a word segmentation, if any."""
+    words = [None] * len(ids_BxL) if continues_BxL is None else continues_BxL
     out = [
-        mask_row(ids, int(n), spec, np.random.default_rng([seed, batch_index, int(r)]))
-        for ids, n, r in zip(ids_BxL, lengths_B, rows_B, strict=True)
+        mask_row(ids, int(n), spec, np.random.default_rng([seed, batch_index, int(r)]), w)
+        for ids, n, r, w in zip(ids_BxL, lengths_B, rows_B, words, strict=True)
     ]
     input_ids, positions, label_ids, weights = (np.stack(x) for x in zip(*out, strict=True))
     length = ids_BxL.shape[1]

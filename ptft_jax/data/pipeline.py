@@ -17,18 +17,25 @@ import numpy as np
 
 from ptft_jax.data.masking import MaskingSpec, mask_rows
 from ptft_jax.data.sources import DataError
-from ptft_jax.data.tokenize import special_ids, tokenize_cached, word_continuations
+from ptft_jax.data.tokenize import (
+    continuations_cached,
+    special_ids,
+    tokenize_cached,
+    word_continuations,
+)
 
 
 @dataclasses.dataclass
 class Blocks:
     """Fixed-length token blocks ``[N, L]`` with the number of real tokens in each; for
-    next-sentence prediction also segment ids ``[N, L]`` and labels ``[N]`` (1: random B)."""
+    next-sentence prediction also segment ids ``[N, L]`` and labels ``[N]`` (1: random B); with
+    a word segmenter, whether each token continues a word ``[N, L]`` (``segment.py``)."""
 
     ids: np.ndarray
     lengths: np.ndarray
     types: np.ndarray | None = None
     labels: np.ndarray | None = None
+    continues: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -36,6 +43,10 @@ class Blocks:
     def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, lengths)`` of blocks ``idx`` (a prepared store reads them from disk)."""
         return self.ids[idx], self.lengths[idx]
+
+    def words(self, idx: np.ndarray) -> np.ndarray | None:
+        """Whether each token of blocks ``idx`` continues a word; None: the vocabulary says."""
+        return None if self.continues is None else self.continues[idx]
 
 
 def split_documents(num_docs: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +159,7 @@ def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: 
     """Masked MLM blocks (``served``): masks drawn anew for every (seed, batch, row)."""
 
     def make_rows(idx, flat, b):
-        out = mask_rows(*blocks.take(idx), flat, spec, seed, b)
+        out = mask_rows(*blocks.take(idx), flat, spec, seed, b, blocks.words(idx))
         return out | _pairs(blocks, idx, np.ones(len(idx), bool))
 
     return served(blocks, layout, seed, make_rows)
@@ -183,7 +194,8 @@ def eval_batches(
     """
     for b, rows, safe, real in in_order(len(blocks), layout, max_batches):
         ids, lengths = blocks.take(safe)
-        out = mask_rows(ids, np.where(real, lengths, 1), rows.reshape(-1), spec, seed + 1, b)
+        lengths = np.where(real, lengths, 1)
+        out = mask_rows(ids, lengths, rows.reshape(-1), spec, seed + 1, b, blocks.words(safe))
         out["masked_weights"] *= real[:, None]
         out |= _pairs(blocks, safe, real)
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
@@ -221,11 +233,15 @@ def split_texts(data_cfg, records: dict[str, list[dict]], split: str) -> list[st
     return [text_of(r, data_cfg.text_field) for r in records["test"]]
 
 
-def pack_texts(texts: list[str], tokenizer, seq_len: int, cache_root) -> Blocks:
-    """Tokenize (cached on disk) and pack ``texts`` into ``seq_len`` blocks."""
+def pack_texts(texts: list[str], tokenizer, seq_len: int, cache_root, segmenter="") -> Blocks:
+    """Tokenize (cached on disk) and pack ``texts`` into ``seq_len`` blocks; with a word
+    ``segmenter``, each token's word flag packed alongside (specials and padding: False)."""
     ids = special_ids(tokenizer)
     docs = tokenize_cached(texts, tokenizer, cache_root)
     blocks = pack(docs, seq_len, ids["cls"], ids["sep"], ids["pad"])
     if not len(blocks):
         raise DataError("A data split tokenized to nothing; check data.source and text_field.")
+    if segmenter:
+        words = continuations_cached(texts, tokenizer, segmenter, cache_root)
+        blocks.continues = pack(words, seq_len, 0, 0, 0).ids.astype(bool)
     return blocks

@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 # A kind of tokenizer (a task's ``tokenizer_kind`` or a model family's ``TOKENIZER``) -> (its
 # name in the log, a trainer of texts, vocab size and data.*)
 TRAINERS = {
-    "wordpiece": ("WordPiece", lambda texts, n, d: train_wordpiece(texts, n, d.lowercase)),
+    "wordpiece": (
+        "WordPiece",
+        lambda texts, n, d: train_wordpiece(texts, n, d.lowercase, d.get("keep_accents", False)),
+    ),
     "byte_bpe": ("byte-level BPE", lambda texts, n, d: train_byte_bpe(texts, n)),
     "roberta_bpe": ("RoBERTa byte-level BPE", lambda texts, n, d: train_roberta_bpe(texts, n)),
     "modernbert_bpe": (
@@ -170,27 +173,54 @@ def check_resumed(tokenizer, saved: str | None, workdir: pathlib.Path, step: int
         )
 
 
-def tokenize_cached(texts: list[str], tokenizer, cache_root: pathlib.Path) -> list[np.ndarray]:
-    """Token ids (no special tokens) of every text, computed once per (texts, tokenizer)."""
+def _cached(texts: list[str], tokenizer, cache_root: pathlib.Path, kind: str, compute):
+    """``compute(texts)`` (one int array per text), computed once per (kind, texts, tokenizer)
+    and kept in ``cache_root/kind``."""
     h = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode())
     for t in texts:
         h.update(t.encode("utf-8", "replace"))
         h.update(b"\0")
-    path = cache_root / "tokenized" / f"{h.hexdigest()[:24]}.npz"
+    path = cache_root / kind / f"{h.hexdigest()[:24]}.npz"
     if path.exists():
         with np.load(path) as f:
             flat, offsets = f["flat"], f["offsets"]
         return np.split(flat, offsets[1:-1])
-    encoded = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    encoded = compute(texts)
     lengths = np.array([len(e) for e in encoded], np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((i for e in encoded for i in e), np.int32, count=int(offsets[-1]))
+    flat = np.concatenate([np.asarray(e, np.int32) for e in encoded] or [np.zeros(0, np.int32)])
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
     with os.fdopen(fd, "wb") as f:
-        np.savez(f, flat=flat, offsets=offsets)
+        np.savez(f, flat=flat.astype(np.int32), offsets=offsets)
     os.replace(tmp, path)
-    return np.split(flat, offsets[1:-1])
+    return np.split(flat.astype(np.int32), offsets[1:-1])
+
+
+def tokenize_cached(texts: list[str], tokenizer, cache_root: pathlib.Path) -> list[np.ndarray]:
+    """Token ids (no special tokens) of every text, computed once per (texts, tokenizer)."""
+
+    def compute(texts):
+        return tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+
+    return _cached(texts, tokenizer, cache_root, "tokenized", compute)
+
+
+def continuations_cached(
+    texts: list[str], tokenizer, segmenter: str, cache_root: pathlib.Path
+) -> list[np.ndarray]:
+    """Whether each token of ``tokenize_cached(texts)`` continues a word, words found by the
+    word segmenter ``segmenter`` (``segment.py``); computed once per (texts, tokenizer,
+    segmenter and its version)."""
+    from ptft_jax.data import segment
+
+    by_piece = word_continuations(tokenizer)
+
+    def compute(texts):
+        return segment.continuations(texts, tokenizer, segmenter, by_piece)
+
+    kind = f"words-{segment.version(segmenter)}"
+    return [c.astype(bool) for c in _cached(texts, tokenizer, cache_root, kind, compute)]
 
 
 def special_ids(tokenizer) -> dict[str, int]:

@@ -15,9 +15,14 @@ END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: between documents, a
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
-def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
+def train_wordpiece(
+    texts: list[str], vocab_size: int, lowercase: bool = True, keep_accents: bool = False
+):
     """Train a BERT WordPiece tokenizer on ``texts``, deterministically: uncased and without
-    accents (BERT's uncased models), or with ``lowercase=False`` cased and keeping accents.
+    accents (BERT's uncased models), with ``lowercase=False`` cased and keeping accents, or with
+    ``keep_accents`` uncased but keeping them (pinyin's tone marks, kana's voicing marks).
+    Either way it normalises and splits as transformers' ``BertTokenizer`` with those settings
+    does: every CJK ideograph a word of its own, punctuation (full-width too) split off.
 
     WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
     ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
@@ -31,7 +36,8 @@ def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool = True):
     from tokenizers.trainers import BpeTrainer
     from transformers import BertTokenizerFast
 
-    strip_accents = None if lowercase else False  # None: as lowercase says (BERT's default)
+    # None: as lowercase says (BERT's default)
+    strip_accents = False if keep_accents or not lowercase else None
     normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=strip_accents)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     counts = collections.Counter(

@@ -95,10 +95,16 @@ class MLM(Task):
         from ptft_jax.data import nsp, pipeline
         from ptft_jax.data.builtin import cache_dir
 
+        segmenter = cfg.data.get("word_segmenter", "")
         if self.nsp:
+            if segmenter:
+                raise DataError(
+                    f"data.word_segmenter={segmenter!r} marks words in packed blocks, not in "
+                    "NSP's sentence pairs; drop 'nsp' from train.objectives or the segmenter."
+                )
             seed = cfg.train.seed + int(held_out)
             return nsp.pair_texts(texts, tokenizer, self.seq_len, cache_dir(), seed)
-        return pipeline.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
+        return pipeline.pack_texts(texts, tokenizer, self.seq_len, cache_dir(), segmenter)
 
     def stored(self, cfg, tokenizer):
         """The train and validation blocks of a prepared folder, checked against the run."""
@@ -111,6 +117,11 @@ class MLM(Task):
             raise DataError(
                 f"{folder} holds packed blocks, not sentence pairs; train NSP from the source "
                 "text, or drop 'nsp' from train.objectives."
+            )
+        if cfg.data.get("word_segmenter", ""):
+            raise DataError(
+                f"{folder} is a prepared folder, whose blocks carry no word boundaries; train "
+                "with data.word_segmenter from the source text, or drop the segmenter."
             )
         if cfg.data.max_documents:
             log.warning(
