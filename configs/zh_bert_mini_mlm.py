@@ -27,12 +27,12 @@ def get_config():
     c.data.max_seq_length = 128
     c.data.whole_word_masking = True
     c.data.word_segmenter = "jieba"
-    c.train.steps = 600
+    c.train.steps = 900
     c.train.batch_size = 32
     c.train.learning_rate = 1e-3
-    c.train.warmup_steps = 60
+    c.train.warmup_steps = 90
     c.train.log_every = 25
-    c.train.eval_every = 100
+    c.train.eval_every = 150
     c.train.eval_batches = 8
     c.train.checkpoint_every = 300
     return c

@@ -309,15 +309,22 @@ def apply_checkpoint_model(
     cfg: ml_collections.ConfigDict, fields: dict, tokenizer, cli_keys=()
 ) -> ml_collections.ConfigDict:
     """A copy of ``cfg`` whose model shape is the checkpoint's; command-line ``model.*`` values
-    that contradict it stop the run. Its tokenizer defaults to the checkpoint's (``tokenizer``)."""
+    that contradict it stop the run, except dropout rates, which are a training choice (a
+    classifier fine-tuned with dropout from a run pretrained without). Its tokenizer defaults
+    to the checkpoint's (``tokenizer``)."""
+    chosen = {}
     for key in cli_keys:
         if key in fields and cfg.model[key] != fields[key]:
+            if "dropout" in key:
+                chosen[key] = cfg.model[key]
+                continue
             raise ConfigError(
                 f"--config.model.{key}={cfg.model[key]} contradicts init_from={cfg.init_from} "
                 f"({key}={fields[key]}); drop the override or use another init_from."
             )
     cfg = ml_collections.ConfigDict(cfg.to_dict())
     cfg.model.update(fields)
+    cfg.model.update(chosen)
     if not cfg.data.tokenizer:
         cfg.data.tokenizer = str(tokenizer)
     return cfg

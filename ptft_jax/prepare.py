@@ -39,20 +39,20 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from ptft_jax import cli, config, metrics, tasks
-from ptft_jax.data import store, stream, tokenize, writer
+from ptft_jax.data import segment, store, stream, tokenize, writer
 from ptft_jax.tasks.base import trained_tokenizer_kind
 
 
-def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction: float, blocks: str, workers: int):
+def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction, blocks: str, segmenter, workers: int):
     """``(key, writer.encode(texts))`` of every ``(key, texts)`` of ``chunks``, in order;
     ``workers`` processes run ahead."""
+    args = (str(tokenizer_dir), fraction, blocks, segmenter)
     if workers <= 1:
-        writer.start_worker(str(tokenizer_dir), fraction, blocks)
+        writer.start_worker(*args)
         for key, texts in chunks:
             yield key, writer.encode(texts)
         return
     context = multiprocessing.get_context("spawn")
-    args = (str(tokenizer_dir), fraction, blocks)
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=context, initializer=writer.start_worker, initargs=args
     ) as pool:
@@ -116,6 +116,8 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
         )
     d, out = cfg.data, pathlib.Path(out).expanduser()
     kind = trained_tokenizer_kind(task, cfg.model.family)
+    # Whole-word masking's words, marked once here (MLM blocks; jieba's version is recorded).
+    segmenter = d.word_segmenter if task.store_blocks == "mlm" else ""
     names = stream.inputs(d.source)
     inputs = {
         "blocks": task.store_blocks,
@@ -126,6 +128,8 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
         "tokenizer_given": d.tokenizer,
         "shard_blocks": per_shard,
     }
+    if segmenter:
+        inputs["word_segmenter"] = segment.version(segmenter)
     if not d.tokenizer:  # what the trained tokenizer depends on
         inputs["tokenizer_training"] = {
             "vocab_size": cfg.model.vocab_size,
@@ -155,9 +159,20 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
 
             fraction, seq_len = d.eval_fraction, d.max_seq_length
             blocks = task.store_blocks
-            beam.run(out, todo, d.text_field, fraction, seq_len, per_shard, blocks, options)
+            beam.run(
+                out, todo, d.text_field, fraction, seq_len, per_shard, blocks, segmenter, options
+            )
     else:
-        _write(d, out, todo, workers or os.cpu_count() or 1, per_shard, done, task.store_blocks)
+        _write(
+            d,
+            out,
+            todo,
+            workers or os.cpu_count() or 1,
+            per_shard,
+            done,
+            task.store_blocks,
+            segmenter,
+        )
     manifest = _manifest(d, inputs, tok, store.finished_units(out), len(names))
     store.write_manifest(out, manifest)
     seconds = time.time() - t0
@@ -193,7 +208,7 @@ def _start(cfg, out: pathlib.Path, inputs: dict, tokenizer_kind: str):
     return tok
 
 
-def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict, blocks) -> None:
+def _write(d, out: pathlib.Path, todo, workers: int, per_shard, done: dict, blocks, segmenter):
     """Tokenize on ``workers`` processes and pack, input by input, every input of ``todo``."""
     tok = tokenize.load_tokenizer(str(out / "tokenizer"))
     ids, dtype = writer.separators(tok, blocks), writer.dtype_of(tok)
@@ -204,11 +219,13 @@ def _write(d, out: pathlib.Path, todo, workers: int, per_shard: int, done: dict,
     docs = tokens = 0
     unit = None
     chunks = writer.chunks(todo, d.text_field)
-    encoded_chunks = _encoded(chunks, out / "tokenizer", d.eval_fraction, blocks, workers)
+    fraction = d.eval_fraction
+    encoded_chunks = _encoded(chunks, out / "tokenizer", fraction, blocks, segmenter, workers)
     for (index, last), encoded in encoded_chunks:
         if unit is None:
             seq_len = d.max_seq_length
-            unit = store.Unit(out, index, names[index], seq_len, ids, dtype, per_shard, blocks)
+            name, words = names[index], bool(segmenter)
+            unit = store.Unit(out, index, name, seq_len, ids, dtype, per_shard, blocks, words)
         unit.add(encoded)
         if last:
             unit.finish()

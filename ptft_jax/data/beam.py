@@ -21,12 +21,14 @@ from ptft_jax.errors import DataError
 class PackInput(beam.DoFn):
     """Tokenizes and packs one ``(index, input)`` into its shards; emits the index."""
 
-    def __init__(self, out: str, field: str, fraction: float, seq_len: int, per_shard, blocks):
+    def __init__(self, out: str, field: str, fraction, seq_len: int, per_shard, blocks, segmenter):
         self.out, self.field, self.fraction = out, field, fraction
         self.seq_len, self.per_shard, self.blocks = seq_len, per_shard, blocks
+        self.segmenter = segmenter
 
     def setup(self):
-        writer.start_worker(str(pathlib.Path(self.out) / "tokenizer"), self.fraction, self.blocks)
+        tokenizer = str(pathlib.Path(self.out) / "tokenizer")
+        writer.start_worker(tokenizer, self.fraction, self.blocks, self.segmenter)
 
     def process(self, item):
         index, name = item
@@ -35,11 +37,11 @@ class PackInput(beam.DoFn):
         yield index
 
 
-def run(out, todo, field: str, fraction: float, seq_len: int, per_shard, blocks, options) -> None:
+def run(out, todo, field: str, fraction, seq_len: int, per_shard, blocks, segmenter, options):
     """Pack the inputs of ``todo`` into ``out`` (which already holds the tokenizer) with the
     pipeline options ``options`` (``--runner=...`` and the runner's own flags). A corpus
     mistake found by a worker comes back as its one sentence."""
-    pack = PackInput(str(out), field, fraction, seq_len, per_shard, blocks)
+    pack = PackInput(str(out), field, fraction, seq_len, per_shard, blocks, segmenter)
     try:
         with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
             _ = (

@@ -48,6 +48,10 @@ class Blocks:
         """Whether each token of blocks ``idx`` continues a word; None: the vocabulary says."""
         return None if self.continues is None else self.continues[idx]
 
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(ids, lengths, word flags or None)`` of blocks ``idx``."""
+        return (*self.take(idx), self.words(idx))
+
 
 def split_documents(num_docs: int, eval_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Indices of (train, eval) documents: a fixed permutation, the last fraction held out."""
@@ -159,7 +163,8 @@ def train_dataset(blocks: Blocks, spec: MaskingSpec, layout: BatchLayout, seed: 
     """Masked MLM blocks (``served``): masks drawn anew for every (seed, batch, row)."""
 
     def make_rows(idx, flat, b):
-        out = mask_rows(*blocks.take(idx), flat, spec, seed, b, blocks.words(idx))
+        ids, lengths, words = blocks.rows(idx)
+        out = mask_rows(ids, lengths, flat, spec, seed, b, words)
         return out | _pairs(blocks, idx, np.ones(len(idx), bool))
 
     return served(blocks, layout, seed, make_rows)
@@ -193,9 +198,9 @@ def eval_batches(
     Padding rows have no masked positions (weight 0) so they never count in the metrics.
     """
     for b, rows, safe, real in in_order(len(blocks), layout, max_batches):
-        ids, lengths = blocks.take(safe)
+        ids, lengths, words = blocks.rows(safe)
         lengths = np.where(real, lengths, 1)
-        out = mask_rows(ids, lengths, rows.reshape(-1), spec, seed + 1, b, blocks.words(safe))
+        out = mask_rows(ids, lengths, rows.reshape(-1), spec, seed + 1, b, words)
         out["masked_weights"] *= real[:, None]
         out |= _pairs(blocks, safe, real)
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}

@@ -6,7 +6,9 @@ training process holds no more than its batches, whatever the corpus size.
                                the held-out rule, sources, and per split its shards with their
                                block and token counts (a folder without it is unfinished)
     DIR/tokenizer/             the tokenizer the blocks were made with
-    DIR/<split>/NNNNN.array_record   one record per block: its real tokens (no padding)
+    DIR/<split>/NNNNN.array_record   one record per block: its real tokens (no padding);
+                               with a word segmenter (manifest ``word_segmenter``) followed by
+                               one byte per token, 1 where it continues a word (``segment.py``)
 
 The manifest's ``blocks`` says what a record is, for the task that reads it:
 
@@ -141,7 +143,7 @@ class Shards:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._writer, self._blocks, self._tokens = None, 0, 0
 
-    def write(self, block: np.ndarray) -> None:
+    def write(self, block: np.ndarray, words: np.ndarray | None = None) -> None:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         if self._writer is None:
@@ -150,14 +152,17 @@ class Shards:
             # compress, and the default brotli took four times as long to write.
             options = "group_size:1,uncompressed"
             self._writer = ArrayRecordWriter(str(self.folder / f".{self._name}.tmp"), options)
-        self._writer.write(block.astype(self.dtype).tobytes())
+        flags = b"" if words is None else words.astype(np.uint8).tobytes()
+        self._writer.write(block.astype(self.dtype).tobytes() + flags)
         self._blocks, self._tokens = self._blocks + 1, self._tokens + len(block)
         if self._blocks == self.per_shard:
             self.close()
 
-    def write_all(self, blocks) -> None:
-        for block in blocks:
-            self.write(block)
+    def write_all(self, blocks, words=None) -> None:
+        for block, flags in zip(
+            blocks, [None] * len(blocks) if words is None else words, strict=True
+        ):
+            self.write(block, flags)
 
     def close(self) -> None:
         if self._writer is None:
@@ -177,10 +182,12 @@ class Unit:
     exists. The record, written last, lists the input's shards and counts."""
 
     def __init__(
-        self, out: pathlib.Path, index: int, name: str, seq_len, ids, dtype, per_shard, blocks
+        self, out: pathlib.Path, index, name: str, seq_len, ids, dtype, per_shard, blocks, words
     ):
         self.out, self.index, self.name = out, index, name
         self.packers = {s: packer(blocks, seq_len, ids) for s in SPLITS}
+        # Word flags (``words``: a segmenter's) are cut exactly as the ids: 0 at [CLS] and [SEP].
+        self.words = {s: Packer(seq_len, 0, 0) for s in SPLITS} if words else None
         self.shards = {s: Shards(out / s, dtype, per_shard, index) for s in SPLITS}
         self.documents = self.tokens = self.bytes = 0
 
@@ -188,14 +195,16 @@ class Unit:
         """Add one chunk of documents as the tokenizing workers return it (split streams and
         counts)."""
         for split in SPLITS:
-            self.shards[split].write_all(self.packers[split].feed(encoded[split]))
+            words = self.words and self.words[split].feed(encoded[f"{split}_words"])
+            self.shards[split].write_all(self.packers[split].feed(encoded[split]), words)
         self.documents += encoded["documents"]
         self.tokens += encoded["tokens"]
         self.bytes += encoded["bytes"]
 
     def finish(self) -> dict:
         for split in SPLITS:
-            self.shards[split].write_all(self.packers[split].finish())
+            words = self.words and self.words[split].finish()
+            self.shards[split].write_all(self.packers[split].finish(), words)
             self.shards[split].close()
         record = {"input": self.name, "documents": self.documents, "tokens": self.tokens}
         record |= {"bytes": self.bytes, "shards": {s: self.shards[s].done for s in SPLITS}}
@@ -274,6 +283,7 @@ class StoreBlocks:
                     f"{shard['bytes']}: it is damaged; prepare the folder again."
                 )
         self.seq_len, self.pad_id = width(manifest), pad_id
+        self.has_words = bool(manifest.get("word_segmenter"))
         self.folder, self.split, self.shards = folder, split, shards
         self.dtype = np.dtype(manifest["dtype"])
         try:
@@ -305,6 +315,10 @@ class StoreBlocks:
         return "a shard"  # not found again: the damage is in what the batch read
 
     def take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.rows(idx)[:2]
+
+    def rows(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(ids, lengths, word flags or None)`` of blocks ``idx``, read once."""
         try:
             records = self.source.__getitems__([int(i) for i in idx])
         except RuntimeError as e:  # Riegeli checks every chunk's hash as it reads
@@ -316,10 +330,13 @@ class StoreBlocks:
             ) from None
         ids = np.full((len(records), self.seq_len), self.pad_id, np.int32)
         lengths = np.zeros(len(records), np.int64)
+        words = np.zeros(ids.shape, bool) if self.has_words else None
         for r, record in enumerate(records):
-            block = np.frombuffer(record, self.dtype)
-            ids[r, : len(block)], lengths[r] = block, len(block)
-        return ids, lengths
+            n = len(record) // (self.dtype.itemsize + self.has_words)
+            ids[r, :n], lengths[r] = np.frombuffer(record, self.dtype, n), n
+            if words is not None:
+                words[r, :n] = np.frombuffer(record, np.uint8, n, n * self.dtype.itemsize)
+        return ids, lengths, words
 
 
 def open_split(folder, split: str, pad_id: int) -> StoreBlocks:
@@ -357,6 +374,13 @@ def open_for(data_cfg, task, tokenizer, pad_id: int) -> tuple[StoreBlocks, Store
             f"{folder} was tokenized with another tokenizer than data.tokenizer="
             f"{data_cfg.tokenizer}; drop --config.data.tokenizer (the folder's is used) or "
             "prepare the corpus again with this one."
+        )
+    wanted, found = data_cfg.get("word_segmenter", ""), manifest.get("word_segmenter", "")
+    if wanted and not found.startswith(f"{wanted}-"):
+        raise DataError(
+            f"{folder} was prepared without data.word_segmenter={wanted!r}, so its blocks mark "
+            f"no words{f' ({found})' if found else ''}; prepare the corpus again with it, or "
+            "drop the segmenter."
         )
     path = pathlib.Path(folder).expanduser()
     return tuple(StoreBlocks(path, split, manifest, pad_id) for split in SPLITS)

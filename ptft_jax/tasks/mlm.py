@@ -118,11 +118,6 @@ class MLM(Task):
                 f"{folder} holds packed blocks, not sentence pairs; train NSP from the source "
                 "text, or drop 'nsp' from train.objectives."
             )
-        if cfg.data.get("word_segmenter", ""):
-            raise DataError(
-                f"{folder} is a prepared folder, whose blocks carry no word boundaries; train "
-                "with data.word_segmenter from the source text, or drop the segmenter."
-            )
         if cfg.data.max_documents:
             log.warning(
                 "data.max_documents=%d does not apply to the prepared folder %s: it trains on all "
