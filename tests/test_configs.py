@@ -46,3 +46,19 @@ def test_attention_and_remat_choices_are_checked(model, message):
         attention="cudnn", dtype="bfloat16", num_attention_heads=12, remat_policy="dots"
     )
     validate(cfg)
+
+
+def test_a_dropout_rate_on_the_command_line_wins_over_init_from():
+    """Dropout is a training choice: fine-tuning may add it to a run pretrained without; the
+    checkpoint's shape still wins over the config, and a contradicting shape still stops."""
+    from ptft_jax.config import ConfigError, apply_checkpoint_model, base_config
+
+    cfg = base_config()
+    cfg.init_from, cfg.model.hidden_dropout_prob = "runs/zh_mlm", 0.1
+    fields = {"hidden_dropout_prob": 0.0, "hidden_size": 256}
+    out = apply_checkpoint_model(cfg, fields, "tok", ("hidden_dropout_prob",))
+    assert out.model.hidden_dropout_prob == 0.1 and out.model.hidden_size == 256
+    assert apply_checkpoint_model(cfg, fields, "tok").model.hidden_dropout_prob == 0.0
+    cfg.model.hidden_size = 64
+    with pytest.raises(ConfigError, match="--config.model.hidden_size=64 contradicts init_from"):
+        apply_checkpoint_model(cfg, fields, "tok", ("hidden_size",))
