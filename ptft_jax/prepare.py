@@ -145,10 +145,10 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             print(f"{out} is already prepared from these inputs.", flush=True)
             return found
     tok = _start(cfg, out, inputs, kind)
-    done = store.finished_units(out)
+    done = writer.finished_units(out)
     todo = [(i, name) for i, name in enumerate(names) if done.get(i, {}).get("input") != name]
     for i, _ in todo:
-        store.clear_unit(out, i)
+        writer.clear_unit(out, i)
     if len(todo) < len(names):
         print(f"{len(names) - len(todo)} of {len(names)} inputs were already packed.", flush=True)
     t0 = time.time()
@@ -173,8 +173,8 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             task.store_blocks,
             segmenter,
         )
-    manifest = _manifest(d, inputs, tok, store.finished_units(out), len(names))
-    store.write_manifest(out, manifest)
+    manifest = _manifest(d, inputs, tok, writer.finished_units(out), len(names))
+    writer.write_manifest(out, manifest)
     seconds = time.time() - t0
     splits, tokens = manifest["splits"], manifest["tokens"]
     print(
@@ -225,7 +225,7 @@ def _write(d, out: pathlib.Path, todo, workers: int, per_shard, done: dict, bloc
         if unit is None:
             seq_len = d.max_seq_length
             name, words = names[index], bool(segmenter)
-            unit = store.Unit(out, index, name, seq_len, ids, dtype, per_shard, blocks, words)
+            unit = writer.Unit(out, index, name, seq_len, ids, dtype, per_shard, blocks, words)
         unit.add(encoded)
         if last:
             unit.finish()
@@ -238,7 +238,7 @@ def _write(d, out: pathlib.Path, todo, workers: int, per_shard, done: dict, bloc
 
 
 def _manifest(d, inputs: dict, tok, records: dict, count: int) -> dict:
-    """The store's manifest from its inputs' records (``store.Unit``), in input order."""
+    """The store's manifest from its inputs' records (``writer.Unit``), in input order."""
     records = [records[i] for i in range(count)]
     if not sum(r["documents"] for r in records):
         raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")

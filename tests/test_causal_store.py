@@ -11,7 +11,7 @@ from test_causal_lm import tiny_gpt
 from test_prepare import corpus, prepared  # noqa: F401 (fixtures)
 
 from ptft_jax import config, prepare
-from ptft_jax.data import causal, store, tokenize
+from ptft_jax.data import causal, store, tokenize, writer
 from ptft_jax.errors import DataError
 from ptft_jax.evaluate import evaluate
 from ptft_jax.train import run
@@ -22,8 +22,8 @@ def test_streamed_windows_equal_the_in_memory_cut():
     for _ in range(300):
         docs = [rng.integers(1, 99, rng.integers(0, 40)) for _ in range(rng.integers(0, 12))]
         seq_len = int(rng.integers(2, 24))
-        stream = store.stream_of(docs, 0)
-        packer, blocks = store.NextTokenPacker(seq_len), []
+        stream = writer.stream_of(docs, 0)
+        packer, blocks = writer.NextTokenPacker(seq_len), []
         for piece in np.split(stream, np.sort(rng.integers(0, len(stream) + 1, 3))):
             blocks += list(packer.feed(piece))  # chunks cut anywhere, as workers return them
         blocks += packer.finish()

@@ -27,7 +27,7 @@ def test_streamed_packing_equals_the_in_memory_packer():
     for _ in range(300):
         docs = [rng.integers(5, 99, rng.integers(0, 40)) for _ in range(rng.integers(0, 12))]
         seq_len = int(rng.integers(4, 24))
-        packer, blocks = store.Packer(seq_len, 1, 2), []
+        packer, blocks = writer.Packer(seq_len, 1, 2), []
         for d in docs:
             blocks += packer.add(d)
         blocks += packer.finish()
@@ -55,7 +55,8 @@ def test_workers_tokenize_whole_documents_whatever_the_tokenizer_file_pads_or_cu
     want = tok(texts, add_special_tokens=False)["input_ids"]  # a call sets neither
     assert encoded["tokens"] == sum(map(len, want)) > 32 * len(texts)
     sep = tokenize.special_ids(tok)["sep"]
-    np.testing.assert_array_equal(encoded["train"], store.stream_of(list(map(np.array, want)), sep))
+    want = writer.stream_of(list(map(np.array, want)), sep)
+    np.testing.assert_array_equal(encoded["train"], want)
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +214,7 @@ def test_prepare_killed_and_run_again_writes_what_an_uninterrupted_one_does(prep
     subprocess.run(_command(tmp_path / "c.py", tmp_path / "whole", *flags), check=True)
     killed = tmp_path / "killed"
     proc = subprocess.Popen(_command(tmp_path / "c.py", killed, *flags), stderr=subprocess.DEVNULL)
-    while not store.unit_record(killed, 0).exists() and proc.poll() is None:
+    while not writer.unit_record(killed, 0).exists() and proc.poll() is None:
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
