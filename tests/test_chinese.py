@@ -240,3 +240,14 @@ def test_a_prepared_folder_carries_the_words(tmp_path):
     c.data.source = str(tmp_path / "plain")
     with pytest.raises(tokenize.DataError, match="was prepared without data.word_segmenter="):
         store.open_for(c.data, type("MLM", (), {"store_blocks": "mlm", "name": "mlm"}), tok, pad)
+
+
+def test_a_missing_segmenter_is_one_sentence_before_anything_runs(monkeypatch):
+    from ptft_jax.config import ConfigError, base_config, validate
+
+    cfg = base_config()
+    cfg.data.update(whole_word_masking=True, word_segmenter="jieba")
+    validate(cfg)
+    monkeypatch.setattr(segment.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match=r"needs the jieba package: pip install 'ptft_jax\[zh\]'"):
+        validate(cfg)

@@ -17,6 +17,7 @@ next to the token ids; masking reads them instead of the vocabulary's table.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 
 import numpy as np
@@ -118,6 +119,11 @@ def check(data_cfg) -> None:
         raise ConfigError(
             f"data.word_segmenter={name!r} is not one of {SEGMENTERS}; use 'jieba' for Chinese "
             "whole-word masking or '' for none."
+        )
+    if name and importlib.util.find_spec(name) is None:
+        raise ConfigError(
+            f"data.word_segmenter={name!r} needs the {name} package: pip install 'ptft_jax[zh]' "
+            f"(or pip install {name})."
         )
     if name and not data_cfg.get("whole_word_masking", False):
         raise ConfigError(
