@@ -19,44 +19,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ptft_jax import ops
-from ptft_jax.models import layers
-from ptft_jax.models.config_json import read_fields
+from ptft_jax.models import bert_config, layers
+from ptft_jax.models.bert_config import BertConfig
 from ptft_jax.models.layers import dense, embed, layer_norm, lookup, mean_pool, run_layers
 from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-    """Shape and numerics of a BERT model; field names are Hugging Face ``BertConfig``'s."""
-
-    family: str = "bert"  # model.family: the models/ file that computes it
-    vocab_size: int = 30522
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    max_position_embeddings: int = 512
-    type_vocab_size: int = 2
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
-    # Matmul dtype; parameters, LayerNorm and softmax statistics stay float32.
-    dtype: str = "float32"
-    remat: bool = False  # keep only layer inputs for the backward: less memory, more FLOPs
-    remat_policy: str = "full"  # or "dots": also keep the dense layers' outputs (ops.py)
-    attention: str = "auto"  # "xla", "cudnn" (fused, GPUs), or "auto": cuDNN where it runs
-    add_pooling_layer: bool = False
-    next_sentence: bool = False  # the NSP head of HF's BertForPreTraining (needs the pooler)
-    num_labels: int = 2  # classification head outputs (1 = regression)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
-
-    @property
-    def jnp_dtype(self) -> Any:
-        return jnp.dtype(self.dtype)
 
 
 class BertEmbeddings(nnx.Module):
@@ -349,13 +315,12 @@ class BertForSentenceEmbedding(nnx.Module):
 
 # --- The family interface (``models/__init__.py``): heads, config.json, parameter names.
 
-# The fields that decide parameter shapes (a checkpoint fixes them).
-SHAPE_FIELDS = tuple(
-    "vocab_size hidden_size num_hidden_layers num_attention_heads intermediate_size "
-    "max_position_embeddings type_vocab_size".split()
-)
-# config.json fields read and written as they are: the shape, dropouts, LayerNorm epsilon.
-HF_FIELDS = (*SHAPE_FIELDS, "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps")
+# Shape fields, config.json's fields and constants, and both translations: bert_config.py.
+SHAPE_FIELDS = bert_config.SHAPE_FIELDS
+HF_FIELDS = bert_config.HF_FIELDS
+HF_CONSTANTS = bert_config.HF_CONSTANTS
+from_hf = bert_config.from_hf
+hf_config = bert_config.hf_config
 CONFIG = BertConfig
 HEADS = {
     "mlm": BertForMaskedLM,
@@ -368,8 +333,6 @@ ARCHITECTURES = {
     "embedding": "BertModel",
 }
 DEFAULT_HEAD = "mlm"  # a config.json without architectures
-# config.json values this family computes: checked on import, written on export.
-HF_CONSTANTS = {"model_type": "bert", "hidden_act": "gelu", "position_embedding_type": "absolute"}
 BACKBONE = "bert"  # the encoder's top-level name (bare BertModel checkpoints omit it)
 TOP = ("bert", "cls", "classifier")  # top-level names of checkpoint tensors: encoder and heads
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
@@ -408,19 +371,3 @@ def optional(path: tuple) -> bool:
     """Whether ``path`` is a head or the pooler: a checkpoint may lack it (MLM checkpoints have
     no pooler, and HF starts it fresh too), and another task's checkpoint may have it."""
     return path[0] != BACKBONE or path[1] == "pooler"
-
-
-def from_hf(hf: dict, where) -> dict:
-    """Our fields from a config.json dict: HF_FIELDS as they are (``where``: the file)."""
-    return read_fields(hf, {k: k for k in HF_FIELDS}, SHAPE_FIELDS, where)
-
-
-def hf_config(fields: dict) -> dict:
-    """The family's part of an exported config.json (``fields``: the model's config)."""
-    return {
-        "model_type": "bert",
-        **{k: fields[k] for k in HF_FIELDS},
-        "hidden_act": "gelu",
-        "initializer_range": fields.get("initializer_range", 0.02),
-        "position_embedding_type": "absolute",
-    }
