@@ -103,24 +103,12 @@ def _tokenizer(cfg, kind: str):
     return tokenize.get_tokenizer(d, pathlib.Path(), texts, cfg.model.vocab_size, False, kind)
 
 
-def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> dict:
-    """Write the token store of ``cfg``'s data into ``out``; returns its manifest. ``options``
-    (``--runner=...`` and its flags) run the Apache Beam pipeline instead of local workers."""
-    config.validate(cfg)
-    task = tasks.task_class(cfg.task)
-    if getattr(task, "store_blocks", None) is None:
-        readers = [n for n in tasks.REGISTRY if getattr(tasks.task_class(n), "store_blocks", 0)]
-        raise config.ConfigError(
-            f"task={cfg.task} trains from its source text, not from a prepared folder; prepare "
-            f"with a config of task {' or '.join(readers)}."
-        )
-    d, out = cfg.data, pathlib.Path(out).expanduser()
-    kind = trained_tokenizer_kind(task, cfg.model.family)
-    # Whole-word masking's words, marked once here (MLM blocks; jieba's version is recorded).
-    segmenter = d.word_segmenter if task.store_blocks == "mlm" else ""
-    names = stream.inputs(d.source)
+def _inputs(cfg, blocks: str, kind: str, segmenter: str, per_shard: int) -> dict:
+    """What the store is made from and how (written with it: a rerun with the same inputs
+    finds the work done, or an unfinished folder's finished inputs)."""
+    d = cfg.data
     inputs = {
-        "blocks": task.store_blocks,
+        "blocks": blocks,
         "sources": fingerprints(d.source),
         "text_field": d.text_field,
         "seq_len": d.max_seq_length,
@@ -139,6 +127,26 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
             "keep_accents": d.keep_accents,
             "kind": kind,
         }
+    return inputs
+
+
+def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> dict:
+    """Write the token store of ``cfg``'s data into ``out``; returns its manifest. ``options``
+    (``--runner=...`` and its flags) run the Apache Beam pipeline instead of local workers."""
+    config.validate(cfg)
+    task = tasks.task_class(cfg.task)
+    if getattr(task, "store_blocks", None) is None:
+        readers = [n for n in tasks.REGISTRY if getattr(tasks.task_class(n), "store_blocks", 0)]
+        raise config.ConfigError(
+            f"task={cfg.task} trains from its source text, not from a prepared folder; prepare "
+            f"with a config of task {' or '.join(readers)}."
+        )
+    d, out = cfg.data, pathlib.Path(out).expanduser()
+    kind = trained_tokenizer_kind(task, cfg.model.family)
+    # Whole-word masking's words, marked once here (MLM blocks; jieba's version is recorded).
+    segmenter = d.word_segmenter if task.store_blocks == "mlm" else ""
+    names = stream.inputs(d.source)
+    inputs = _inputs(cfg, task.store_blocks, kind, segmenter, per_shard)
     if store.is_store(str(out)):
         found = store.read_manifest(out)
         if {k: found.get(k) for k in inputs} == inputs:

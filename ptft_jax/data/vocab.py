@@ -32,9 +32,8 @@ def train_wordpiece(
     order: ties break the same way every time. The learned symbols map back to WordPiece
     tokens (``##`` for those that start inside a word), numbered sorted after the specials.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import BertTokenizerFast
 
     # None: as lowercase says (BERT's default)
     strip_accents = False if keep_accents or not lowercase else None
@@ -77,6 +76,21 @@ def train_wordpiece(
 
     learned = {wordpiece(s) for s in bpe.get_vocab()} - set(SPECIAL_TOKENS)
     order = SPECIAL_TOKENS + sorted(learned)
+    fast = _bert_tokenizer(order, normalizer, pre_tokenizer, lowercase, strip_accents)
+    if len(fast) > vocab_size:
+        raise DataError(
+            f"The data's alphabet alone needs {len(fast)} tokens, more than model.vocab_size="
+            f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
+        )
+    return fast
+
+
+def _bert_tokenizer(order: list[str], normalizer, pre_tokenizer, lowercase: bool, strip_accents):
+    """A BertTokenizerFast of the WordPiece vocabulary ``order`` (token ``i`` is id ``i``) with
+    BERT's ``[CLS] A [SEP] B [SEP]`` template."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import BertTokenizerFast
+
     tok = Tokenizer(
         models.WordPiece(
             vocab={t: i for i, t in enumerate(order)},
@@ -98,11 +112,6 @@ def train_wordpiece(
     )
     for name in SPECIAL_TOKENS:
         setattr(fast, name.strip("[]").lower() + "_token", name)
-    if len(fast) > vocab_size:
-        raise DataError(
-            f"The data's alphabet alone needs {len(fast)} tokens, more than model.vocab_size="
-            f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
-        )
     return fast
 
 
