@@ -118,3 +118,40 @@ def both_logits(loaded, head: str, hf_model, enc) -> tuple[np.ndarray, np.ndarra
     with jax.set_mesh(loaded.mesh):
         ours = np.asarray(jax.device_get(forward(loaded.params, batch)))
     return ours, theirs
+
+
+def max_diff(ours, theirs, mask=None, relative=False) -> float:
+    """Largest |ours - theirs|, over positions where ``mask`` is 1 when given; ``relative``:
+    divided by the largest value once values pass 1 (float32 round-off grows with scale, and a
+    pre-LN residual stream of random weights reaches about 40)."""
+    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    assert ours.shape == theirs.shape
+    if mask is not None:
+        ours, theirs = ours[mask.astype(bool)], theirs[mask.astype(bool)]
+    scale = max(1.0, np.max(np.abs(theirs))) if relative else 1.0
+    return float(np.max(np.abs(ours - theirs)) / scale)
+
+
+def special_rows(lengths, width, first, last, pad, vocab, seed=0) -> dict[str, np.ndarray]:
+    """``first ... last`` rows of ``lengths``, right-padded with ``pad`` to ``width``; the tokens
+    between are random ids in ``[5, vocab)``, above the five specials."""
+    rng = np.random.default_rng(seed)
+    ids = np.full((len(lengths), width), pad, np.int32)
+    for r, n in enumerate(lengths):
+        ids[r, :n] = [first, *rng.integers(5, vocab, n - 2), last]
+    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def word_level_tokenizer(specials: list[str], roles: tuple[str, ...], size: int = 97):
+    """A whitespace word-level tokenizer: ``specials`` at ids 0-4 in their ``roles`` (``pad``,
+    ``cls``, ...), then ``w5`` ... up to ``size`` ids."""
+    import tokenizers
+    import transformers
+
+    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(5, size)}}
+    unk = specials[roles.index("unk")]
+    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token=unk))
+    model.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    tokens = {f"{role}_token": t for role, t in zip(roles, specials, strict=True)}
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=model, **tokens)

@@ -19,11 +19,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tokenizers
 import torch
 import transformers
 from flax import nnx
-from helpers import built_model, fresh_tree, packed_rows, random_like, torch_outputs
+from helpers import (
+    built_model,
+    fresh_tree,
+    max_diff,
+    packed_rows,
+    random_like,
+    special_rows,
+    torch_outputs,
+    word_level_tokenizer,
+)
 from safetensors.numpy import load_file
 
 from ptft_jax import hf, models, ops
@@ -122,24 +130,13 @@ def _load(folder, head: str) -> tuple[ModernBertConfig, dict, list[str]]:
 
 
 def _max_diff(ours, theirs, mask=None) -> float:
-    """The largest difference, relative to the largest value once values pass 1: float32
-    round-off grows with scale, and a pre-LN residual stream of these random weights reaches
-    about 40."""
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape
-    if mask is not None:
-        ours, theirs = ours[mask.astype(bool)], theirs[mask.astype(bool)]
-    return float(np.max(np.abs(ours - theirs)) / max(1.0, np.max(np.abs(theirs))))
+    """The largest difference, relative to the largest value once values pass 1."""
+    return max_diff(ours, theirs, mask, relative=True)
 
 
 def _rows(lengths, width, seed=0) -> dict[str, np.ndarray]:
     """``[CLS] ... [SEP]`` rows of ``lengths``, right-padded to ``width``."""
-    rng = np.random.default_rng(seed)
-    ids = np.full((len(lengths), width), PAD, np.int32)
-    for r, n in enumerate(lengths):
-        ids[r, :n] = [CLS, *rng.integers(5, SHAPE["vocab_size"], n - 2), SEP]
-    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": mask}
+    return special_rows(lengths, width, CLS, SEP, PAD, SHAPE["vocab_size"], seed)
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +163,7 @@ def saved(tmp_path_factory) -> dict:
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer over the tiny vocabulary with BERT-style specials."""
     specials = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"]
-    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(5, 97)}}
-    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    model.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    roles = ("pad", "cls", "sep", "unk", "mask")
-    tokens = {f"{role}_token": t for role, t in zip(roles, specials, strict=True)}
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=model, **tokens)
+    return word_level_tokenizer(specials, ("pad", "cls", "sep", "unk", "mask"))
 
 
 @nnx.jit

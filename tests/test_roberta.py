@@ -20,7 +20,16 @@ import tokenizers
 import torch
 import transformers
 from flax import nnx
-from helpers import built_model, fresh_tree, packed_rows, random_like, torch_outputs
+from helpers import (
+    built_model,
+    fresh_tree,
+    max_diff,
+    packed_rows,
+    random_like,
+    special_rows,
+    torch_outputs,
+    word_level_tokenizer,
+)
 from safetensors.numpy import load_file
 
 from ptft_jax import hf, models
@@ -86,23 +95,13 @@ def _load(folder, head: str) -> tuple[RobertaConfig, dict, list[str]]:
     return cfg, params, fresh
 
 
-def _max_diff(ours, theirs, mask=None) -> float:
-    ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
-    assert ours.shape == theirs.shape
-    if mask is not None:
-        ours, theirs = ours[mask.astype(bool)], theirs[mask.astype(bool)]
-    return float(np.max(np.abs(ours - theirs)))
+_max_diff = max_diff
 
 
 def _rows(lengths, width, vocab, pad=PAD, seed=0) -> dict[str, np.ndarray]:
     """``<s> ... </s>`` rows of ``lengths``, right-padded with ``pad`` to ``width``; the
     tokens between are random ids above the specials (never the pad id)."""
-    rng = np.random.default_rng(seed)
-    ids = np.full((len(lengths), width), pad, np.int32)
-    for r, n in enumerate(lengths):
-        ids[r, :n] = [BOS, *rng.integers(5, vocab, n - 2), EOS]
-    mask = (np.arange(width)[None] < np.array(lengths)[:, None]).astype(np.int32)
-    return {"input_ids": ids, "attention_mask": mask}
+    return special_rows(lengths, width, BOS, EOS, pad, vocab, seed)
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +128,7 @@ def saved(tmp_path_factory) -> dict:
 def tokenizer() -> transformers.PreTrainedTokenizerFast:
     """A word-level tokenizer over the tiny vocabulary with RoBERTa's special ids."""
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    vocab = {**{t: i for i, t in enumerate(specials)}, **{f"w{i}": i for i in range(5, 97)}}
-    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    model.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    roles = ("bos", "pad", "eos", "unk", "mask")
-    tokens = {f"{role}_token": t for role, t in zip(roles, specials, strict=True)}
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=model, **tokens)
+    return word_level_tokenizer(specials, ("bos", "pad", "eos", "unk", "mask"))
 
 
 @nnx.jit
