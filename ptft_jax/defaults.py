@@ -55,7 +55,7 @@ def _data_keys() -> ml_collections.ConfigDict:
     x.max_documents = 0  # 0 = all; a cap for quick runs
     x.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
     x.length_buckets = 5  # classification: padded lengths (each compiles its own step)
-    x.packing = True  # classification: several examples a row (False: length buckets)
+    x.packing = True  # classification, contrastive: several examples a row (False: one a row)
     x.max_predictions_per_seq = 20
     x.mlm_probability = 0.15
     x.whole_word_masking = False  # mask every piece of a chosen word; rate in words

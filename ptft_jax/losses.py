@@ -81,7 +81,9 @@ def contrastive_sums(z_Bx2xD: jax.Array, weights_B: jax.Array, temperature: floa
     anchors nor negatives. ``correct_sum`` counts rows whose positive scores highest.
     """
     z_Bx2xD = z_Bx2xD.astype(jnp.float32)
-    z_Bx2xD = z_Bx2xD / jnp.maximum(jnp.linalg.norm(z_Bx2xD, axis=-1, keepdims=True), 1e-8)
+    # Unit vectors; a zero vector (an empty packed slot) stays zero, with finite gradients.
+    squares_Bx2x1 = jnp.sum(z_Bx2xD * z_Bx2xD, axis=-1, keepdims=True)
+    z_Bx2xD = z_Bx2xD * jax.lax.rsqrt(jnp.maximum(squares_Bx2x1, 1e-16))
     sim_BxB = jnp.einsum("id,jd->ij", z_Bx2xD[:, 0], z_Bx2xD[:, 1]) / temperature
     sim_BxB = jnp.where(weights_B[None, :] > 0, sim_BxB, -1e9)
     targets_B = jnp.arange(sim_BxB.shape[0])

@@ -201,8 +201,9 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
             local = next(s.data_iter)
             batch = sharding.to_global(local, s.mesh, s.layout.micro)
         loop.state, step_metrics = train_step(loop.state, batch, *extra)
-        window["tokens"] += int((local["attention_mask"] > 0).sum()) * jax.process_count()
-        window["computed"] += local["input_ids"].size * jax.process_count()
+        real, computed = task.token_counts(local)
+        window["tokens"] += real * jax.process_count()
+        window["computed"] += computed * jax.process_count()
         batch, loop.step = None, step
         window["steps"] += 1
         window["pending"].append(step_metrics)

@@ -54,11 +54,13 @@ class RobertaEmbeddings(bert.BertEmbeddings):
     def __call__(self, input_ids_BxL, token_type_ids_BxL, *, rngs=None, position_ids_BxL=None):
         length = input_ids_BxL.shape[1]
         if length + self.padding_idx + 1 > self.max_positions:  # the lookup would return NaNs
+            fix = "shorten data.max_seq_length or raise model.max_position_embeddings"
+            if position_ids_BxL is not None:  # packed: bounds every example by the row's length
+                fix += ", or set data.packing=False"
             raise ConfigError(
                 f"RoBERTa numbers positions from pad_token_id + 1 = {self.padding_idx + 1}, so "
                 f"rows of {length} tokens need max_position_embeddings >= "
-                f"{length + self.padding_idx + 1} (it is {self.max_positions}); shorten "
-                "data.max_seq_length or raise model.max_position_embeddings."
+                f"{length + self.padding_idx + 1} (it is {self.max_positions}); {fix}."
             )
         if position_ids_BxL is None:
             real_BxL = (input_ids_BxL != self.padding_idx).astype(jnp.int32)

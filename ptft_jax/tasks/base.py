@@ -106,6 +106,13 @@ class Task:
     def step_metrics(self, sums: dict, totals: dict) -> dict:
         return {self.accuracy: sums["correct_sum"] / totals["weight"]}
 
+    def token_counts(self, batch: dict) -> tuple[int, int]:
+        """Real tokens and computed positions of a host batch."""
+        real = batch["attention_mask"] > 0
+        if "cls_positions" in batch:  # packed: an empty row's one attended position is padding
+            real &= (batch[self.weight_field].sum(-1) > 0)[..., None]
+        return int(real.sum()), batch["input_ids"].size
+
     def loss_sums(self, model, mb: dict, rngs, frozen=None) -> dict:
         """Summed loss statistics of a microbatch (``frozen``: a distillation's teacher)."""
         return self.forward(model, mb, rngs)[1]

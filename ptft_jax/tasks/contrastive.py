@@ -1,6 +1,8 @@
 """Contrastive sentence embeddings (``task="contrastive"``, SimCSE): unsupervised (a sentence
 and itself under other dropout masks) or supervised (``data.text_pair_field`` names each text's
-positive); the rest of the batch is the negatives. The model is the encoder with mean pooling.
+positive); the rest of the batch is the negatives. The model is the encoder with mean pooling. With
+``data.packing`` (the default) a batch holds the same examples without padding
+(``data/contrastive.py``): both views of an example share a row, several examples a row.
 
 Its evaluation adds a linear probe: the frozen embeddings of a labelled set's train split fit a
 multinomial logistic regression (standardised features, L2-regularised, full-batch L-BFGS),
@@ -21,8 +23,9 @@ from flax import nnx
 from ptft_jax import losses, sharding
 from ptft_jax.data import contrastive, pipeline, sources
 from ptft_jax.data.builtin import cache_dir
+from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import ConfigError
-from ptft_jax.tasks.base import EvalContext, Task, TaskData, spec_of, summed
+from ptft_jax.tasks.base import EvalContext, Task, TaskData, packed, spec_of, summed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +33,7 @@ class Contrastive(Task):
     temperature: float = 0.05
     seq_len: int = 128
     supervised: bool = False
+    packing: bool = False
 
     name = "contrastive"
     head = "embedding"
@@ -39,7 +43,7 @@ class Contrastive(Task):
     @classmethod
     def from_config(cls, cfg) -> Contrastive:
         d = cfg.data
-        return cls(cfg.train.temperature, d.max_seq_length, bool(d.text_pair_field))
+        return cls(cfg.train.temperature, d.max_seq_length, bool(d.text_pair_field), d.packing)
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -51,6 +55,13 @@ class Contrastive(Task):
             )
 
     def batch_spec(self) -> dict:
+        """Rows of ``seq_len``, or packed rows of ``2 * seq_len`` holding each example's two
+        views (each at least ``[CLS] [SEP]``: at most ``seq_len`` views a row)."""
+        if self.packing:
+            row, views = (2 * self.seq_len,), (self.seq_len,)
+            fields = {k: (row, "int32") for k in ("input_ids", "attention_mask", "position_ids")}
+            fields |= {"cls_positions": (views, "int32")}
+            return spec_of({**fields, "weights": ((self.seq_len // 2,), "float32")})
         length = (self.seq_len,)
         fields = {"input_ids": (length, "int32"), "attention_mask": (length, "int32")}
         if self.supervised:
@@ -87,22 +98,24 @@ class Contrastive(Task):
         tokenizer = get_tokenizer(train_texts)
         train = contrastive.rows(d, train_texts, train_pairs, tokenizer, cache_dir())
         held_out = contrastive.rows(d, eval_texts, eval_pairs, tokenizer, cache_dir())
-        dataset, spe = contrastive.train_dataset(train, layout, t.seed)
+        kind = "supervised pairs" if train_pairs else "sentences"
+        summary = f"{len(train)} train / {len(held_out)} eval {kind}"
+        if self.packing:
+            built = _packed(cfg, train, held_out, layout, pad_id(tokenizer))
+        else:
+            dataset, spe = contrastive.train_dataset(train, layout, t.seed)
+            evals = list(contrastive.eval_batches(held_out, eval_layout, t.eval_batches))
+            real = np.mean(train.mask if train.pair_mask is None else [train.mask, train.pair_mask])
+            built = dict(train=dataset, eval=evals, steps_per_epoch=spe)
+            built["summary"] = f"one a row ({real:.0%} of positions real)"
         probe = None
         if t.probe_source:
             fields = (t.probe_text_field, t.probe_label_field)
             probe = contrastive.probe_sets(
                 t.probe_source, fields, d, tokenizer, cache_dir(), t.probe_examples
             )
-        kind = "supervised pairs" if train_pairs else "sentences"
-        return TaskData(
-            tokenizer=tokenizer,
-            train=dataset,
-            eval=list(contrastive.eval_batches(held_out, eval_layout, t.eval_batches)),
-            steps_per_epoch=spe,
-            probe=probe,
-            summary=f"{len(train)} train / {len(held_out)} eval {kind}",
-        )
+        summary += f"; {built.pop('summary')}"
+        return TaskData(tokenizer=tokenizer, probe=probe, summary=summary, **built)
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         raise ConfigError(
@@ -113,6 +126,11 @@ class Contrastive(Task):
     # --- Inside the jitted steps.
 
     def forward(self, model, mb: dict, rngs):
+        if self.packing:  # example j of a row: its views are slots 2j and 2j + 1
+            z_BxKxD = model(mb["input_ids"], mb["attention_mask"], rngs=rngs, **packed(mb))
+            z_Nx2xD = z_BxKxD.reshape(-1, 2, z_BxKxD.shape[-1])
+            weights_N = mb["weights"].reshape(-1)
+            return z_Nx2xD, losses.contrastive_sums(z_Nx2xD, weights_N, self.temperature)
         # Both views of a row side by side, [B, 2, L] -> [2B, L]: each device keeps its rows.
         # Unsupervised, the second view is the same text under other dropout masks.
         views = {
@@ -123,6 +141,14 @@ class Contrastive(Task):
             *mb["input_ids"].shape[:1], 2, -1
         )
         return z_Bx2xD, losses.contrastive_sums(z_Bx2xD, mb["weights"], self.temperature)
+
+    def token_counts(self, batch: dict) -> tuple[int, int]:
+        """Both views' tokens: packed rows hold both, unpacked ones are read twice."""
+        if self.packing:
+            return super().token_counts(batch)
+        second = batch.get("pair_attention_mask", batch["attention_mask"])
+        real = int((batch["attention_mask"] > 0).sum() + (second > 0).sum())
+        return real, 2 * batch["input_ids"].size
 
     def eval_outputs(self, model, mb: dict) -> dict:
         # Evaluation keeps dropout (fixed masks): without it both views are one.
@@ -142,6 +168,30 @@ class Contrastive(Task):
         if with_probe and ctx.data.probe:
             out["probe_accuracy"] = probe_accuracy(ctx, params, ctx.data.probe)
         return out
+
+
+def _packed(cfg, train, held_out, layout, pad: int) -> dict:
+    """Packed rows (``data/contrastive.py``) sized for every batch of the run: TaskData's
+    train and evaluation fields and the layout its batches take."""
+    d, t = cfg.data, cfg.train
+    contrastive.check_batch_size(train, layout.global_rows)
+    plan = contrastive.PackedPlan(train, layout.global_rows, t.seed, 2 * d.max_seq_length)
+    eval_plan = contrastive.PackedPlan(held_out, layout.global_rows, t.seed, plan.row_len)
+    groups = contrastive.packed_eval_groups(eval_plan, t.eval_batches)
+    batches = t.epochs * plan.spe if t.epochs else t.steps
+    shape, real = contrastive.packed_shape(plan, batches, groups, layout.shards)
+    layout = layout.with_rows(shape.rows)
+    eval_layout = layout.with_rows(shape.rows, accum=1)
+    return {
+        "train": contrastive.packed_train_dataset(plan, shape, layout, pad),
+        "eval": list(contrastive.packed_eval_batches(eval_plan, groups, shape, eval_layout, pad)),
+        "steps_per_epoch": plan.spe,
+        "layout": layout,
+        "summary": (
+            f"packed {shape.rows} rows of {plan.row_len} a batch, up to {shape.slots} examples "
+            f"(both views) a row ({real:.0%} of positions real)"
+        ),
+    }
 
 
 def embed(forward, params, data, mesh, layout) -> np.ndarray:
