@@ -123,6 +123,8 @@ def test_unsupervised_simcse_trains_probes_and_exports(tmp_path):
     assert val[-1]["loss"] < val[0]["loss"]
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]
+    # Packed by default: both views of a sentence share a row with other sentences.
+    assert all(0.5 < r["real_token_share"] <= 1.0 for r in train)
 
     # The export is a BertModel whose mean-pooled last hidden state is our embedding.
     export(str(w), str(tmp_path / "hf"))
