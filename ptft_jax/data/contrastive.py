@@ -10,7 +10,7 @@ Packed (``data.packing``), global batch ``b`` holds the same examples, each as i
 side by side in one row (the text, then its positive or the text again) and several examples a
 row (``data/packing.py``'s best-fit decreasing, in rows of ``2 * max_seq_length``): the same
 negatives, computed without the padding. Rows a batch and views a row are the most any batch of
-the run needs, found by planning every batch once (a few microseconds an example).
+the run needs, found by planning every batch once (about 16 microseconds an example).
 """
 
 from __future__ import annotations
