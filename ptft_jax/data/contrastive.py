@@ -211,14 +211,9 @@ def packed_shape(plan: PackedPlan, batches: int, eval_groups, shards: int):
 def packed_train_dataset(plan: PackedPlan, shape: packing.Shape, layout, pad_id: int):
     """Grain MapDataset: element ``b`` is this process's rows of packed global batch ``b``."""
 
-    def local(b: int) -> dict:
-        rows = plan.rows(b)
-        rows = rows + [[]] * (shape.rows - len(rows))
-        take = layout.rows()
-        out = plan.batch([rows[i] for i in take.reshape(-1)], shape, pad_id)
-        return {k: v.reshape(*take.shape, *v.shape[1:]) for k, v in out.items()}
-
-    return grain.MapDataset.range(2**62).map(local)
+    return grain.MapDataset.range(2**62).map(
+        lambda b: _local(plan, plan.rows(b), shape, layout, pad_id)
+    )
 
 
 def packed_eval_groups(plan: PackedPlan, max_batches: int = 0) -> list[list[list[int]]]:
@@ -231,8 +226,14 @@ def packed_eval_groups(plan: PackedPlan, max_batches: int = 0) -> list[list[list
 
 
 def packed_eval_batches(plan, groups, shape: packing.Shape, layout, pad_id: int):
-    take = layout.rows()
     for rows in groups:
-        rows = rows + [[]] * (shape.rows - len(rows))
-        out = plan.batch([rows[i] for i in take.reshape(-1)], shape, pad_id)
-        yield {k: v.reshape(*take.shape, *v.shape[1:]) for k, v in out.items()}
+        yield _local(plan, rows, shape, layout, pad_id)
+
+
+def _local(plan: PackedPlan, rows: list, shape: packing.Shape, layout, pad_id: int) -> dict:
+    """This process's part of the global batch of ``rows``, padded with empty rows to
+    ``shape.rows``."""
+    rows = rows + [[]] * (shape.rows - len(rows))
+    take = layout.rows()
+    out = plan.batch([rows[i] for i in take.reshape(-1)], shape, pad_id)
+    return {k: v.reshape(*take.shape, *v.shape[1:]) for k, v in out.items()}
