@@ -54,6 +54,9 @@ def _data_keys() -> ml_collections.ConfigDict:
     x.eval_fraction = 0.02  # documents held out when the source has no validation split
     x.max_documents = 0  # 0 = all; a cap for quick runs
     x.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample
+    # A record whose text (or text pair) is empty stops the run naming it; True leaves such
+    # records out instead, with one line that counts them.
+    x.skip_empty_texts = False
     x.length_buckets = 5  # classification: padded lengths (each compiles its own step)
     x.packing = True  # classification, contrastive: several examples a row (False: one a row)
     x.max_predictions_per_seq = 20
@@ -91,6 +94,9 @@ def _train_keys() -> ml_collections.ConfigDict:
     x.checkpoint_every = 500
     x.keep_checkpoints = 2
     x.seed = 0
+    # True: start over from step 0 in a workdir whose checkpoints were all set aside in
+    # W/damaged/ (without it such a run stops rather than start over unasked).
+    x.restart_from_scratch = False
     x.metric_for_best = ""  # classification: keep the best checkpoint by this metric
     x.patience = 0  # > 0: stop after this many evaluations without improvement
     x.trainable = ()  # regexes of trainable parameter paths; empty = all
