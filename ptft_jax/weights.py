@@ -99,6 +99,36 @@ def starting_point(cfg, cli_model_keys=()) -> tuple:
     return cfg, source, teacher
 
 
+def classifier_labels(cfg, source: Pretrained | None, resumed, cli_model_keys=()) -> tuple:
+    """``(cfg, new)`` for a classification run. ``new``: its classifier is new (random init,
+    or ``init_from`` a model without one), so the training split's classes decide
+    ``model.num_labels`` and the config's is only a default. A classifier that exists keeps
+    its count: a resumed run's (``resumed``: its saved config.json, whose count ``cfg``
+    takes), or ``init_from`` a classifier (the config's, checked against the data); so do an
+    explicit ``--config.model.num_labels`` (the user's choice) and a regression (1)."""
+    if cfg.task != "classification":
+        return cfg, False  # a distillation's teacher fixes its student's count
+    explicit = "num_labels" in cli_model_keys
+    if resumed is not None:
+        try:
+            saved = json.loads(pathlib.Path(resumed).read_text())["model"].get("num_labels")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            saved = None  # check_resume_compatible names an unreadable file
+        if saved is None or saved == cfg.model.num_labels:
+            return cfg, False
+        if explicit:
+            raise ConfigError(
+                f"The checkpoint in the workdir has model.num_labels={saved} but the command "
+                f"line says {cfg.model.num_labels}; use a new --workdir or drop "
+                "--config.model.num_labels."
+            )
+        cfg = ml_collections.ConfigDict(cfg.to_dict())
+        cfg.model.num_labels = saved
+        return cfg, False
+    has_head = source is not None and source.task == "classification"
+    return cfg, not (explicit or has_head or cfg.model.num_labels == 1)
+
+
 def student_config(cfg: ml_collections.ConfigDict, teacher: Pretrained):
     """``cfg`` with what the student must share with its teacher: the task, the tokenizer and
     vocabulary (both read the same ids), the label count; and, when it starts from teacher

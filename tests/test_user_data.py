@@ -1,17 +1,23 @@
 """A user's own data: their column names everywhere, their labels checked (not coerced), and
 every problem named by file, line and value."""
 
+import contextlib
 import json
 import logging
 import pathlib
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from test_classify import tiny_classifier
 
+from ptft_jax import plan, weights
 from ptft_jax.data import classify, sources
 from ptft_jax.data.sources import DataError, load_records, split_labeled
+from ptft_jax.errors import ConfigError
+from ptft_jax.export import export
 from ptft_jax.train import run
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -154,3 +160,151 @@ def test_a_missing_text_field_names_the_record(tmp_path):
     assert sources.text_of(records[0], "sentence") == "a"
     with pytest.raises(DataError, match=r"d.jsonl line 3 has no field 'sentence' \(its fields"):
         sources.text_of(records[1], "sentence")
+
+
+# --- The label count: a new classifier takes the training split's, an existing one keeps its own.
+
+CLASSES = ("negative", "neutral", "positive")
+FROM_DATA = (
+    "model.num_labels=3 from the training split's 3 classes (the config said 2; the classifier "
+    "is new)"
+)
+
+
+def _classes_csv(path: pathlib.Path, labels, n: int = 60) -> pathlib.Path:
+    """``sentence,sentiment`` rows cycling through ``labels`` (names or class ids)."""
+    rows = [f"a {WORDS[i % len(WORDS)]} film take {i},{labels[i % len(labels)]}" for i in range(n)]
+    lines = ["sentence,sentiment", *rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _own_data(source: pathlib.Path, **train):
+    """The README's own-data example on ``source``: a ``model.num_labels=2`` config."""
+    c = tiny_classifier(epochs=0, steps=2, eval_every=2, checkpoint_every=2, batch_size=8)
+    c.data.update(source=str(source), text_field="sentence", label_field="sentiment")
+    c.data.update(max_train_examples=0, length_buckets=1)
+    c.train.update(train)
+    assert c.model.num_labels == 2
+    return c
+
+
+@contextlib.contextmanager
+def _info_lines():
+    """The messages ptft_jax logs at INFO and above inside the block."""
+    lines, logger, handler = [], logging.getLogger("ptft_jax"), logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+
+
+def _classes_of(summary: dict) -> int:
+    """The outputs of the classifier a run's summary holds."""
+    return summary["state"]["params"]["classifier"]["kernel"].shape[-1]
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    """``(config, data, workdir, summary, logged lines)`` of a num_labels=2 config trained on a
+    3-class CSV from random initialisation."""
+    tmp = tmp_path_factory.mktemp("three")
+    data = _classes_csv(tmp / "three.csv", CLASSES)
+    c = _own_data(data)
+    with _info_lines() as lines:
+        summary = run(c, tmp / "w")
+    return c, data, tmp / "w", summary, lines
+
+
+@pytest.mark.slow
+def test_a_new_classifier_takes_the_training_splits_classes(three_classes, tmp_path):
+    c, _, w, summary, lines = three_classes
+    assert FROM_DATA in lines
+    assert summary["step"] == 2 and _classes_of(summary) == 3
+    assert json.loads((w / "config.json").read_text())["model"]["num_labels"] == 3
+    assert json.loads((w / "labels.json").read_text())["names"] == list(CLASSES)
+    assert len(json.loads((w / "eval_test.json").read_text())["confusion_matrix"]) == 3
+    export(str(w), str(tmp_path / "hf"))
+    hf_config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert hf_config["id2label"] == {str(i): name for i, name in enumerate(CLASSES)}
+
+
+@pytest.mark.slow
+def test_the_same_command_resumes_with_the_resolved_count(three_classes):
+    c, _, w, first, _ = three_classes
+    with _info_lines() as lines:
+        again = run(c, w)  # the config still says 2; the checkpoint's classifier has 3
+    assert again["step"] == first["step"] == 2
+    assert _classes_of(again) == 3
+    assert not any("resuming with changed" in line for line in lines), lines
+    assert json.loads((w / "config.json").read_text())["model"]["num_labels"] == 3
+
+
+@pytest.mark.slow
+def test_a_classifier_that_exists_keeps_its_count(three_classes, tmp_path):
+    """init_from a 2-class classification workdir, or an explicit --config.model.num_labels=2,
+    on 3-class data stops with one sentence, before the workdir is written."""
+    _, data, _, _, _ = three_classes
+    two = tmp_path / "two"
+    run(_own_data(_classes_csv(tmp_path / "two.csv", ("negative", "positive")), steps=0), two)
+    c = _own_data(data)
+    c.init_from = str(two)
+    fix = "3 distinct labels but model.num_labels is 2; set --config.model.num_labels=3."
+    with pytest.raises(DataError, match=re.escape(fix)):
+        run(c, tmp_path / "from_two")
+    with pytest.raises(DataError, match=re.escape(fix)):
+        run(_own_data(data), tmp_path / "explicit", cli_model_keys=("num_labels",))
+    for w in ("from_two", "explicit"):
+        assert not (tmp_path / w / "config.json").exists()
+
+
+def test_integer_labels_count_to_the_largest_id(tmp_path):
+    """Class ids 0..2 under a num_labels=2 config: 3 classes, validation ids checked against it."""
+    folder = tmp_path / "ids"
+    folder.mkdir()
+    _classes_csv(folder / "train.csv", (0, 1, 2), 30)
+    _classes_csv(folder / "validation.csv", (2, 0), 6)
+    got = plan.make(_own_data(folder), tmp_path / "w")
+    assert got.cfg.model.num_labels == got.model_cfg.num_labels == got.task.num_labels == 3
+    assert got.data.label_names is None
+    _classes_csv(folder / "validation.csv", (3, 0), 6)
+    with pytest.raises(DataError, match=r"validation.csv line 2 has label 3, outside 0..2"):
+        plan.make(_own_data(folder), tmp_path / "w")
+
+
+def test_class_counts():
+    names = classify.label_names([{"y": x} for x in "cabca"], "y", None)
+    assert names == ["a", "b", "c"] and classify.class_count([], "y", names) == 3
+    assert classify.class_count([{"y": 0}, {"y": 4.0}, {"y": 1}], "y", None) == 5
+    with pytest.raises(DataError, match=r"single class \('pos' in 'y'\); a classifier needs"):
+        classify.class_count([], "y", ["pos"])
+    with pytest.raises(DataError, match=r"single class \(0 in 'y'\)"):
+        classify.class_count([{"y": 0}, {"y": 0}], "y", None)
+    with pytest.raises(DataError, match="has the label 0.5 in 'y', not a class id"):
+        classify.class_count([{"y": 0}, {"y": 0.5}], "y", None)
+
+
+def test_which_classifiers_take_the_training_splits_count(tmp_path):
+    c = tiny_classifier()
+    mlm, classifier = SimpleNamespace(task="mlm"), SimpleNamespace(task="classification")
+    assert weights.classifier_labels(c, None, None)[1], "random init"
+    assert weights.classifier_labels(c, mlm, None)[1], "init_from a model without a classifier"
+    assert not weights.classifier_labels(c, classifier, None)[1]
+    assert not weights.classifier_labels(c, None, None, ("num_labels",))[1], "the user's choice"
+    regression = tiny_classifier()
+    regression.model.num_labels = 1
+    assert not weights.classifier_labels(regression, None, None)[1]
+    distill = tiny_classifier()
+    distill.task = "distill"
+    assert not weights.classifier_labels(distill, None, None)[1], "the teacher fixes it"
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({"task": "classification", "model": {"num_labels": 3}}))
+    resumed, new = weights.classifier_labels(c, None, saved)
+    assert resumed.model.num_labels == 3 and not new and c.model.num_labels == 2
+    with pytest.raises(ConfigError, match="has model.num_labels=3 but the command line says 2"):
+        weights.classifier_labels(c, None, saved, ("num_labels",))

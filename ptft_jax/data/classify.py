@@ -52,20 +52,54 @@ def _checked_labels(records, label_field: str, split: str) -> list:
     return values
 
 
-def label_names(train_records, label_field: str, num_labels: int) -> list[str] | None:
-    """Class names when labels are strings (sorted, from the training split); None for ints."""
+def label_names(train_records, label_field: str, num_labels: int | None) -> list[str] | None:
+    """Class names when labels are strings (sorted, from the training split); None for ints.
+    ``num_labels=None``: a new classifier, which takes as many names as there are."""
     if num_labels == 1:
         return None
     values = _checked_labels(train_records, label_field, "train")
     if all(isinstance(v, str) for v in values):
         names = sorted(set(values))
-        if len(names) != num_labels:
+        if num_labels is not None and len(names) != num_labels:
             raise DataError(
                 f"The training split has {len(names)} distinct labels but model.num_labels is "
                 f"{num_labels}; set --config.model.num_labels={len(names)}."
             )
         return names
     return None
+
+
+def class_count(train_records, label_field: str, names) -> int:
+    """The classes a new classifier gets: the training split's label ``names``, or its largest
+    class id + 1; one sentence when that is a single class."""
+    if names is not None:
+        count, example = len(names), names[0]
+    else:
+        values = _checked_labels(train_records, label_field, "train")
+        _check_class_ids(train_records, values, label_field)
+        example = int(max(values))
+        count = example + 1
+        if min(values) < 0:  # encode_labels names the first label out of range
+            return max(count, 2)
+    if count < 2:
+        raise DataError(
+            f"The training split has a single class ({example!r} in {label_field!r}); a "
+            "classifier needs examples of two or more (model.num_labels=1 trains a regression "
+            "on numeric labels)."
+        )
+    return count
+
+
+def _check_class_ids(records, values, label_field: str) -> None:
+    """DataError naming the first label that is not a whole number (or is a bool)."""
+    for record, v in zip(records, values, strict=True):
+        whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+        if isinstance(v, bool) or not whole:
+            raise DataError(
+                f"{origin(record)} has the label {v!r:.40} in {label_field!r}, not a class id; "
+                "use whole numbers 0..num_labels-1 or names throughout (model.num_labels=1 for "
+                "regression)."
+            )
 
 
 def encode_labels(records, label_field: str, num_labels: int, names, split: str) -> np.ndarray:
@@ -94,14 +128,8 @@ def encode_labels(records, label_field: str, num_labels: int, names, split: str)
                 "training split."
             )
         return np.asarray([index[v] for v in values], np.int32)
+    _check_class_ids(records, values, label_field)
     for record, v in zip(records, values, strict=True):
-        whole = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
-        if isinstance(v, bool) or not whole:
-            raise DataError(
-                f"{origin(record)} has the label {v!r:.40} in {label_field!r}, not a class id; "
-                "use whole numbers 0..num_labels-1 or names throughout (model.num_labels=1 for "
-                "regression)."
-            )
         if not 0 <= v < num_labels:
             raise DataError(
                 f"{origin(record)} has label {int(v)}, outside 0..{num_labels - 1}; set "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 
 import jax
@@ -30,6 +31,15 @@ from ptft_jax.tasks.base import (
     spec_of,
 )
 
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class LabelledData(TaskData):
+    """TaskData with the label count the run trains (the training split's for a new head)."""
+
+    num_labels: int = 0
+
 
 @dataclasses.dataclass(frozen=True)
 class Classification(Task):
@@ -37,6 +47,9 @@ class Classification(Task):
     seq_len: int = 128
     metric_for_best: str = ""
     packing: bool = False
+    # A new classifier (random, or init_from a model without one): the training split's
+    # classes decide the label count, num_labels being the config's default (plan.make).
+    count_labels: bool = False
 
     name = "classification"
     head = "classification"
@@ -82,19 +95,33 @@ class Classification(Task):
         rows (distillation's transfer set)."""
         d = cfg.data
         fields = (d.text_field, d.text_pair_field)
-        split = classify.splits(sources.load_records(d.source), fields, d.label_field)
+        skip = d.get("skip_empty_texts", False)  # missing from the configs of older runs
+        records = sources.load_records(d.source, fields=fields, skip_empty=skip)
+        split = classify.splits(records, fields, d.label_field)
         train = classify.subsample(
             split["train"], d.label_field, d.max_train_examples, cfg.train.seed
         )
         tokenizer = get_tokenizer([sources.text_of(r, d.text_field) for r in train])
-        names = _label_names(labels_file, train, d.label_field, self.num_labels)
+        expect = None if self.count_labels else self.num_labels
+        names = _label_names(labels_file, train, d.label_field, expect)
+        num_labels = self.num_labels
+        if self.count_labels:
+            num_labels = classify.class_count(train, d.label_field, names)
         encoded = {
-            name: classify.encode(rows, d, tokenizer, self.num_labels, names, name)
+            name: classify.encode(rows, d, tokenizer, num_labels, names, name)
             for name, rows in [
                 ("train", train),
                 *((k, split[k]) for k in ("validation", "test") if k in split),
             ]
         }
+        if num_labels != self.num_labels:
+            log.info(
+                "model.num_labels=%d from the training split's %d classes (the config said %d; "
+                "the classifier is new)",
+                num_labels,
+                num_labels,
+                self.num_labels,
+            )
         if extend is not None:
             encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
         pad = pad_id(tokenizer)
@@ -103,7 +130,8 @@ class Classification(Task):
         if encoded["train"].label_weights is not None:
             extra = int(np.sum(encoded["train"].label_weights == 0))
             counts += f" (train: {len(encoded['train']) - extra} labelled + {extra} transfer)"
-        return TaskData(
+        return LabelledData(
+            num_labels=num_labels,
             tokenizer=tokenizer,
             eval_labels=encoded["validation"].labels if "validation" in encoded else None,
             test_labels=encoded["test"].labels if "test" in encoded else None,
@@ -247,7 +275,8 @@ def _packed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
 
 
 def _label_names(labels_file: pathlib.Path, train, field, num_labels):
-    """String label names: those saved with the run if any (resume), else from training data."""
+    """String label names: those saved with the run if any (resume), else from training data
+    (``num_labels=None``: as many as it has)."""
     if labels_file.exists():
         return json.loads(labels_file.read_text())["names"]
     return classify.label_names(train, field, num_labels)
