@@ -1,11 +1,15 @@
-"""Where numbers go: a progress bar, ``W/metrics.jsonl`` and TensorBoard (process 0 only)."""
+"""Where numbers go: a progress bar (one plain line per logged step when standard error is not
+a terminal), ``W/metrics.jsonl``, TensorBoard and the summary line (process 0 only)."""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import pathlib
+import sys
+import time
 
 import jax
 
@@ -33,15 +37,18 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 
 
 class Writer:
-    """Appends metric rows to JSONL and TensorBoard and drives the progress bar."""
+    """Appends metric rows to JSONL and TensorBoard and shows progress on ``progress`` (standard
+    error by default): a bar on a terminal; in a log file or a pipe, where a bar's carriage
+    returns pile up, one plain line per logged step instead."""
 
-    def __init__(self, workdir: pathlib.Path, total_steps: int, start_step: int, resumed: bool):
+    def __init__(
+        self, workdir: pathlib.Path, total_steps: int, start_step: int, resumed: bool, progress=None
+    ):
         self.active = jax.process_index() == 0
         self._bar = self._jsonl = self._tb = None
         if not self.active:
             return
         from tensorboardX import SummaryWriter
-        from tqdm import tqdm
 
         path = workdir / "metrics.jsonl"
         if path.exists():
@@ -54,12 +61,23 @@ class Writer:
             os.replace(tmp, path)
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
         self._tb = SummaryWriter(str(workdir / "tensorboard"))
-        self._bar = tqdm(
-            total=total_steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True
-        )
+        self._progress = sys.stderr if progress is None else progress
+        self._total, self._first = total_steps, None  # (time, step) of the first train row
+        if _is_terminal(self._progress):
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+                file=self._progress,
+            )
 
     def write(self, step: int, split: str, metrics: dict) -> None:
-        """One row ``{step, split, **metrics}``; train rows also update the progress bar."""
+        """One row ``{step, split, **metrics}``; train rows also update the progress bar (or
+        print the progress line)."""
         if not self.active:
             return
         row = {"step": int(step), "split": split, **{k: float(v) for k, v in metrics.items()}}
@@ -67,33 +85,99 @@ class Writer:
         self._jsonl.flush()
         for key, value in metrics.items():
             self._tb.add_scalar(f"{split}/{key}", float(value), int(step))
-        if split == "train":
+        if split != "train":  # evaluations get a line of their own (above the bar)
+            numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items())
+            self.print(f"step {step} {split}: {numbers}")
+        elif self._bar is not None:
             self._bar.set_postfix(
                 loss=f"{row['loss']:.3f}", tok_s=f"{row.get('tokens_per_s', 0):,.0f}"
             )
-        else:  # evaluations get a line of their own above the bar
-            numbers = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in metrics.items())
-            self._bar.write(f"step {step} {split}: {numbers}")
+        else:
+            print(self._progress_line(row), file=self._progress, flush=True)
+
+    def _progress_line(self, row: dict) -> str:
+        """``step 20/360: loss 6.1234, 3,622 tokens/s, ETA 5m12s``: the ETA from the wall time
+        since the first train row (evaluations included), or that row's step time."""
+        now, step = time.time(), row["step"]
+        if self._first is None:
+            self._first = (now - row.get("step_time_s", 0.0), step - 1)
+        t0, step0 = self._first
+        per_step = (now - t0) / max(step - step0, 1)
+        line = f"step {step}/{self._total}: loss {row['loss']:.4f}"
+        if "tokens_per_s" in row:
+            line += f", {row['tokens_per_s']:,.0f} tokens/s"
+        return f"{line}, ETA {_duration(per_step * max(self._total - step, 0))}"
 
     def advance(self, n: int = 1) -> None:
         """Move the progress bar by ``n`` steps."""
-        if self.active:
+        if self.active and self._bar is not None:
             self._bar.update(n)
 
     def print(self, line: str) -> None:
-        """A line above the progress bar."""
-        if self.active:
+        """A line on standard output (above the progress bar)."""
+        if not self.active:
+            return
+        if self._bar is not None:
             self._bar.write(line)
+        else:
+            print(line, flush=True)
 
     def close(self) -> None:
         """Flush and close everything (again: nothing)."""
         if self.active:
             self.active = False
-            self._bar.close()
+            if self._bar is not None:
+                self._bar.close()
             self._jsonl.close()
             self._tb.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``5m12s``, ``2h05m``."""
+    s = round(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def scalars(result: dict) -> dict:
     """The numeric entries of an evaluation (what metrics.jsonl and TensorBoard take)."""
     return {k: v for k, v in result.items() if isinstance(v, int | float)}
+
+
+def done_line(summary: dict, accuracy: str) -> str:
+    """The run's one summary line: which step and checkpoint each number comes from (the
+    validation numbers from the last step, the test numbers from the checkpoint scored), the
+    speed when it trained, and what the workdir got. ``accuracy``: the task's accuracy key."""
+    head = f"done: step {summary['step']}"
+    if not math.isnan(summary["eval_loss"]):  # nan: nothing was evaluated (train.steps=0)
+        head += f", validation loss {summary['eval_loss']:.4f}"
+        head += f", {accuracy.replace('_', ' ')} {summary['eval_accuracy']:.4f}"
+        if "probe_accuracy" in summary:
+            head += f", probe accuracy {summary['probe_accuracy']:.4f}"
+        head += f" (step {summary['step']})"
+    groups = [head]
+    test = summary["test"]
+    if test:
+        metric = summary["best_metric"]
+        where = f"{test['checkpoint']} checkpoint, step {test['step']}"
+        groups.append(f"test {metric.replace('_', ' ')} {test[metric]:.4f} ({where})")
+    timing = f"wall {summary['wall_s']:.1f}s"
+    if summary["trained_steps"]:  # a run that found its work done reports no speed
+        share = summary["real_token_share"]
+        timing = (
+            f"{summary['tokens_per_s']:,.0f} tokens/s ({share:.0%} of computed), "
+            f"compile {summary['compile_s']:.1f}s, {timing}"
+        )
+    groups.append(timing)
+    groups.append(f"wrote {summary['workdir']}: {', '.join(summary['wrote'])}")
+    return "; ".join(groups)

@@ -6,12 +6,15 @@
 MLM workdirs print one JSON line per text: the top-k fills (softmax probabilities) of each
 ``[MASK]`` in order. Classification workdirs print ``{"text", "label", "probs"}`` per input
 (regression: ``{"text", "score"}``); ``--file`` holds one text, or one JSON object with the
-run's text field (and pair field), per line.
+run's text field (and pair field), per line. The model is the best checkpoint when the run
+keeps one (classification, ``W/best``), else the last; ``--checkpoint best|last|STEP`` picks
+another, and an info line on standard error names the one used and its step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 
 from absl import app, flags
@@ -19,6 +22,8 @@ from absl import app, flags
 from ptft_jax import cli, metrics, steps, workdir
 from ptft_jax.data import sources
 from ptft_jax.data.sources import DataError
+
+log = logging.getLogger("ptft_jax.predict")  # also when run as __main__
 
 
 def predict(run: workdir.Run, texts: list[str], pairs=None, top_k: int = 5) -> list[dict]:
@@ -79,9 +84,11 @@ def main(argv) -> None:
     f = flags.FLAGS
     if not f.workdir or not (f.text or f.file):
         cli.fail('pass --workdir W and --text "..." (or --file F).')
-    run = workdir.load(f.workdir)
+    run = workdir.load(f.workdir, f.checkpoint)
     texts, pairs = _read_inputs(run.cfg, f.text, f.text_pair, f.file)
-    for row in predict(run, texts, pairs, f.top_k):
+    rows = predict(run, texts, pairs, f.top_k)
+    log.info("%s", run.describe())  # once the inputs passed: a mistake stays one line
+    for row in rows:
         print(json.dumps(row))
 
 
@@ -91,4 +98,10 @@ if __name__ == "__main__":
     flags.DEFINE_multi_string("text_pair", [], "Second text of a pair, one per --text.")
     flags.DEFINE_string("file", "", "One text or JSON object (text, text_pair) per line.")
     flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
+    flags.DEFINE_string(
+        "checkpoint",
+        None,
+        "best (W/best), last (the newest of W/checkpoints) or one of its kept steps; default: "
+        "best when the run keeps one (classification), else last.",
+    )
     app.run(main, flags_parser=cli.parse_absl_flags)

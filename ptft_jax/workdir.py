@@ -10,7 +10,8 @@ import pathlib
 import jax
 import ml_collections
 
-from ptft_jax import checkpoint, config, optim, sharding, steps, tasks
+from ptft_jax import checkpoint as ckpt
+from ptft_jax import config, optim, sharding, steps, tasks
 from ptft_jax.data.tokenize import load_tokenizer, save_tokenizer
 
 
@@ -25,6 +26,17 @@ class Run:
     step: int
     mesh: object
     path: pathlib.Path
+    checkpoint: str = "last"  # which was read: "best" (W/best), "last" or "kept" (older)
+    last_step: int = -1  # the newest step of W/checkpoints
+
+    def describe(self) -> str:
+        """Which checkpoint the numbers come from, for an info line."""
+        which = {"best": "the best", "last": "the last", "kept": "the kept"}[self.checkpoint]
+        line = f"{self.path}: {which} checkpoint, step {self.step}"
+        if self.checkpoint != "last":
+            same = self.step == self.last_step
+            line += " (also the last)" if same else f" (the last is step {self.last_step})"
+        return line + "; --checkpoint best|last|STEP picks another"
 
     @property
     def task(self):
@@ -39,15 +51,17 @@ class Run:
         return [str(i) for i in range(self.model_cfg.num_labels)]
 
 
-def load(workdir: str | pathlib.Path) -> Run:
-    """The run's config and parameters on this machine's devices: the best checkpoint when
-    the run keeps one (classification), else the latest."""
+def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Run:
+    """The run's config and parameters on this machine's devices, from ``checkpoint``:
+    ``"best"`` (``W/best``, kept by runs that pick one by a metric, such as classification),
+    ``"last"`` (the newest of ``W/checkpoints``), one of the kept steps there (an int or its
+    digits), or None: the best when the run keeps one, else the last."""
     workdir = pathlib.Path(workdir)
     if not workdir.is_dir():
         raise config.ConfigError(
             f"--workdir {workdir} does not exist; pass the --workdir of a training run."
         )
-    if not checkpoint.has_checkpoint(workdir) or not (workdir / "config.json").exists():
+    if not ckpt.has_checkpoint(workdir) or not (workdir / "config.json").exists():
         raise config.ConfigError(
             f"{workdir} holds no finished checkpoint; train into it first (train.steps=0 with "
             "init_from writes a step-0 checkpoint)."
@@ -61,27 +75,63 @@ def load(workdir: str | pathlib.Path) -> Run:
     head = tasks.get(cfg).head
     state_sh = sharding.named(mesh, steps.state_specs(model_cfg, head, tx, mesh))
     init_fn = steps.make_init_fn(model_cfg, head, tx, mesh, 0)
-    abstract = checkpoint.abstract_like(jax.eval_shape(init_fn), state_sh)
-    mgr = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
-    step = mgr.latest_step()
+    abstract = ckpt.abstract_like(jax.eval_shape(init_fn), state_sh)
+    mgr = ckpt.manager(workdir, cfg.train.keep_checkpoints)
+    kept = sorted(mgr.all_steps())
+    best = ckpt.manager(workdir, 1, "best") if (workdir / "best").is_dir() else None
+    best_step = best.latest_step() if best is not None else None
+    which, step = choose(checkpoint, kept, best_step, workdir)
     try:
-        state, _, _ = checkpoint.restore_checked(mgr, step, abstract)
-    except checkpoint.DamagedError as e:
-        raise checkpoint.DamagedError(
+        if which == "best":
+            params = ckpt.restore_params(best, abstract["params"])
+        else:
+            params = ckpt.restore_checked(mgr, step, abstract)[0]["params"]
+    except ckpt.DamagedError as e:
+        if which == "best":
+            raise
+        raise ckpt.DamagedError(
             f"In {workdir}, {e}; run its train command once to set it aside and resume from "
             "the one before."
         ) from None
-    mgr.close()
-    params = state["params"]
-    if (workdir / "best").is_dir():
-        # Classification keeps its best checkpoint apart: that is the model to use.
-        best = checkpoint.manager(workdir, 1, "best")
-        if best.latest_step() is not None:
-            step = best.latest_step()
-            params = checkpoint.restore_params(best, params)
-        best.close()
+    finally:
+        mgr.close()
+        if best is not None:
+            best.close()
     tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir)
+    return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir, which, kept[-1])
+
+
+def choose(
+    checkpoint: str | int | None, kept: list[int], best_step: int | None, workdir
+) -> tuple[str, int]:
+    """``(which, step)`` of the checkpoint that ``load`` reads: which is "best", "last" or
+    "kept" (an older kept step); one sentence when ``checkpoint`` names none there."""
+    steps_list = ", ".join(map(str, kept))
+    also = ", last or best" if best_step is not None else " or last"
+    if checkpoint in (None, ""):
+        checkpoint = "best" if best_step is not None else "last"
+    choice = str(checkpoint).strip().lower()
+    if choice == "best":
+        if best_step is None:
+            raise config.ConfigError(
+                f"{workdir} keeps no best checkpoint (only runs that pick one by a metric, such "
+                f"as classification, keep W/best); pass --checkpoint last or one of its kept "
+                f"steps: {steps_list}."
+            )
+        return "best", best_step
+    if choice == "last":
+        return "last", kept[-1]
+    if not choice.isdigit():
+        raise config.ConfigError(
+            f"--checkpoint={checkpoint!r} is neither best, last nor a step; pass one of the "
+            f"kept steps of {workdir} ({steps_list}){also}."
+        )
+    if int(choice) not in kept:
+        raise config.ConfigError(
+            f"{workdir} keeps no checkpoint of step {int(choice)}; pass one of its kept steps "
+            f"({steps_list}){also}."
+        )
+    return ("last" if int(choice) == kept[-1] else "kept"), int(choice)
 
 
 def write_run_files(path: pathlib.Path, cfg, tokenizer, label_names, resuming: bool) -> None:
