@@ -4,24 +4,35 @@ A step's folder becomes visible only once every item is committed, so a crash mi
 the previous checkpoint as the latest one. A disk too full for the next save stops the run with
 one sentence before the save starts; one that fills up during a save has the partial step
 removed. Either way the committed checkpoints stay as they were.
+
+A restore tells damage (the bytes: a file missing, cut short or unreadable, a checksum that does
+not match) from everything else: a state of another structure than the config makes, or a
+failure such as running out of memory, stops with one line and touches nothing. Failures other
+than a user's mistake leave their traceback in ``W/errors.log``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import errno
+import json
 import logging
 import pathlib
+import re
 import shutil
 import sys
+import traceback
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint import tree as ocp_tree
 
 from ptft_jax import scores
-from ptft_jax.errors import DataError, UserError
+from ptft_jax.checksums import checksums, mismatches
+from ptft_jax.errors import ConfigError, DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +83,15 @@ def _disk_full(e: BaseException | None) -> bool:
 
 @contextlib.contextmanager
 def _filling_up(mgr: ocp.CheckpointManager):
-    """A save that ran out of space after it started: remove its partial step, say so."""
+    """A save that ran out of space after it started: remove its partial step, say so; any
+    other failure of a save is one line, its traceback in ``W/errors.log``."""
     try:
         yield
+    except UserError:
+        raise
     except Exception as e:
         if not _disk_full(e):
-            raise
+            raise failure(mgr, "A checkpoint save", e) from None
         folder = pathlib.Path(mgr.directory)
         for partial in folder.glob("*.orbax-checkpoint-tmp*"):
             shutil.rmtree(partial, ignore_errors=True)
@@ -98,6 +112,26 @@ def finish(mgr: ocp.CheckpointManager | None, close: bool = True) -> None:
         mgr.wait_until_finished()
     if close:
         mgr.close()
+
+
+def settle(mgr: ocp.CheckpointManager) -> None:
+    """Let a save in flight end and close ``mgr``, when the run stops on an error that is
+    already being reported: a second failure of the save adds nothing to the console (Orbax's
+    own lines go to W/errors.log) and never hides the first."""
+    with contextlib.suppress(Exception):
+        mgr.wait_until_finished()
+    with contextlib.suppress(Exception):
+        mgr.close()
+
+
+def check_saves(mgr: ocp.CheckpointManager | None) -> None:
+    """Stop now if a save running in the background has failed (rather than at the next
+    save, ``checkpoint_every`` steps later)."""
+    if mgr is None or mgr.is_saving_in_progress():
+        return
+    with _filling_up(mgr):
+        mgr.check_for_errors()
+        mgr.wait_until_finished()  # nothing in flight: returns at once, or raises its error
 
 
 def has_checkpoint(workdir: pathlib.Path) -> bool:
@@ -140,8 +174,15 @@ def restore_params(mgr: ocp.CheckpointManager, like):
         items["meta"] = ocp.args.JsonRestore()
     _ignore_abandoned_reads()
     try:
+        check_layout(mgr, step, abstract, "params")
         restored = mgr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # any failure to read a step is damage to it
+    except DamagedError as e:
+        problem = str(e).rsplit(" is damaged ", 1)[-1]
+    except UserError:
+        raise
+    except Exception as e:
+        if not is_damage(e):
+            raise failure(mgr, f"Restoring the best checkpoint (step {step})", e) from None
         problem = f"({_first_line(e)})"
     else:
         bad = mismatches(restored.params, (restored.get("meta") or {}).get("checksums"))
@@ -214,13 +255,149 @@ class DamagedError(DataError):
     """A checkpoint that cannot be read back, or whose arrays do not match their checksums."""
 
 
+class MismatchError(ConfigError):
+    """A checkpoint that is intact but holds a state of another structure than the config
+    makes: a config change, not damage."""
+
+
+class CheckpointError(UserError):
+    """A save or restore that failed for a reason other than damage to the checkpoint (memory,
+    permissions, the storage service); nothing was moved, the traceback is in W/errors.log."""
+
+
+# Status codes with which TensorStore reports bytes that are missing, cut short or corrupt.
+_DAMAGE_CODES = re.compile(r"\b(DATA_LOSS|NOT_FOUND|OUT_OF_RANGE)\b")
+# OS errors that mean a file is missing or unreadable (not a permission, memory or quota).
+_DAMAGE_ERRNOS = (errno.ENOENT, errno.EIO, errno.ENOTDIR, errno.EISDIR)
+
+
+def is_damage(e: BaseException | None) -> bool:
+    """Whether ``e`` (or an error it was raised from) says a checkpoint's bytes are bad: a file
+    missing, cut short, unreadable or not parsing. Anything else (out of memory, permissions,
+    another structure) is not damage."""
+    while e is not None:
+        if isinstance(e, FileNotFoundError) or (
+            isinstance(e, OSError) and e.errno in _DAMAGE_ERRNOS
+        ):
+            return True
+        if isinstance(e, json.JSONDecodeError | UnicodeDecodeError | EOFError):
+            return True
+        if _DAMAGE_CODES.search(str(e)):
+            return True
+        e = e.__cause__  # explicit causes only: a context may be an error handled on the way
+    return False
+
+
+def failure(mgr: ocp.CheckpointManager, what: str, e: BaseException) -> CheckpointError:
+    """``what`` failed with ``e``, not through damage: its traceback appended to
+    ``W/errors.log`` and one line for the user."""
+    path = errors_log(pathlib.Path(mgr.directory).parent)
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            stamp = datetime.datetime.now().isoformat(timespec="seconds")
+            f.write(f"--- {stamp} {what} failed\n")
+            f.write("".join(traceback.format_exception(e)))
+        where = f"the traceback is in {path}"
+    except OSError:  # the workdir itself cannot be written: the line must still say what
+        where = "the traceback could not be written to the workdir"
+    return CheckpointError(
+        f"{what} failed ({_first_line(e)}), which is no damage to any checkpoint and moved "
+        f"nothing; {where}: fix the cause and run the same command again."
+    )
+
+
+def errors_log(workdir: pathlib.Path) -> pathlib.Path:
+    """``W/errors.log`` (``W/errors.<process>.log`` on the other processes of a multi-process
+    run): the tracebacks behind the one-line errors of saves and restores, and Orbax's own
+    warnings and errors, which would otherwise bury that line."""
+    index = jax.process_index()
+    return workdir / ("errors.log" if index == 0 else f"errors.{index}.log")
+
+
+class _OrbaxToFile(logging.Filter):
+    """Sends Orbax's warnings and errors (with their tracebacks) to ``W/errors.log`` instead of
+    the console; the run's own line says what happened."""
+
+    def __init__(self, path: pathlib.Path):
+        super().__init__()
+        self.path = path
+        self.format = logging.Formatter("%(asctime)s %(levelname)s %(pathname)s: %(message)s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "orbax" not in pathlib.PurePath(record.pathname).parts:
+            return True
+        if record.levelno >= logging.WARNING:
+            try:
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(self.format.format(record) + "\n")
+            except OSError:
+                return True  # the workdir cannot be written: the console keeps it
+        return False
+
+
+def route_orbax_logs(workdir: pathlib.Path):
+    """Send Orbax's log lines to ``errors_log(workdir)`` from now on; returns the undo."""
+    found = _OrbaxToFile(errors_log(workdir))
+    logger = logging.getLogger("absl")
+    logger.addFilter(found)
+    return lambda: logger.removeFilter(found)
+
+
+def layout_of(tree) -> dict[str, tuple]:
+    """``{path: (shape, dtype)}`` of a tree of arrays, ShapeDtypeStructs or Orbax metadata."""
+    flat = ocp_tree.to_flat_dict(tree)
+    return {
+        "/".join(map(str, k)): (tuple(v.shape), np.dtype(v.dtype).name) for k, v in flat.items()
+    }
+
+
+def check_layout(mgr: ocp.CheckpointManager, step: int, abstract, item: str = "state") -> None:
+    """Stop before reading any array when the arrays saved in ``step`` differ in path, shape or
+    dtype from ``abstract``: MismatchError, not damage (DamagedError only when the step's
+    metadata itself cannot be read)."""
+    folder = pathlib.Path(mgr.directory) / str(step) / item
+    try:
+        saved = layout_of(_metadata_tree(ocp.StandardCheckpointHandler().metadata(folder)))
+    except Exception as e:
+        if is_damage(e) or not folder.is_dir():
+            raise DamagedError(
+                f"the checkpoint of step {step} is damaged (its {item} metadata cannot be read: "
+                f"{_first_line(e)})"
+            ) from None
+        raise failure(mgr, f"Reading the checkpoint of step {step}", e) from None
+    want = layout_of(abstract)
+    if saved == want:
+        return
+    extra, missing = sorted(set(saved) - set(want)), sorted(set(want) - set(saved))
+    if missing or extra:
+        what = f"{(missing or extra)[0]} is {'missing from it' if missing else 'not made here'}"
+        what += f", {len(missing)} arrays missing and {len(extra)} extra in all"
+    else:
+        path = next(k for k in sorted(want) if saved[k] != want[k])
+        what = f"{path} is {saved[path]} in it but {want[path]} here"
+    raise MismatchError(
+        f"The checkpoint of step {step} in {mgr.directory} is intact but holds another {item} "
+        f"than this config makes ({what}); resume with the config it was saved with (W/config"
+        ".json), or use a new --workdir."
+    )
+
+
+def _metadata_tree(found):
+    """The tree of array metadata in what Orbax's ``metadata()`` returns (its versions differ)."""
+    return getattr(found, "tree", found)
+
+
 def restore_checked(mgr: ocp.CheckpointManager, step: int, abstract_state):
     """``restore`` that raises DamagedError, naming the problem, when the step cannot be read
-    or an array differs from its saved checksum (checkpoints from before checksums pass)."""
+    or an array differs from its saved checksum (checkpoints from before checksums pass);
+    MismatchError when it holds another structure, CheckpointError on any other failure."""
     _ignore_abandoned_reads()
+    check_layout(mgr, step, abstract_state)
     try:
         state, data_state, meta = restore(mgr, step, abstract_state)
-    except Exception as e:  # any failure to read a step is damage to it
+    except Exception as e:
+        if not is_damage(e):
+            raise failure(mgr, f"Restoring the checkpoint of step {step}", e) from None
         raise DamagedError(f"the checkpoint of step {step} is damaged ({_first_line(e)})") from None
     bad = mismatches(state, meta.get("checksums"))
     if bad:
@@ -230,29 +407,7 @@ def restore_checked(mgr: ocp.CheckpointManager, step: int, abstract_state):
     return state, data_state, meta
 
 
-def restore_verified(mgr: ocp.CheckpointManager, abstract_state):
-    """``(step, state, data_state, meta)`` of the newest checkpoint that restores and matches
-    its checksums, or None when there is none. A damaged one (a file missing, cut short or
-    overwritten) is moved to ``W/damaged/<step>``, kept, with a line naming it; if every
-    checkpoint is damaged the run stops rather than start over."""
-    damaged = []
-    for step in sorted(mgr.all_steps(), reverse=True):
-        try:
-            found, problem = (step, *restore_checked(mgr, step, abstract_state)), None
-        except DamagedError as e:
-            found, problem = None, str(e)
-        if _everywhere(problem is None):
-            return found
-        damaged.append(_set_aside(mgr, step, problem))
-    if damaged:
-        raise DataError(
-            f"Every checkpoint in {mgr.directory} is damaged (moved to {damaged[-1].parent}); "
-            "restore one from a backup, or start a new --workdir."
-        )
-    return None
-
-
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
     """The first line of an error (Orbax's and TensorStore's run long), at most 200 characters."""
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
@@ -274,95 +429,8 @@ def _ignore_abandoned_reads() -> None:
     sys.unraisablehook = hook
 
 
-def _everywhere(ok: bool) -> bool:
-    """``ok`` on every process (one process's unreadable shard damages the step for all)."""
-    if jax.process_count() == 1:
-        return ok
-    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
-
-
-def _set_aside(mgr: ocp.CheckpointManager, step: int, problem: str | None) -> pathlib.Path:
-    """Move the damaged ``step`` out of the checkpoints (process 0), so no resume reads it and
-    no rotation counts it; the files stay for a look."""
-    folder = pathlib.Path(mgr.directory)
-    dest = folder.parent / "damaged" / str(step)
-    if jax.process_index() == 0:
-        dest.parent.mkdir(exist_ok=True)
-        n = 1
-        while dest.exists():  # an earlier damage of the same step number
-            dest, n = folder.parent / "damaged" / f"{step}.{n}", n + 1
-        (folder / str(step)).rename(dest)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"ptft_jax: set aside step {step}")
-    mgr.reload()
-    log.warning(
-        "%s; moved it to %s and resuming from an earlier one",
-        problem or f"the checkpoint of step {step} could not be read on another process",
-        dest,
-    )
-    return dest
-
-
 def abstract_like(shapes, shardings):
     """ShapeDtypeStructs carrying the target shardings, for a sharded restore."""
     return jax.tree.map(
         lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings
     )
-
-
-# --- Integrity: a checksum of every array, written with the step and verified on restore.
-
-
-def _as_uint32(x):
-    """The bits of ``x`` as uint32 values (16-bit and 8-bit values widened, 64-bit split)."""
-    import jax.numpy as jnp
-
-    if x.dtype == jnp.bool_:
-        return x.astype(jnp.uint32)
-    width = x.dtype.itemsize
-    if width == 4:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)
-    if width == 8:
-        return jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., 2]
-    narrow = {2: jnp.uint16, 1: jnp.uint8}[width]
-    return jax.lax.bitcast_convert_type(x, narrow).astype(jnp.uint32)
-
-
-def _mix(h):
-    """MurmurHash3's 32-bit finaliser: a bijection on uint32 in which every input bit moves
-    about half of the output bits."""
-    h = h ^ (h >> 16)
-    h = h * np.uint32(0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = h * np.uint32(0xC2B2AE35)
-    return h ^ (h >> 16)
-
-
-@jax.jit
-def _checksums(leaves):
-    """Per array: the sum over elements of mix(bits + 0x9E3779B9 * index), modulo 2**32.
-    Integer sums wrap and commute, so the value is exact whatever the sharding or reduction
-    order; a changed bit anywhere changes it (but for a 2**-32 chance)."""
-    import jax.numpy as jnp
-
-    out = []
-    for x in leaves:
-        bits = _as_uint32(x).reshape(-1)
-        index = jax.lax.iota(jnp.uint32, bits.shape[0])
-        out.append(jnp.sum(_mix(bits + index * np.uint32(0x9E3779B9)), dtype=jnp.uint32))
-    return out
-
-
-def checksums(tree) -> dict[str, int]:
-    """``{path: checksum}`` of every array in ``tree``, computed where the arrays live."""
-    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-    values = jax.device_get(_checksums([x for _, x in flat]))
-    return {jax.tree_util.keystr(path): int(v) for (path, _), v in zip(flat, values, strict=True)}
-
-
-def mismatches(tree, expected: dict[str, int] | None) -> list[str]:
-    """Paths whose checksum differs from ``expected`` (none when no checksums were saved)."""
-    if not expected:
-        return []
-    got = checksums(tree)
-    return [k for k in sorted(set(got) | set(expected)) if got.get(k) != expected.get(k)]

@@ -274,23 +274,45 @@ DATA_KEYS = (
 )
 
 
-def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> list[str]:
-    """Stop when a resumed run's config changes the task or a model shape; return the keys
-    that change which examples come next (allowed, but the run is then no longer exact)."""
+def saved_config(path: pathlib.Path) -> dict:
+    """The resolved config a workdir's run started with (``W/config.json``)."""
     try:
         saved = json.loads(path.read_text())
-        saved_task, saved_model = saved["task"], saved["model"]
+        if not isinstance(saved["task"], str) or not isinstance(saved["model"], dict):
+            raise TypeError(path)
     except (OSError, ValueError, KeyError, TypeError):
         raise ConfigError(
             f"The workdir has checkpoints but {path} is missing or unreadable; use a new "
             "--workdir, or restore that file."
         ) from None
-    saved_objectives = tuple(saved.get("train", {}).get("objectives", ("mlm",)))
-    if saved_task != cfg.task or saved_objectives != tuple(cfg.train.objectives):
+    return saved
+
+
+def check_same_task(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
+    """Stop, before any other check, when the workdir's checkpoints are of another task (or
+    another set of MLM objectives) than the config asks for."""
+    saved = saved_config(path)
+    if saved["task"] != cfg.task:
         raise ConfigError(
-            f"The workdir holds a {saved_task!r} run {saved_objectives} but the config asks "
-            f"for task={cfg.task!r} {tuple(cfg.train.objectives)}; use a new --workdir."
+            f"The workdir holds a run of task={saved['task']!r} but the config asks for "
+            f"task={cfg.task!r}; use a new --workdir, or that run's own config to resume it."
         )
+    objectives = tuple(saved.get("train", {}).get("objectives", ("mlm",)))
+    if objectives != tuple(cfg.train.objectives):
+        raise ConfigError(
+            f"The workdir holds a run of task={cfg.task!r} with train.objectives={objectives} "
+            f"but the config asks for {tuple(cfg.train.objectives)}; use a new --workdir, or "
+            "resume with the objectives it trained with."
+        )
+
+
+def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> list[str]:
+    """Stop when a resumed run's config changes the task or a model shape; return the keys
+    that change which examples come next (allowed, but the run is then no longer exact).
+    Fields that shape the optimizer state are compared where the state is made (plan.py)."""
+    check_same_task(path, cfg)
+    saved = saved_config(path)
+    saved_model = saved["model"]
     for key in ("family", *models.get(cfg.model.family).SHAPE_FIELDS):
         old, new = saved_model.get(key, "bert" if key == "family" else None), cfg.model[key]
         if old != new:

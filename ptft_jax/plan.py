@@ -7,12 +7,23 @@ workdir and trains.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 
 import jax
 
-from ptft_jax import checkpoint, config, distributed, optim, sharding, steps, tasks, weights
+from ptft_jax import (
+    checkpoint,
+    config,
+    distributed,
+    optim,
+    recovery,
+    sharding,
+    steps,
+    tasks,
+    weights,
+)
 from ptft_jax.data import pipeline, store, tokenize
 from ptft_jax.tasks.base import check_batch, trained_tokenizer_kind
 
@@ -44,6 +55,10 @@ class Plan:
 def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
     config.validate(cfg)
+    resuming = checkpoint.has_checkpoint(workdir)
+    if resuming:  # first of all: whether the workdir holds another task's run
+        config.check_same_task(workdir / "config.json", cfg)
+    recovery.check_fresh_start(workdir, cfg.train.restart_from_scratch, resuming)
     distributed.preflight(cfg)
     reader = tasks.task_class(cfg.task)  # a distillation's student task checks when it reads
     if store.is_store(cfg.data.source) and getattr(reader, "store_blocks", None):
@@ -53,7 +68,6 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
         cfg = cfg.copy_and_resolve_references()  # a prepared folder brings its tokenizer
         cfg.data.tokenizer = str(pathlib.Path(cfg.data.source).expanduser() / "tokenizer")
     cfg, source, teacher = weights.starting_point(cfg, cli_model_keys)
-    resuming = checkpoint.has_checkpoint(workdir)
     if resuming:
         changed = config.check_resume_compatible(workdir / "config.json", cfg)
         if changed:
@@ -61,7 +75,11 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
                 "resuming with changed %s: the data order differs from the original run's",
                 ", ".join(changed),
             )
+    saved = workdir / "config.json" if resuming else None  # its classifier's label count
+    cfg, new_head = weights.classifier_labels(cfg, source, saved, cli_model_keys)
     task, model_cfg = tasks.get(cfg), config.model_config(cfg)
+    if new_head:  # the training split's classes decide model.num_labels
+        task = dataclasses.replace(task, count_labels=True)
     mesh = sharding.make_mesh(cfg.mesh)
     accum = cfg.train.grad_accum_steps
     micro = cfg.train.batch_size // accum
@@ -75,6 +93,10 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     vocab, kind = model_cfg.vocab_size, trained_tokenizer_kind(task, model_cfg.family)
     get_tokenizer = tokenize.factory(cfg.data, workdir, vocab, resuming, kind)
     data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
+    if getattr(data, "num_labels", cfg.model.num_labels) != cfg.model.num_labels:
+        cfg = cfg.copy_and_resolve_references()  # a new classifier: the data's label count
+        cfg.model.num_labels = data.num_labels
+        task, model_cfg = tasks.get(cfg), config.model_config(cfg)
     cfg, model_cfg = _with_pad_id(cfg, model_cfg, data.tokenizer)
     if data.layout is not None:  # packed rows: the data decided how many a batch takes
         layout, eval_layout = data.layout, data.layout.with_rows(data.layout.micro, accum=1)
@@ -86,6 +108,8 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     total_steps = cfg.train.epochs * per_epoch if per_epoch else cfg.train.steps
     tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1), cfg.model.family)
     init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, cfg.train.seed)
+    if resuming:
+        _check_state_fields(workdir, cfg, task, mesh, total_steps, init_fn)
     pretrained = None
     if source is not None and not resuming:
         layers = tuple(cfg.train.student_layers_from_teacher)
@@ -117,3 +141,69 @@ def _with_pad_id(cfg, model_cfg, tokenizer):
             f"{model_cfg.max_position_embeddings}); raise it or shorten data.max_seq_length."
         )
     return cfg, model_cfg
+
+
+def _check_state_fields(workdir: pathlib.Path, cfg, task, mesh, total_steps: int, init_fn) -> None:
+    """Stop, before anything is restored, when the config makes a train state of another
+    structure than the checkpoints hold (``max_grad_norm=0`` drops the clipping's state,
+    ``freeze_*`` and ``trainable`` the frozen tensors' moments), naming each config field that
+    does it with both values; the checkpoints are left as they are."""
+    then = _flat(config.saved_config(workdir / "config.json"))
+    now = _flat(json.loads(cfg.to_json_best_effort()))
+    differ = [
+        k
+        for k in sorted(now)
+        if k.split(".")[0] in ("model", "train") and then.get(k, now[k]) != now[k]
+    ]
+    if not differ:
+        return
+
+    def layout(values: dict):
+        c = _with_values(cfg, values)
+        tx, _ = optim.make_optimizer(c.train, max(total_steps, 1), c.model.family)
+        fn = steps.make_init_fn(config.model_config(c), task.head, tx, mesh, c.train.seed)
+        return checkpoint.layout_of(jax.eval_shape(fn))
+
+    current = checkpoint.layout_of(jax.eval_shape(init_fn))
+    if layout({k: then[k] for k in differ}) == current:
+        return
+    culprits = [k for k in differ if layout({k: then[k]}) != current] or differ
+    saved = " and ".join(f"{k}={_shown(then[k])}" for k in culprits)
+    says = " and ".join(_shown(now[k]) for k in culprits)
+    fix = " ".join(f"--config.{k}={_shown(then[k])}" for k in culprits)
+    raise config.ConfigError(
+        f"The checkpoints in {workdir / 'checkpoints'} were saved with {saved}, which shapes "
+        f"the train state they hold, but the config says {says}; resume with {fix}, or use a "
+        "new --workdir to train with the new setting."
+    )
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"train.max_grad_norm": 1.0, ...}`` of a nested config dict."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _with_values(cfg, values: dict):
+    """A copy of ``cfg`` with the dotted keys of ``values`` set (JSON lists back to tuples)."""
+    c = cfg.copy_and_resolve_references()
+    for key, value in values.items():
+        group, name = key.rsplit(".", 1)
+        node = c
+        for part in group.split("."):
+            node = node[part]
+        try:
+            node[name] = tuple(value) if isinstance(node[name], tuple) else value
+        except (TypeError, ValueError):  # a value of another type: it stays as it is
+            continue
+    return c
+
+
+def _shown(value) -> str:
+    """A config value as it is written on the command line."""
+    return repr(tuple(value)) if isinstance(value, list) else str(value)

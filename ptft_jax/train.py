@@ -33,6 +33,7 @@ from ptft_jax import (
     errors,
     metrics,
     plan,
+    recovery,
     runlock,
     sharding,
     steps,
@@ -40,7 +41,7 @@ from ptft_jax import (
     weights,
 )
 from ptft_jax import workdir as workdir_lib
-from ptft_jax.data import tokenize
+from ptft_jax.data import store, tokenize
 from ptft_jax.tasks.base import EvalContext
 
 log = logging.getLogger("ptft_jax.train")
@@ -73,6 +74,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
         nnx.logical_axis_rules(sharding.LOGICAL_RULES),
         contextlib.ExitStack() as on_exit,
     ):
+        on_exit.callback(checkpoint.route_orbax_logs(workdir))  # their tracebacks: W/errors.log
         # --- The steps; a distillation's teacher rides along as the train step's third input.
         teacher = weights.load_teacher(s.teacher, cfg, mesh)
         extra = ()
@@ -84,6 +86,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
 
         # --- State: resume from the latest checkpoint in W, else initialise (+ pretrained).
         ckpt = checkpoint.manager(workdir, cfg.train.keep_checkpoints)
+        on_exit.push(lambda kind, *_: checkpoint.settle(ckpt) if kind else None)  # on errors
         state, latest, tracker = _initial_state(s, workdir, ckpt, state_sh)
         best = None  # the task's best checkpoint by its metric, when it keeps one
         if task.best_metric() is not None:
@@ -131,7 +134,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
 def _initial_state(s: plan.Plan, workdir: pathlib.Path, ckpt, state_sh):
     """``(state, the step resumed from or None, the best-checkpoint tracker)``."""
     abstract = checkpoint.abstract_like(jax.eval_shape(s.init_fn), state_sh)
-    found = checkpoint.restore_verified(ckpt, abstract) if s.resuming else None
+    found = recovery.restore_verified(ckpt, abstract) if s.resuming else None
     tracker = {"best": None, "best_step": None, "since_best": 0}
     if found is not None:
         latest, state, data_state, meta = found
@@ -212,6 +215,8 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
             # SIGTERM is seen within about two steps, not log_every of them.
             jax.block_until_ready(window["pending"][-3])
         loop.writer.advance()
+        checkpoint.check_saves(loop.ckpt)  # a failed background save stops the run here
+        checkpoint.check_saves(loop.best.mgr if loop.best is not None else None)
         last = step == loop.stop_at
         loop.stop_now = loop.preemption.reached(step)  # SIGTERM or Ctrl-C: checkpoint here
 
@@ -310,42 +315,66 @@ def _finish(s: plan.Plan, task, loop: Loop, ctx, workdir, compile_s: float, t_st
         best_params = loop.best.params(loop.state["params"])
         if s.data.test is not None:
             test = task.evaluate(ctx, best_params, split="test")
-            test["step"] = loop.tracker["best_step"] or step
+            # The best checkpoint (W/best) when an evaluation kept one, as evaluate reads it.
+            kept = loop.tracker["best_step"] is not None
+            test["checkpoint"] = "best" if kept else "last"
+            test["step"] = loop.tracker["best_step"] if kept else step
             if jax.process_index() == 0:
                 (workdir / "eval_test.json").write_text(json.dumps(test, indent=2) + "\n")
-    return _summary(s, task, loop, test, compile_s, t_start)
+    return _summary(s, task, loop, test, compile_s, t_start, workdir)
 
 
-def _summary(s: plan.Plan, task, loop: Loop, test: dict, compile_s: float, t_start: float) -> dict:
-    tok_s = loop.trained_tokens / loop.train_s if loop.train_s else 0.0
-    ev = loop.ev
+def _summary(s: plan.Plan, task, loop: Loop, test, compile_s, t_start, workdir) -> dict:
+    """The run's numbers, each with the step it comes from, and its one summary line."""
+    ev, best_step = loop.ev, loop.tracker["best_step"] if loop.best is not None else None
+    wrote = [f"checkpoints up to step {loop.step}"]
+    if best_step is not None:
+        wrote.append(f"best/ (step {best_step})")
     summary = {
         "step": loop.step,
         "skipped_steps": loop.skipped,
         "eval_loss": ev.get("loss", float("nan")),
         "eval_accuracy": ev.get(task.accuracy, float("nan")),
         "test": test,
-        "tokens_per_s": tok_s,
+        "tokens_per_s": loop.trained_tokens / loop.train_s if loop.train_s else 0.0,
         "real_token_share": loop.trained_tokens / max(loop.computed_tokens, 1),
         "compile_s": compile_s,
         "wall_s": time.time() - t_start,
+        "trained_steps": loop.trained_steps,
+        "best_metric": task.best_metric(),
+        "best_step": best_step,
+        "workdir": str(workdir),
+        "wrote": [*wrote, "metrics.jsonl", *["eval_test.json"] * bool(test)],
+        **{k: ev[k] for k in ("probe_accuracy",) if k in ev},
     }
     loop.writer.close()
     if jax.process_index() == 0:
-        best = task.best_metric()
-        extra = f", test {best} {test[best]:.4f}" if test else ""
-        if "probe_accuracy" in ev:
-            extra += f", probe accuracy {ev['probe_accuracy']:.4f}"
-        if loop.trained_steps:  # a run that found its work done reports no speed
-            share = summary["real_token_share"]
-            extra += f", {tok_s:,.0f} tokens/s ({share:.0%} of computed), compile {compile_s:.1f}s"
-        print(
-            f"done: step {loop.step}, eval loss {summary['eval_loss']:.4f}, "
-            f"{task.accuracy.replace('_', ' ')} {summary['eval_accuracy']:.4f}"
-            f"{extra}, wall {summary['wall_s']:.1f}s",
-            flush=True,
-        )
+        print(metrics.done_line(summary, task.accuracy), flush=True)
     return {**summary, "state": loop.state}
+
+
+def command_line_wins(cfg, argv: list[str]):
+    """``cfg`` where a value given on the command line (``argv``) would otherwise be dropped
+    without a word: ``--config.train.steps`` replaces the config file's ``train.epochs`` (which
+    wins over steps); given both, or ``--config.data.max_documents`` for a prepared folder
+    (which it cannot cap), the run stops with one sentence."""
+    given = {a.split("=", 1)[0].removeprefix("--config.") for a in argv}
+    t, d = cfg.train, cfg.data
+    if "train.steps" in given and t.epochs > 0:
+        if "train.epochs" in given:
+            raise config.ConfigError(
+                f"--config.train.steps={t.steps} and --config.train.epochs={t.epochs} both set "
+                "the run's length (epochs win); pass only one of them."
+            )
+        msg = "train.steps=%d from the command line replaces the config's train.epochs=%d"
+        log.info(msg, t.steps, t.epochs)
+        t.epochs = 0
+    if "data.max_documents" in given and d.max_documents and store.is_store(d.source):
+        raise config.ConfigError(
+            f"--config.data.max_documents={d.max_documents} cannot cap the prepared folder "
+            f"{d.source} (it trains on all of its blocks); drop it, or prepare a smaller corpus."
+        )
+    return cfg
 
 
 @cli.guarded
@@ -363,6 +392,7 @@ def main(argv) -> None:
     if f.compile_only:  # pods on paper: no workdir, no data, no local devices
         print(aot.describe(aot.compile_report(f.config, f.topology), f.config), flush=True)
         return
+    cfg = command_line_wins(f.config, sys.argv[1:])  # before any process waits for another
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
     model_keys = tuple(
         a.split("=", 1)[0].removeprefix("--config.model.")
@@ -370,7 +400,7 @@ def main(argv) -> None:
         if a.startswith("--config.model.")
     )
     try:
-        summary = run(f.config, f.workdir, model_keys)
+        summary = run(cfg, f.workdir, model_keys)
     except stopping.NonFiniteError as e:
         cli.fail(str(e), errors.NON_FINITE)
     except OSError as e:

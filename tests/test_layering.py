@@ -14,7 +14,8 @@ LAYERS = {
     + ["stopping", "distributed", "bench_workload", "bench_peers"],
     1: ["models.*", "data.*"],
     2: ["tasks.*"],
-    3: ["steps", "optim", "checkpoint", "weights", "metrics", "defaults", "config", "hf"]
+    3: ["steps", "optim", "checksums", "checkpoint", "recovery", "weights", "metrics", "defaults"]
+    + ["config", "hf"]
     + ["workdir", "aot"]
     + ["figures", "cli", "runlock", "plan"],
     4: ["train"],
