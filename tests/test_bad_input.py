@@ -121,6 +121,37 @@ def _case(name: str, tmp: pathlib.Path) -> tuple[list[str], dict]:
         return ["--config", str(mlm), "--config.data.word_segmenter=ltp"], {}
     if name == "word segmenter without whole-word masking":
         return ["--config", str(mlm), "--config.data.word_segmenter=jieba"], {}
+    if name == "label that is not a class id":
+        rows = TRAIN.splitlines(keepends=True)
+        (tmp / "data.csv").write_text("".join(rows[:3]) + "odd film,0.7\n" + "".join(rows[4:]))
+        return classify(tmp / "data.csv"), {}
+    if name == "empty label":
+        rows = TRAIN.splitlines(keepends=True)
+        train = "".join(rows[:2]) + "bad film 0,\n" + "".join(rows[3:])
+        return classify(_folder(tmp / "d", train, TRAIN)), {}
+    if name == "broken JSON line":
+        good = "".join(f'{{"text": "document {i}", "label": {i % 2}}}\n' for i in range(1206))
+        (tmp / "data.jsonl").write_text(good + '{"text": "a" "label": 1}\n')
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'data.jsonl'}"], {}
+    if name == "empty text in a CSV cell":
+        texts = "text\n" + "".join(f"document {i}\n" for i in range(3)) + '""\nlast one\n'
+        (tmp / "data.csv").write_text(texts)
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'data.csv'}"], {}
+    if name == "CSV quote never closed":
+        texts = "text\n" + "".join(f"document {i}\n" for i in range(3)) + '"last\none\n'
+        (tmp / "data.csv").write_text(texts)
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'data.csv'}"], {}
+    if name == "empty text in a JSON line":
+        rows = [{"text": "good film", "label": 1}, {"text": " ", "label": 0}]
+        (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return classify(tmp / "data.jsonl"), {}
+    if name.startswith("folder without a train file"):
+        (tmp / "d").mkdir()
+        (tmp / "d" / "validation.csv").write_text(TRAIN)
+        (tmp / "d" / "test.csv").write_text(TRAIN)
+        if name.endswith("(classification)"):
+            return classify(tmp / "d"), {}
+        return ["--config", str(mlm), f"--config.data.source={tmp / 'd'}"], {}
     if name == "workdir of another model":
         return ["--config", str(mlm), "--config.model.hidden_size=64"], {}
     if name == "workdir of another task":
@@ -137,6 +168,46 @@ CASES = [
     ("non-UTF-8 data", "is not valid UTF-8 (byte 6); re-encode it as UTF-8", False),
     ("label outside num_labels", "has label 5, outside 0..1; set --config.model.num_labels", False),
     ("label unseen in training", "labels never seen in training (neutral; first at", False),
+    (
+        "label that is not a class id",
+        "data.csv line 4 has the label 0.7 in 'label', not a class id; use whole numbers",
+        False,
+    ),
+    (
+        "empty label",
+        "d/train.csv line 3 has no 'label' (the train split's label field); fill it in, remove",
+        False,
+    ),
+    (
+        "broken JSON line",
+        "data.jsonl line 1207 is not valid JSON (Expecting ',' delimiter: "
+        """'{"text": "a" "label": 1}'); fix or remove that line.""",
+        False,
+    ),
+    (
+        "empty text in a CSV cell",
+        "data.csv line 5 has an empty 'text'; fill it in, remove that record, or set "
+        "--config.data.skip_empty_texts=True to leave such records out.",
+        False,
+    ),
+    ("empty text in a JSON line", "data.jsonl line 2 has an empty 'text'; fill it in", False),
+    (
+        "CSV quote never closed",
+        "data.csv line 5 opens a quote that is never closed (the rest of the file would be one "
+        "cell); close it or export the file again.",
+        False,
+    ),
+    (
+        "folder without a train file (classification)",
+        "d' has no train file, only validation and test; add train.csv (or .jsonl, .parquet, "
+        ".txt) there.",
+        False,
+    ),
+    (
+        "folder without a train file (MLM)",
+        "d' has no train file, only validation and test; add train.csv",
+        False,
+    ),
     (
         "tokenizer larger than the model's vocabulary",
         "has 30522 tokens but model.vocab_size is 1024; set --config.model.vocab_size=30522",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
+import logging
 import pathlib
 import subprocess
 import zipfile
@@ -12,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from ptft_jax.data import builtin, sources
+from ptft_jax.data import builtin, sources, stream
 from ptft_jax.data.sources import DataError, load_records, split_labeled, text_of
 
 MR_MEMBER = builtin.BUILTINS["mr"].member
@@ -131,6 +133,131 @@ def test_folder_errors(tmp_path):
     _write(tmp_path / "train.csv", "text\nb\n")
     with pytest.raises(DataError, match="two files for the train split"):
         load_records(str(tmp_path))
+
+
+def test_a_folder_without_a_train_file_says_which_to_add(tmp_path):
+    _write(tmp_path / "validation.csv", "text,label\na,1\n")
+    _write(tmp_path / "test.csv", "text,label\nb,0\n")
+    fix = (
+        r"has no train file, only validation and test; add train.csv \(or .jsonl, .parquet, .txt\)"
+    )
+    with pytest.raises(DataError, match=fix + " there.$"):
+        load_records(str(tmp_path))
+    (tmp_path / "validation.csv").unlink()
+    with pytest.raises(DataError, match=r"has no train file, only test; add train.csv"):
+        load_records(str(tmp_path), split="test")
+
+
+# --- long texts and broken rows in CSV ---------------------------------------------------------
+
+LONG = "".join(f"word{i} " for i in range(150_000))  # about 1 MB, 8 times csv's default limit
+
+
+def test_a_1_mb_text_loads_from_csv_and_jsonl(tmp_path):
+    rows = 'text,label\na,1\n\n"two\nlines",0\nb,1\n' + f'"{LONG}",0\nc,1\n'
+    path = _write(tmp_path / "d.csv", rows)  # the long text on line 7, after a blank line
+    got = load_records(str(path))["train"]
+    assert [r["text"] for r in got] == ["a", "two\nlines", "b", LONG, "c"]
+    assert [sources.origin(r) for r in got][2:] == [f"{path} line {n}" for n in (6, 7, 8)]
+    jsonl = _write(tmp_path / "d.jsonl", json.dumps({"text": LONG}) + "\n")
+    assert load_records(str(jsonl))["train"][0]["text"] == LONG
+    assert [t for _, t in stream.documents(str(path))] == ["a", "two\nlines", "b", LONG, "c"]
+    assert [w for w, _ in stream.documents(str(path))][3] == f"{path} line 7"
+
+
+def test_a_broken_csv_row_is_named_by_the_line_it_starts_on(tmp_path, monkeypatch):
+    # an unclosed quote: Python's lenient reader would take the rest of the file as one cell
+    path = _write(tmp_path / "d.csv", 'text,label\n"two\nlines",1\n\nb,0\n"c,1\nd,0\ne,1\n')
+    with pytest.raises(DataError, match=r"d.csv line 6 opens a quote that is never closed"):
+        load_records(str(path))
+    path = _write(tmp_path / "e.csv", 'text,label\n"two\nlines",1\n\nb,0,x\n')
+    with pytest.raises(DataError, match=r"e.csv line 5 has more cells than the header"):
+        load_records(str(path))
+    # a cell longer than the limit: only then is that what the sentence says
+    real = sources.csv_field_limit
+
+    def small() -> int:
+        csv.field_size_limit(1000)
+        return 1000
+
+    monkeypatch.setattr(sources, "csv_field_limit", small)
+    try:
+        path = _write(tmp_path / "f.csv", 'text\n"two\nlines"\n\nb\n' + "x" * 1001 + "\nc\n")
+        limit = r"f.csv line 6 has text longer than the limit of 1,000 characters for one CSV cell"
+        with pytest.raises(DataError, match=limit + "; split that text"):
+            load_records(str(path))
+    finally:
+        monkeypatch.undo()
+        real()
+
+
+# --- empty texts -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name,text,where",
+    [
+        ("d.csv", 'text,label\na,1\n"b\nc",0\n,1\nd,0\n', "line 5"),
+        ("d.csv", "text,label\na,1\n   ,0\nd,1\n", "line 3"),
+        ("d.jsonl", '{"text": "a"}\n\n{"text": ""}\n{"text": "d"}\n', "line 3"),
+        ("d.jsonl", '{"text": "a"}\n{"text": null}\n{"text": "d"}\n', "line 2"),
+        ("d.json", '[{"text": "a"}, {"text": " "}, {"text": "d"}]', "item 1"),
+    ],
+    ids=["csv-empty", "csv-spaces", "jsonl-empty", "jsonl-null", "json-list"],
+)
+def test_an_empty_text_stops_or_is_left_out_with_a_count(tmp_path, caplog, name, text, where):
+    path = _write(tmp_path / name, text)
+    fix = "; fill it in, remove that record, or set --config.data.skip_empty_texts=True to leave"
+    with pytest.raises(DataError, match=rf"{name} {where} has an empty 'text'{fix} such records"):
+        load_records(str(path), fields=("text",))
+    with caplog.at_level(logging.INFO, logger="ptft_jax"):
+        got = load_records(str(path), fields=("text", ""), skip_empty=True)["train"]
+    assert [r["text"] for r in got] == (["a", "b\nc", "d"] if '"b' in text else ["a", "d"])
+    line = f"left out 1 record with an empty 'text' (first at {path} {where})"
+    assert [r.getMessage() for r in caplog.records] == [f"{line}: data.skip_empty_texts is on"]
+    assert len(load_records(str(path))["train"]) == len(got) + 1  # no fields named: all kept
+
+
+def test_empty_pairs_and_whole_splits(tmp_path, caplog):
+    path = _write(tmp_path / "p.csv", "text,pair,label\na,x,1\nb,,0\n,,1\nc,y,0\n")
+    with pytest.raises(DataError, match=r"p.csv line 3 has an empty 'pair'; fill it in"):
+        load_records(str(path), fields=("text", "pair"))
+    with caplog.at_level(logging.INFO, logger="ptft_jax"):
+        got = load_records(str(path), fields=("text", "pair"), skip_empty=True)["train"]
+    assert [r["text"] for r in got] == ["a", "c"]
+    assert (
+        caplog.records[-1]
+        .getMessage()
+        .startswith(f"left out 2 records with an empty 'pair' or 'text' (first at {path} line 3)")
+    )
+    folder = tmp_path / "d"
+    folder.mkdir()
+    _write(folder / "train.csv", "text,label\na,1\n")
+    _write(folder / "validation.csv", "text,label\n,pos\n  ,neg\n")  # labels, but no text
+    with pytest.raises(DataError, match=r"validation.csv line 2 has an empty 'text'"):
+        load_records(str(folder), fields=("text",))
+    with pytest.raises(DataError, match=r"has only empty texts in its validation split; fill"):
+        load_records(str(folder), fields=("text",), skip_empty=True)
+    # .txt files: a blank line is no record (nothing to say)
+    txt = _write(tmp_path / "t.txt", "a\n\n  \nb\n")
+    assert len(load_records(str(txt), fields=("text",))["train"]) == 2
+
+
+def test_a_streamed_corpus_counts_the_empty_texts_it_leaves_out(tmp_path, caplog):
+    path = _write(
+        tmp_path / "c.jsonl", '{"text": "a"}\n{"text": ""}\n{"text": null}\n{"text": "b"}\n'
+    )
+    with caplog.at_level(logging.INFO, logger="ptft_jax"):
+        assert [t for _, t in stream.documents(str(path))] == ["a", "b"]
+    line = f"left out 2 records with an empty 'text' (first at {path} line 2)"
+    assert [r.getMessage() for r in caplog.records] == [line]
+    with pytest.raises(DataError, match=r"c.jsonl line 2 has an empty 'text'; fill it in"):
+        list(stream.documents(str(path), skip_empty=False))
+    txt = _write(tmp_path / "c.txt", "a\n\nb\n")  # blank lines: no documents, no line
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ptft_jax"):
+        assert [w for w, _ in stream.documents(str(txt))] == [f"{txt} line 1", f"{txt} line 3"]
+    assert caplog.records == []
 
 
 def test_builtin_name_errors():
@@ -306,6 +433,8 @@ def test_real_builtins():
     zh = load_records("builtin:zh_news")
     assert list(zh) == ["train"] and len(zh["train"]) == 19_484
     assert zh["train"][1]["text"] == "中共中央总书记、国家主席江泽民"
+    for name in builtin.TEXT_BUILTINS:  # no built-in has an empty text
+        load_records(f"builtin:{name}", fields=("text",))
     news = load_records("builtin:thucnews")
     assert [len(news[s]) for s in ("train", "validation", "test")] == [8_000, 1_000, 1_000]
     assert len({r["label"] for r in news["train"]}) == 10

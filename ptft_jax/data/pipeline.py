@@ -206,6 +206,15 @@ def eval_batches(
         yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
 
+def load_texts(data_cfg) -> dict[str, list[dict]]:
+    """The records of ``data.source`` for a task that reads ``data.text_field`` alone; an
+    empty text stops the run, or is left out with ``data.skip_empty_texts``."""
+    from ptft_jax.data.sources import load_records
+
+    skip = data_cfg.get("skip_empty_texts", False)  # missing from the configs of older runs
+    return load_records(data_cfg.source, fields=(data_cfg.text_field,), skip_empty=skip)
+
+
 def mlm_texts(data_cfg, records: dict[str, list[dict]]) -> tuple[list[str], list[str]]:
     """(train texts, eval texts). A source's own ``validation`` split is the evaluation set;
     otherwise a fixed fraction of the training documents is held out."""

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
+import logging
 import pathlib
+import sys
 
 import numpy as np
 
 from ptft_jax.data import builtin
 from ptft_jax.data.builtin import DataError
 
-__all__ = ["DataError", "Record", "load_records", "origin", "read_text", "split_labeled", "text_of"]
+__all__ = ["DataError", "Record", "csv_field_limit", "load_records", "origin", "read_text"]
+__all__ += ["split_labeled", "text_of"]
+log = logging.getLogger(__name__)
 
 SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
 # File stems a split folder may use, and the split each one means.
@@ -137,26 +142,70 @@ def _column_type(values: list[str]) -> type:
     return str
 
 
-def _read_csv(path: pathlib.Path) -> list[dict]:
+def csv_field_limit() -> int:
+    """Lets a CSV cell be as long as the platform allows (Python's csv stops at 131,072
+    characters by default) and returns that limit."""
+    limit = sys.maxsize
+    while True:
+        try:
+            csv.field_size_limit(limit)
+            return limit
+        except OverflowError:  # the C long is narrower than sys.maxsize (Windows)
+            limit //= 2
+
+
+def _csv_rows(path: pathlib.Path, text: str) -> tuple[list[list[str]], list[int]]:
+    """The non-blank rows of a CSV text and the line each starts on (a quoted cell can span
+    lines), or DataError naming the line where the row that does not parse starts."""
+    limit = csv_field_limit()
     # newline="" keeps line breaks inside quoted cells as part of the text.
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""), restval="")
-    rows, firsts, end = [], [], 1  # end: the last line read so far (1: the header)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, firsts, end = [], [], 0  # end: the last line read so far
     try:
-        for row in reader:
-            firsts.append(end + 1)  # a quoted cell can span lines: keep the row's first
-            end = reader.line_num
-            rows.append(row)
+        for cells in reader:
+            first, end = end + 1, reader.line_num
+            if cells:  # a blank line is no row
+                rows.append(cells)
+                firsts.append(first)
     except csv.Error as e:
+        if "field limit" in str(e):
+            raise DataError(
+                f"{path} line {end + 1} has text longer than the limit of {limit:,} characters "
+                "for one CSV cell; split that text into shorter records or write JSON lines."
+            ) from None
         raise DataError(
-            f"{path} is not valid CSV (line {reader.line_num}: {e}); fix the quoting or export "
-            "it again."
+            f"{path} is not valid CSV (line {end + 1}: {e}); fix the quoting or export it again."
         ) from None
-    for row, first in zip(rows, firsts, strict=True):
-        if None in row:
+    tail = "".join(io.StringIO(text, newline="").readlines()[firsts[-1] - 1 :] if rows else [])
+    if _unclosed(tail):
+        raise DataError(
+            f"{path} line {firsts[-1]} opens a quote that is never closed (the rest of the file "
+            "would be one cell); close it or export the file again."
+        )
+    return rows, firsts
+
+
+def _unclosed(tail: str) -> bool:
+    """Whether the CSV text of a file's last row ends inside a quoted cell: Python's lenient
+    reader takes the rest of the file as that cell instead of saying so."""
+    try:
+        list(csv.reader(io.StringIO(tail, newline=""), strict=True))
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
+
+
+def _read_csv(path: pathlib.Path) -> list[dict]:
+    rows, firsts = _csv_rows(path, read_text(path))
+    header, rows, firsts = (rows or [[]])[0], rows[1:], firsts[1:]
+    for cells, first in zip(rows, firsts, strict=True):
+        if len(cells) > len(header):
             raise DataError(
                 f"{path} line {first} has more cells than the header; fix that row's quoting."
             )
-    kinds = {col: _column_type([row[col] for row in rows]) for col in (rows[0] if rows else ())}
+    # A missing cell at a row's end is an empty one (as csv.DictReader's restval makes it).
+    rows = [dict(itertools.zip_longest(header, cells, fillvalue="")) for cells in rows]
+    kinds = {col: _column_type([row[col] for row in rows]) for col in header}
 
     def cell(col: str, value: str):
         return None if kinds[col] is not str and not value.strip() else kinds[col](value)
@@ -205,6 +254,14 @@ def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
                 f" and {path.name}); keep only one."
             )
         by_split[split] = path
+    if by_split and "train" not in by_split:
+        have = [split for split in ("validation", "test") if split in by_split]
+        suffix = by_split[have[0]].suffix.lower()
+        others = ", ".join(x for x in (".jsonl", ".csv", ".parquet", ".txt") if x != suffix)
+        raise DataError(
+            f"data.source {str(folder)!r} has no train file, only {' and '.join(have)}; add "
+            f"train{suffix} (or {others}) there."
+        )
     if by_split:
         order = ("train", "validation", "test")
         return {split: _read_file(by_split[split]) for split in order if split in by_split}
@@ -252,16 +309,67 @@ def _load_builtin(name: str) -> dict[str, list[dict]]:
     return split_labeled(records) if "label" in records[0] else {"train": records}
 
 
+def _only_empty(source: str, split: str) -> DataError:
+    return DataError(
+        f"data.source {source!r} has only empty texts in its {split} split; fill in the text "
+        "field or point data.source at the right file."
+    )
+
+
 def _has_text(record: dict) -> bool:
     return any(isinstance(v, str) and v.strip() for v in record.values())
 
 
-def load_records(source: str, split: str | None = None) -> dict[str, list[dict]]:
+def _blank(record: dict, field: str) -> bool:  # has ``field``, but empty, spaces or null
+    value = record.get(field, 0)
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _without_empty_texts(source, splits: dict, fields, skip: bool) -> dict[str, list[dict]]:
+    """``splits`` less the records whose text ``fields`` are empty: the first stops the run,
+    naming it, unless ``skip`` (data.skip_empty_texts), which leaves them out with one line."""
+    out, left_out, named, first = {}, 0, [], None
+    for name, records in splits.items():
+        kept = []
+        for record in records:
+            empty = [f for f in fields if _blank(record, f)]
+            if not empty:
+                kept.append(record)
+                continue
+            if not skip:
+                raise DataError(
+                    f"{origin(record)} has an empty {empty[0]!r}; fill it in, remove that "
+                    "record, or set --config.data.skip_empty_texts=True to leave such records "
+                    "out."
+                )
+            left_out += 1
+            first = record if first is None else first
+            named += [f for f in empty if f not in named]
+        if not kept:
+            raise _only_empty(source, name)
+        out[name] = kept
+    if left_out:
+        log.info(
+            "left out %d record%s with an empty %s (first at %s): data.skip_empty_texts is on",
+            left_out,
+            "s" * (left_out != 1),
+            " or ".join(map(repr, named)),
+            origin(first),
+        )
+    return out
+
+
+def load_records(
+    source: str, split: str | None = None, fields=(), skip_empty: bool = False
+) -> dict[str, list[dict]]:
     """Loads ``data.source`` as ``{split: records}``; with ``split`` only that split.
 
     ``source`` is ``builtin:<name>``, ``hf:<name>[:<config>]``, a file (.txt, .json, .jsonl,
     .csv, .parquet), a folder of train/validation(dev, val)/test files, or a folder of .txt
-    documents (all in "train"). Raises DataError with the fix for anything a user can get wrong.
+    documents (all in "train"). A record whose text ``fields`` (the fields a task reads) are
+    empty stops the run naming it, or with ``skip_empty`` (``data.skip_empty_texts``) is left
+    out with one line that counts them; blank lines of .txt files are no records. Raises
+    DataError with the fix for anything a user can get wrong.
     """
     if source.startswith("builtin:"):
         splits = _load_builtin(source.removeprefix("builtin:"))
@@ -279,15 +387,13 @@ def load_records(source: str, split: str | None = None) -> dict[str, list[dict]]
                 "point data.source at data that has them."
             )
         if not any(_has_text(r) for r in records):
+            raise _only_empty(source, name)
+    if split is not None:
+        if split not in splits:
             raise DataError(
-                f"data.source {source!r} has only empty texts in its {name} split; fill in the "
-                "text field or point data.source at the right file."
+                f"data.source {source!r} has no {split} split (it has {', '.join(splits)}); add "
+                f"a {split} file or choose one of those splits."
             )
-    if split is None:
-        return splits
-    if split not in splits:
-        raise DataError(
-            f"data.source {source!r} has no {split} split (it has {', '.join(splits)}); add a "
-            f"{split} file or choose one of those splits."
-        )
-    return {split: splits[split]}
+        splits = {split: splits[split]}
+    fields = tuple(f for f in fields if f)
+    return _without_empty_texts(source, splits, fields, skip_empty) if fields else splits

@@ -15,10 +15,13 @@ import glob
 import gzip
 import io
 import json
+import logging
 import pathlib
 from collections.abc import Iterator
 
 from ptft_jax.errors import DataError
+
+log = logging.getLogger(__name__)
 
 KINDS = (".txt", ".jsonl", ".csv", ".parquet")
 COMPRESSED = (".gz", ".zst")
@@ -93,11 +96,41 @@ def _field(row: dict, field: str, where: str) -> str:
     return value or ""
 
 
+def _csv_documents(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of each row of a CSV file, named by the line the row starts on."""
+    from ptft_jax.data.sources import csv_field_limit
+
+    csv_field_limit()  # a long text is one cell, not an error
+    with io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="") as text:
+        reader, header, end = csv.reader(text), None, 0  # end: the last line read so far
+        try:
+            for cells in reader:
+                first, end = end + 1, reader.line_num  # a quoted cell can span lines
+                if not cells:  # a blank line is no row
+                    continue
+                if header is None:
+                    header = cells
+                    continue
+                # A missing cell is empty (as csv.DictReader's restval makes it).
+                row = dict(zip(header, [*cells, *[None] * len(header)], strict=False))
+                yield f"{path} line {first}", _field(row, field, f"{path} line {first}")
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8."
+            ) from None
+        except csv.Error as e:
+            raise DataError(
+                f"{path} is not valid CSV (line {end + 1}: {e}); fix the quoting or export it "
+                "again."
+            ) from None
+
+
 def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
     form = _format(path)
-    if form == ".txt":
+    if form == ".txt":  # a blank line is no document
         for n, line in _lines(path):
-            yield f"{path} line {n}", line.rstrip("\r\n")
+            if line.strip():
+                yield f"{path} line {n}", line.rstrip("\r\n")
     elif form == ".jsonl":
         for n, line in _lines(path):
             if not line.strip():
@@ -112,14 +145,7 @@ def _documents_of(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
                 raise DataError(f"{path} line {n} holds no JSON object; write one object a line.")
             yield f"{path} line {n}", _field(row, field, f"{path} line {n}")
     elif form == ".csv":
-        with io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="") as text:
-            try:
-                for n, row in enumerate(csv.DictReader(text), 2):
-                    yield f"{path} line {n}", _field(row, field, f"{path} line {n}")
-            except UnicodeDecodeError as e:
-                raise DataError(
-                    f"{path} is not valid UTF-8 (byte {e.start}); re-encode it as UTF-8."
-                ) from None
+        yield from _csv_documents(path, field)
     else:
         import pyarrow.parquet as pq
 
@@ -141,29 +167,41 @@ def inputs(source: str) -> list[str]:
     return [str(p) for p in files(source)]
 
 
-def documents(source: str, field: str = "text") -> Iterator[tuple[str, str]]:
-    """``(where, text)`` of every non-empty document of ``source``, in order."""
+def documents(source: str, field: str = "text", skip_empty=True) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of every document of ``source``, in order (``input_documents``)."""
     for name in inputs(source):
-        yield from input_documents(name, field)
+        yield from input_documents(name, field, skip_empty)
 
 
-def input_documents(name: str, field: str = "text") -> Iterator[tuple[str, str]]:
-    """``(where, text)`` of every non-empty document of one input (``inputs``)."""
-    if name.startswith("hf:"):
-        yield from _hub(name.removeprefix("hf:"), field)
-        return
+def input_documents(name: str, field: str = "text", skip_empty=True) -> Iterator[tuple[str, str]]:
+    """``(where, text)`` of every document of one input (``inputs``). A record whose text is
+    empty is left out with one line that counts them (``skip_empty``), or stops the stream
+    naming it; the blank lines of .txt files are no documents."""
     if name.startswith("builtin:"):
         from ptft_jax.data import sources
 
-        for records in sources.load_records(name).values():
+        for records in sources.load_records(name, fields=(field,), skip_empty=skip_empty).values():
             for record in records:
-                text = sources.text_of(record, field)
-                if text.strip():
-                    yield sources.origin(record), text
+                yield sources.origin(record), sources.text_of(record, field)
         return
-    for where, text in _documents_of(pathlib.Path(name), field):
+    if name.startswith("hf:"):
+        docs = _hub(name.removeprefix("hf:"), field)
+    else:
+        docs = _documents_of(pathlib.Path(name), field)
+    left_out, first = 0, ""
+    for where, text in docs:
         if text.strip():
             yield where, text
+            continue
+        if not skip_empty:
+            raise DataError(
+                f"{where} has an empty {field!r}; fill it in, remove that record, or set "
+                "--config.data.skip_empty_texts=True to leave such records out."
+            )
+        left_out, first = left_out + 1, first or where
+    if left_out:
+        s = "s" * (left_out != 1)
+        log.info("left out %d record%s with an empty %r (first at %s)", left_out, s, field, first)
 
 
 def _hub(spec: str, field: str) -> Iterator[tuple[str, str]]:
@@ -174,9 +212,7 @@ def _hub(spec: str, field: str) -> Iterator[tuple[str, str]]:
     try:
         rows = datasets.load_dataset(name, config or None, split="train", streaming=True)
         for n, row in enumerate(rows, 1):
-            text = _field(row, field, f"hf:{spec} train row {n}")
-            if text.strip():
-                yield f"hf:{spec} train row {n}", text
+            yield f"hf:{spec} train row {n}", _field(row, field, f"hf:{spec} train row {n}")
     except (ConnectionError, FileNotFoundError, ValueError) as e:
         raise DataError(
             f"Could not stream hf:{spec} ({type(e).__name__}); check the name, or download the "

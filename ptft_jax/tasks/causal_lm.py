@@ -60,7 +60,7 @@ class CausalLM(Task):
         """Next-token blocks of the source's documents and of a held-out split; from a
         prepared folder (``python -m ptft_jax.prepare`` with this task) they are read from disk
         as batches need them."""
-        from ptft_jax.data import causal, pipeline, sources, store, tokenize
+        from ptft_jax.data import causal, pipeline, store, tokenize
         from ptft_jax.data.builtin import cache_dir
 
         if store.is_store(cfg.data.source):  # a prepared folder, read as batches need it
@@ -68,7 +68,7 @@ class CausalLM(Task):
             eot = tokenize.end_of_text_id(tokenizer)
             train, held_out = store.open_for(cfg.data, self, tokenizer, eot)
         else:
-            records = sources.load_records(cfg.data.source)
+            records = pipeline.load_texts(cfg.data)
             train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
             tokenizer = get_tokenizer(train_texts)
             train = causal.pack_texts(train_texts, tokenizer, self.seq_len, cache_dir())
@@ -82,14 +82,14 @@ class CausalLM(Task):
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         """The held-out validation split as training made it, or the source's test split."""
-        from ptft_jax.data import causal, pipeline, sources, store, tokenize
+        from ptft_jax.data import causal, pipeline, store, tokenize
         from ptft_jax.data.builtin import cache_dir
 
         if store.is_store(cfg.data.source):
             eot = tokenize.end_of_text_id(tokenizer)
             blocks = store.held_out_split(cfg.data, self, tokenizer, eot, split)
         else:
-            records = sources.load_records(cfg.data.source)
+            records = pipeline.load_texts(cfg.data)
             texts = pipeline.split_texts(cfg.data, records, split)
             blocks = causal.pack_texts(texts, tokenizer, self.seq_len, cache_dir())
         return TaskData(

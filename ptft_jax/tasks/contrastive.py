@@ -76,7 +76,8 @@ class Contrastive(Task):
     def data(self, cfg, get_tokenizer, layout, eval_layout, labels_file) -> TaskData:
         """SimCSE rows: sentences of documents (unsupervised) or text/text_pair positives."""
         d, t = cfg.data, cfg.train
-        records = sources.load_records(d.source)
+        fields, skip = (d.text_field, d.text_pair_field), d.get("skip_empty_texts", False)
+        records = sources.load_records(d.source, fields=fields, skip_empty=skip)
         if not d.text_pair_field:
             train_texts, eval_texts = pipeline.mlm_texts(d, records)
             train_pairs = eval_pairs = None

@@ -67,13 +67,13 @@ class MLM(Task):
         """Packed, dynamically masked blocks; a fixed masked evaluation split. From a prepared
         folder (``python -m ptft_jax.prepare``) the blocks are read from disk as batches need
         them; otherwise the source is packed in memory."""
-        from ptft_jax.data import pipeline, sources, store
+        from ptft_jax.data import pipeline, store
 
         if store.is_store(cfg.data.source):
             tokenizer = get_tokenizer([])  # the folder's (data.tokenizer points at it)
             train_blocks, eval_blocks = self.stored(cfg, tokenizer)
         else:
-            records = sources.load_records(cfg.data.source)
+            records = pipeline.load_texts(cfg.data)
             train_texts, eval_texts = pipeline.mlm_texts(cfg.data, records)
             tokenizer = get_tokenizer(train_texts)
             train_blocks = self.blocks(cfg, train_texts, tokenizer, held_out=False)
@@ -129,13 +129,13 @@ class MLM(Task):
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
         """The held-out validation split as training made it, or the source's test split."""
-        from ptft_jax.data import pipeline, sources, store, tokenize
+        from ptft_jax.data import pipeline, store, tokenize
 
         if store.is_store(cfg.data.source):
             pad = tokenize.special_ids(tokenizer)["pad"]
             blocks = store.held_out_split(cfg.data, self, tokenizer, pad, split)
         else:
-            records = sources.load_records(cfg.data.source)
+            records = pipeline.load_texts(cfg.data)
             texts = pipeline.split_texts(cfg.data, records, split)
             blocks = self.blocks(cfg, texts, tokenizer, held_out=True)  # NSP pairs too
         spec = pipeline.masking_spec(cfg.data, tokenizer)
