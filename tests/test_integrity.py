@@ -126,8 +126,17 @@ def _cfg(**kw):
     "damage,message",
     [
         ("folder", r"tokenizer is missing, but the checkpoints in .* were trained with it"),
-        ("tokenizer.json", r"is not the tokenizer the checkpoint of step 4 was trained with"),
+        (
+            "tokenizer.json",
+            r"tokenizer is missing or unreadable \(it holds no tokenizer.json, vocab.txt or "
+            r"vocab.json\), but the checkpoints in .* were trained with it",
+        ),
         ("vocabulary", r"is not the tokenizer the checkpoint of step 4 was trained with"),
+        (
+            "truncated",
+            r"tokenizer is missing or unreadable \(tokenizer.json does not parse\), but the "
+            r"checkpoints in .* were trained with it",
+        ),
     ],
 )
 def test_a_missing_or_changed_tokenizer_stops_the_resume(tmp_path, finished, damage, message):
@@ -137,6 +146,9 @@ def test_a_missing_or_changed_tokenizer_stops_the_resume(tmp_path, finished, dam
         shutil.rmtree(w / "tokenizer")
     elif damage == "tokenizer.json":
         (w / "tokenizer" / "tokenizer.json").unlink()
+    elif damage == "truncated":  # a copy or a disk that failed halfway
+        path = w / "tokenizer" / "tokenizer.json"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     else:  # another tokenizer of the same size: two token names swapped
         path = w / "tokenizer" / "tokenizer.json"
         tok = json.loads(path.read_text())

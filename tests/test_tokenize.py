@@ -53,6 +53,51 @@ def test_missing_tokenizer_folder_is_a_clear_error(tmp_path):
         load_tokenizer(str(tmp_path / "nothing"))
 
 
+@pytest.mark.parametrize(
+    "kind,damage,reason",
+    [
+        ("wordpiece", "tokenizer.json", r"\(tokenizer\.json does not parse\)"),
+        ("wordpiece", "tokenizer_config.json", r"\(tokenizer_config\.json does not parse\)"),
+        ("byte_bpe", "tokenizer.json", r"\(tokenizer\.json does not parse\)"),
+        ("wordpiece", "not a tokenizer", r"\((KeyError|Exception)\)"),  # the library's
+        (
+            "wordpiece",
+            "empty folder",
+            r"\(it holds no tokenizer\.json, vocab\.txt or vocab\.json\)",
+        ),
+    ],
+)
+def test_a_tokenizer_whose_files_do_not_load_is_one_sentence(tmp_path, kind, damage, reason):
+    """Files cut short (a copy or a disk that failed halfway) stop with the sentence of a
+    missing tokenizer, saying why: given as data.tokenizer, and on resume."""
+    from ptft_jax.data.tokenize import get_tokenizer
+    from ptft_jax.data.vocab import train_byte_bpe
+    from ptft_jax.defaults import base_config
+
+    folder = tmp_path / "w" / "tokenizer"
+    train = train_byte_bpe if kind == "byte_bpe" else train_wordpiece
+    save_tokenizer(train(TEXTS, 300), folder)
+    if damage == "empty folder":
+        for path in folder.iterdir():
+            path.unlink()
+    elif damage == "not a tokenizer":  # JSON, but not a tokenizer's
+        (folder / "tokenizer.json").write_text('{"model": 1}')
+    else:
+        path = folder / damage
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    why = reason
+    with pytest.raises(DataError, match=rf"^Could not load a tokenizer from .*{why}; set "):
+        load_tokenizer(str(folder))
+    data = base_config().data
+    data.tokenizer = str(folder)
+    with pytest.raises(DataError, match=rf"{why}; set --config.data.tokenizer to a folder"):
+        get_tokenizer(data, tmp_path / "new", [], 1024, resuming=False)
+    data.tokenizer = ""
+    resumed = rf"tokenizer is missing or unreadable {why}, but the checkpoints in .*w were"
+    with pytest.raises(DataError, match=resumed + " trained with it; restore that folder or"):
+        get_tokenizer(data, tmp_path / "w", [], 1024, resuming=True)
+
+
 def test_alphabet_larger_than_vocab_is_a_clear_error():
     texts = ["".join(chr(0x4E00 + i + j) for j in range(5)) for i in range(0, 400, 5)]
     with pytest.raises(DataError, match="model.vocab_size"):

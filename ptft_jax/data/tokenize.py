@@ -51,22 +51,54 @@ def save_tokenizer(tokenizer, out_dir: pathlib.Path) -> None:
     os.replace(tmp, out_dir)
 
 
+class Unreadable(DataError):
+    """A tokenizer that does not load; ``reason`` says why (``tokenizer.json does not
+    parse``), for the sentence of whoever asked for it."""
+
+    def __init__(self, path: str, reason: str):
+        self.reason = reason
+        super().__init__(
+            f"Could not load a tokenizer from {path!r} ({reason}); set --config.data.tokenizer "
+            "to a folder with vocab.txt or tokenizer.json, or to '' to train one on the data."
+        )
+
+
+# The JSON files of a tokenizer folder (and a model folder's config.json, which a tokenizer
+# may read): one cut short or garbled makes the folder unreadable, whichever file it is.
+JSON_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "config.json",
+)
+
+VOCAB_FILES = ("tokenizer.json", "vocab.txt", "vocab.json")  # a folder has one or more
+
+
 def load_tokenizer(path: str):
     """The tokenizer in a folder or hub id: a byte-level BPE when the folder holds
     ``merges.txt`` or its tokenizer.json is a BPE model (``_bpe_class``), else a
-    BertTokenizerFast (``vocab.txt`` and/or ``tokenizer.json``)."""
+    BertTokenizerFast (``vocab.txt`` and/or ``tokenizer.json``). One that does not load
+    (missing, or files that do not parse) raises ``Unreadable``."""
     from transformers import BertTokenizerFast, GPT2Tokenizer
 
     folder = pathlib.Path(path).expanduser()
+    for name in JSON_FILES if folder.is_dir() else ():
+        try:
+            if (folder / name).is_file():
+                json.loads((folder / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # ValueError: JSON or UTF-8 that does not decode
+            raise Unreadable(path, f"{name} does not parse") from None
+    if folder.is_dir() and not any((folder / f).is_file() for f in VOCAB_FILES):
+        # transformers would make a tokenizer of the special tokens alone
+        raise Unreadable(path, f"it holds no {', '.join(VOCAB_FILES[:-1])} or {VOCAB_FILES[-1]}")
     cls = _bpe_class(folder) if _is_bpe(folder) else BertTokenizerFast
     try:
         tokenizer = cls.from_pretrained(path)
-    except OSError as e:
-        raise DataError(
-            f"Could not load a tokenizer from {path!r} ({e.__class__.__name__}); set "
-            "--config.data.tokenizer to a folder with vocab.txt or tokenizer.json, or to '' to "
-            "train one on the data."
-        ) from None
+    except Exception as e:  # OSError when absent; the tokenizers library raises bare Exception
+        raise Unreadable(path, e.__class__.__name__) from None
     if cls is GPT2Tokenizer and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none: batches pad with its end
     return tokenizer
@@ -118,7 +150,14 @@ def get_tokenizer(
                 f"{workdir / 'tokenizer'} is missing, but the checkpoints in {workdir} were "
                 "trained with it; restore that folder or start a new --workdir."
             )
-        tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+        try:
+            tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+        except Unreadable as e:
+            raise DataError(
+                f"{workdir / 'tokenizer'} is missing or unreadable ({e.reason}), but the "
+                f"checkpoints in {workdir} were trained with it; restore that folder or start a "
+                "new --workdir."
+            ) from None
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
     else:
