@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import pathlib
@@ -17,7 +18,7 @@ import re
 import ml_collections
 
 from ptft_jax import models, ops, tasks
-from ptft_jax.data import segment
+from ptft_jax.data import segment, store
 from ptft_jax.defaults import base_config  # the keys; configs import it from here
 from ptft_jax.errors import ConfigError
 
@@ -54,6 +55,35 @@ def flag_problem(argv: list[str], error: Exception | None = None) -> str | None:
         type(default), type(default).__name__
     )
     return f"--config.{key}={value} is not {kind}; pass {kind} (the default is {default!r})."
+
+
+def given_keys(argv: list[str]) -> list[str]:
+    """The config keys set on a command line (``--config.train.steps=5``: ``train.steps``)."""
+    return [a.split("=", 1)[0].removeprefix("--config.") for a in argv if a.startswith("--config.")]
+
+
+def command_line_wins(cfg, argv: list[str]):
+    """``cfg`` where a value given on the command line (``argv``) would otherwise be dropped
+    without a word: ``--config.train.steps`` replaces the config file's ``train.epochs`` (which
+    wins over steps); given both, or ``--config.data.max_documents`` for a prepared folder
+    (which it cannot cap), the run stops with one sentence."""
+    given = set(given_keys(argv))
+    t, d = cfg.train, cfg.data
+    if "train.steps" in given and t.epochs > 0:
+        if "train.epochs" in given:
+            raise ConfigError(
+                f"--config.train.steps={t.steps} and --config.train.epochs={t.epochs} both set "
+                "the run's length (epochs win); pass only one of them."
+            )
+        msg = "train.steps=%d from the command line replaces the config's train.epochs=%d"
+        logging.getLogger(__name__).info(msg, t.steps, t.epochs)
+        t.epochs = 0
+    if "data.max_documents" in given and d.max_documents and store.is_store(d.source):
+        raise ConfigError(
+            f"--config.data.max_documents={d.max_documents} cannot cap the prepared folder "
+            f"{d.source} (it trains on all of its blocks); drop it, or prepare a smaller corpus."
+        )
+    return cfg
 
 
 def _unknown_keys(cfg, ref, prefix="") -> list[str]:

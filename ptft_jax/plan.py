@@ -162,9 +162,9 @@ def _check_state_fields(workdir: pathlib.Path, cfg, task, mesh, total_steps: int
         c = _with_values(cfg, values)
         tx, _ = optim.make_optimizer(c.train, max(total_steps, 1), c.model.family)
         fn = steps.make_init_fn(config.model_config(c), task.head, tx, mesh, c.train.seed)
-        return checkpoint.layout_of(jax.eval_shape(fn))
+        return recovery.layout_of(jax.eval_shape(fn))
 
-    current = checkpoint.layout_of(jax.eval_shape(init_fn))
+    current = recovery.layout_of(jax.eval_shape(init_fn))
     if layout({k: then[k] for k in differ}) == current:
         return
     culprits = [k for k in differ if layout({k: then[k]}) != current] or differ

@@ -30,6 +30,7 @@ from ptft_jax import (
     cli,
     config,
     distributed,
+    ending,
     errors,
     metrics,
     plan,
@@ -40,8 +41,9 @@ from ptft_jax import (
     stopping,
     weights,
 )
+from ptft_jax import best as best_lib
 from ptft_jax import workdir as workdir_lib
-from ptft_jax.data import store, tokenize
+from ptft_jax.data import tokenize
 from ptft_jax.tasks.base import EvalContext
 
 log = logging.getLogger("ptft_jax.train")
@@ -90,7 +92,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
         state, latest, tracker = _initial_state(s, workdir, ckpt, state_sh)
         best = None  # the task's best checkpoint by its metric, when it keeps one
         if task.best_metric() is not None:
-            best = checkpoint.Best(workdir, task.best_metric(), cfg.train.patience, tracker)
+            best = best_lib.Best(workdir, task.best_metric(), cfg.train.patience, tracker)
         step = int(jax.device_get(state["step"]))
         writer = metrics.Writer(workdir, s.total_steps, step, resumed=latest is not None)
         on_exit.callback(writer.close)  # also when an error stops the run: the bar goes first
@@ -128,7 +130,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
         _train(s, task, loop, train_step, extra, ctx, first)
 
         # --- Done: the best checkpoint on the test split, the summary.
-        return _finish(s, task, loop, ctx, workdir, compile_s, t_start)
+        return ending.finish(s, task, loop, ctx, workdir, compile_s, t_start)
 
 
 def _initial_state(s: plan.Plan, workdir: pathlib.Path, ckpt, state_sh):
@@ -179,7 +181,7 @@ class Loop:
     tracker: dict  # the best evaluation so far: best, best_step, since_best
     writer: metrics.Writer
     ckpt: object
-    best: checkpoint.Best | None
+    best: best_lib.Best | None
     preemption: stopping.Preemption
     ev: dict  # the latest evaluation
     resumed_from: int | None
@@ -285,98 +287,6 @@ def _save(loop: Loop, s: plan.Plan) -> None:
     checkpoint.save(loop.ckpt, loop.step, loop.state, s.data_iter.get_state(), meta)
 
 
-def _finish(s: plan.Plan, task, loop: Loop, ctx, workdir, compile_s: float, t_start: float) -> dict:
-    """Close the checkpoints; stop on a non-finite step or a signal; else score the best
-    checkpoint on the test split and print the summary line."""
-    best_mgr = loop.best.mgr if loop.best is not None else None
-    checkpoint.finish(loop.ckpt)
-    checkpoint.finish(best_mgr, close=False)
-    step = loop.step
-    if loop.nonfinite_at is not None or loop.stop_now:
-        checkpoint.finish(best_mgr)
-        loop.writer.close()
-    if loop.nonfinite_at is not None:
-        raise stopping.NonFiniteError(
-            f"The loss or gradient was not finite at step {loop.nonfinite_at}; that update was "
-            f"dropped and the last good state is saved at step {step}. Lower "
-            "train.learning_rate, check the data, or set train.on_nonfinite=skip."
-        )
-    interrupted = loop.preemption.interrupted
-    if loop.stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
-        if jax.process_index() == 0:
-            why = "interrupted" if interrupted else "preempted"
-            print(
-                f"{why}: saved a checkpoint at step {step}; run the same command to resume.",
-                flush=True,
-            )
-        return {"step": step, "preempted": True, "interrupted": interrupted, "state": loop.state}
-    test = {}
-    if loop.best is not None:
-        best_params = loop.best.params(loop.state["params"])
-        if s.data.test is not None:
-            test = task.evaluate(ctx, best_params, split="test")
-            # The best checkpoint (W/best) when an evaluation kept one, as evaluate reads it.
-            kept = loop.tracker["best_step"] is not None
-            test["checkpoint"] = "best" if kept else "last"
-            test["step"] = loop.tracker["best_step"] if kept else step
-            if jax.process_index() == 0:
-                (workdir / "eval_test.json").write_text(json.dumps(test, indent=2) + "\n")
-    return _summary(s, task, loop, test, compile_s, t_start, workdir)
-
-
-def _summary(s: plan.Plan, task, loop: Loop, test, compile_s, t_start, workdir) -> dict:
-    """The run's numbers, each with the step it comes from, and its one summary line."""
-    ev, best_step = loop.ev, loop.tracker["best_step"] if loop.best is not None else None
-    wrote = [f"checkpoints up to step {loop.step}"]
-    if best_step is not None:
-        wrote.append(f"best/ (step {best_step})")
-    summary = {
-        "step": loop.step,
-        "skipped_steps": loop.skipped,
-        "eval_loss": ev.get("loss", float("nan")),
-        "eval_accuracy": ev.get(task.accuracy, float("nan")),
-        "test": test,
-        "tokens_per_s": loop.trained_tokens / loop.train_s if loop.train_s else 0.0,
-        "real_token_share": loop.trained_tokens / max(loop.computed_tokens, 1),
-        "compile_s": compile_s,
-        "wall_s": time.time() - t_start,
-        "trained_steps": loop.trained_steps,
-        "best_metric": task.best_metric(),
-        "best_step": best_step,
-        "workdir": str(workdir),
-        "wrote": [*wrote, "metrics.jsonl", *["eval_test.json"] * bool(test)],
-        **{k: ev[k] for k in ("probe_accuracy",) if k in ev},
-    }
-    loop.writer.close()
-    if jax.process_index() == 0:
-        print(metrics.done_line(summary, task.accuracy), flush=True)
-    return {**summary, "state": loop.state}
-
-
-def command_line_wins(cfg, argv: list[str]):
-    """``cfg`` where a value given on the command line (``argv``) would otherwise be dropped
-    without a word: ``--config.train.steps`` replaces the config file's ``train.epochs`` (which
-    wins over steps); given both, or ``--config.data.max_documents`` for a prepared folder
-    (which it cannot cap), the run stops with one sentence."""
-    given = {a.split("=", 1)[0].removeprefix("--config.") for a in argv}
-    t, d = cfg.train, cfg.data
-    if "train.steps" in given and t.epochs > 0:
-        if "train.epochs" in given:
-            raise config.ConfigError(
-                f"--config.train.steps={t.steps} and --config.train.epochs={t.epochs} both set "
-                "the run's length (epochs win); pass only one of them."
-            )
-        msg = "train.steps=%d from the command line replaces the config's train.epochs=%d"
-        log.info(msg, t.steps, t.epochs)
-        t.epochs = 0
-    if "data.max_documents" in given and d.max_documents and store.is_store(d.source):
-        raise config.ConfigError(
-            f"--config.data.max_documents={d.max_documents} cannot cap the prepared folder "
-            f"{d.source} (it trains on all of its blocks); drop it, or prepare a smaller corpus."
-        )
-    return cfg
-
-
 @cli.guarded
 def main(argv) -> None:
     """absl entry point: user errors become one line on stderr and exit status 2 (cli.guarded),
@@ -392,13 +302,10 @@ def main(argv) -> None:
     if f.compile_only:  # pods on paper: no workdir, no data, no local devices
         print(aot.describe(aot.compile_report(f.config, f.topology), f.config), flush=True)
         return
-    cfg = command_line_wins(f.config, sys.argv[1:])  # before any process waits for another
+    cfg = config.command_line_wins(f.config, sys.argv[1:])  # before processes wait on others
     distributed.initialize(f.coordinator_address, f.num_processes, f.process_id)
-    model_keys = tuple(
-        a.split("=", 1)[0].removeprefix("--config.model.")
-        for a in sys.argv[1:]
-        if a.startswith("--config.model.")
-    )
+    given = config.given_keys(sys.argv[1:])
+    model_keys = tuple(k.removeprefix("model.") for k in given if k.startswith("model."))
     try:
         summary = run(cfg, f.workdir, model_keys)
     except stopping.NonFiniteError as e:

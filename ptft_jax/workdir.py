@@ -11,7 +11,7 @@ import jax
 import ml_collections
 
 from ptft_jax import checkpoint as ckpt
-from ptft_jax import config, optim, sharding, steps, tasks
+from ptft_jax import config, optim, recovery, sharding, steps, tasks
 from ptft_jax.data.tokenize import load_tokenizer, save_tokenizer
 
 
@@ -83,13 +83,13 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
     which, step = choose(checkpoint, kept, best_step, workdir)
     try:
         if which == "best":
-            params = ckpt.restore_params(best, abstract["params"])
+            params = recovery.restore_params(best, abstract["params"])
         else:
-            params = ckpt.restore_checked(mgr, step, abstract)[0]["params"]
-    except ckpt.DamagedError as e:
+            params = recovery.restore_checked(mgr, step, abstract)[0]["params"]
+    except recovery.DamagedError as e:
         if which == "best":
             raise
-        raise ckpt.DamagedError(
+        raise recovery.DamagedError(
             f"In {workdir}, {e}; run its train command once to set it aside and resume from "
             "the one before."
         ) from None

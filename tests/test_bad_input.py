@@ -241,7 +241,11 @@ CASES = [
         "has model.hidden_size=32 but the config says 64; use a new --workdir",
         True,
     ),
-    ("workdir of another task", "holds a 'mlm' run ('mlm',) but the config asks for task=", True),
+    (
+        "workdir of another task",
+        "holds a run of task='mlm' but the config asks for task='classification'; use a new",
+        True,
+    ),
 ]
 
 

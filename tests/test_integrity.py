@@ -18,7 +18,7 @@ from helpers import mlm_batch, run_steps
 from test_bad_input import CONFIG, _snapshot
 from test_train import tiny_config
 
-from ptft_jax import checkpoint, config, optim, runlock, workdir
+from ptft_jax import checkpoint, config, optim, recovery, runlock, workdir
 from ptft_jax.data.sources import DataError
 from ptft_jax.train import run
 
@@ -263,7 +263,7 @@ def test_a_checksum_mismatch_is_damage(tmp_path, caplog):
     meta_file.write_text(json.dumps(meta))
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
     with caplog.at_level(logging.WARNING, logger="ptft_jax"):
-        step, restored, data, _ = checkpoint.restore_verified(mgr, abstract)
+        step, restored, data, _ = recovery.restore_verified(mgr, abstract)
     assert step == 1 and data == {"position": 1}
     assert "step 2 is damaged (['w'] does not match its checksum)" in caplog.text
     assert mgr.all_steps() == [1] and (tmp_path / "damaged" / "2").is_dir()
@@ -280,7 +280,7 @@ def test_every_checkpoint_damaged_stops(tmp_path):
             f.unlink()
     abstract = {"w": jax.ShapeDtypeStruct((8,), np.float32)}
     with pytest.raises(DataError, match="Every checkpoint in .* is damaged"):
-        checkpoint.restore_verified(mgr, abstract)
+        recovery.restore_verified(mgr, abstract)
     mgr.close()
 
 
@@ -290,11 +290,192 @@ def test_a_damaged_best_checkpoint_is_named(tmp_path):
     params = {"w": jax.numpy.arange(8.0)}
     checkpoint.save_params(mgr, 3, params)
     mgr.wait_until_finished()
-    np.testing.assert_array_equal(checkpoint.restore_params(mgr, params)["w"], params["w"])
+    np.testing.assert_array_equal(recovery.restore_params(mgr, params)["w"], params["w"])
     meta_file = tmp_path / "best" / "3" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
     meta["checksums"]["['w']"] ^= 1
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"The best checkpoint \(step 3\) in .* is damaged \("):
-        checkpoint.restore_params(mgr, params)
+        recovery.restore_params(mgr, params)
     mgr.close()
+
+
+# --- Not damage: a changed config, a systematic failure ---------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        (
+            {"max_grad_norm": 0.0},
+            r"were saved with train.max_grad_norm=1.0, which shapes the train state they hold, "
+            r"but the config says 0.0; resume with --config.train.max_grad_norm=1.0, or use a "
+            r"new --workdir",
+        ),
+        (
+            {"freeze_embeddings": True, "learning_rate": 1e-3},
+            r"were saved with train.freeze_embeddings=False, .* but the config says True; "
+            r"resume with --config.train.freeze_embeddings=False, or",
+        ),
+    ],
+    ids=["max_grad_norm", "freeze_embeddings"],
+)
+def test_an_optimizer_setting_that_reshapes_the_state_stops_and_moves_nothing(
+    tmp_path, finished, straight, override, message
+):
+    """A config change that drops or adds optimizer state is no damage: one sentence naming
+    the field and both values, the checkpoints' bytes as they were, and the original command
+    then resumes and ends as an uninterrupted run does."""
+    w = tmp_path / "w"
+    shutil.copytree(finished, w)
+    before = _snapshot(w)
+    with pytest.raises(config.ConfigError, match=message):
+        run(_cfg(stop_at_step=0, **override), w)
+    assert _snapshot(w) == before
+    assert not (w / "damaged").exists()
+    assert run(_cfg(stop_at_step=0), w)["step"] == 6
+    _same_params(w, straight)
+
+
+def _saved(tmp_path: pathlib.Path, state: dict, steps=(1, 2)):
+    mgr = checkpoint.manager(tmp_path, keep=3)
+    for step in steps:
+        checkpoint.save(mgr, step, state, {"position": step}, {"step": step})
+    mgr.wait_until_finished()
+    return mgr
+
+
+def _abstract(state: dict) -> dict:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+
+
+def _files(folder: pathlib.Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_checkpoint_of_another_structure_is_not_damage(tmp_path):
+    """The restore itself (past the config's checks, e.g. a hand-edited config.json): an intact
+    step whose arrays differ in structure or shape stops with one sentence; nothing moves."""
+    state = {"w": jax.numpy.arange(8.0), "step": jax.numpy.int32(3)}
+    mgr = _saved(tmp_path, state)
+    before = _files(tmp_path)
+    other = {**_abstract(state), "extra": jax.ShapeDtypeStruct((2,), np.float32)}
+    with pytest.raises(recovery.MismatchError, match=r"holds another state than this config "):
+        recovery.restore_verified(mgr, other)
+    wider = {**_abstract(state), "w": jax.ShapeDtypeStruct((9,), np.float32)}
+    with pytest.raises(recovery.MismatchError, match=r"w is \(\(8,\), 'float32'\) in it but"):
+        recovery.restore_verified(mgr, wider)
+    assert _files(tmp_path) == before and mgr.all_steps() == [1, 2]
+    mgr.close()
+
+
+def test_a_systematic_restore_failure_moves_nothing(tmp_path, monkeypatch):
+    """Out of memory while restoring is no damage: one line, the traceback in W/errors.log,
+    every checkpoint where it was."""
+    state = {"w": jax.numpy.arange(8.0), "step": jax.numpy.int32(3)}
+    mgr = _saved(tmp_path, state)
+    before = _files(tmp_path / "checkpoints")
+
+    def out_of_memory(*args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8.00GiB.")
+
+    monkeypatch.setattr(recovery, "restore", out_of_memory)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        recovery.restore_verified(mgr, _abstract(state))
+    line = str(e.value)
+    assert "Restoring the checkpoint of step 2 failed (RESOURCE_EXHAUSTED: Out of memory" in line
+    assert "which is no damage to any checkpoint and moved nothing" in line
+    assert line.count(". ") == 0 and "\n" not in line
+    log_text = (tmp_path / "errors.log").read_text()
+    assert "Traceback" in log_text and "out_of_memory" in log_text
+    assert _files(tmp_path / "checkpoints") == before and mgr.all_steps() == [1, 2]
+    assert not (tmp_path / "damaged").exists()
+    mgr.close()
+
+
+def test_a_bit_flipped_in_an_array_file_is_caught_by_its_checksum(tmp_path, caplog):
+    """A changed byte inside the stored array data that Orbax still reads without error (an
+    incompressible array is stored as raw bytes): only the checksum can see it."""
+    rng = np.random.default_rng(0)
+    bits = rng.integers(-(2**31), 2**31, (64, 64), dtype=np.int64).astype(np.int32)
+    state = {"w": jax.numpy.asarray(bits), "step": jax.numpy.int32(3)}
+    mgr = _saved(tmp_path, state)
+    needle = bits[10, :4].tobytes()
+    hits = [
+        (p, p.read_bytes().find(needle))
+        for p in (tmp_path / "checkpoints" / "2" / "state").rglob("*")
+        if p.is_file() and needle in p.read_bytes()
+    ]
+    assert len(hits) == 1, "the array's bytes are stored as they are"
+    path, at = hits[0]
+    data = bytearray(path.read_bytes())
+    data[at + 1] ^= 0x01
+    path.write_bytes(bytes(data))
+    raw, _, _ = checkpoint.restore(mgr, 2, _abstract(state))  # Orbax reads it without error
+    assert int(np.sum(np.asarray(raw["w"]) != bits)) == 1
+    with caplog.at_level(logging.WARNING, logger="ptft_jax"):
+        step, restored, data_state, _ = recovery.restore_verified(mgr, _abstract(state))
+    assert step == 1 and data_state == {"position": 1}
+    np.testing.assert_array_equal(np.asarray(restored["w"]), bits)
+    assert "step 2 is damaged (['w'] does not match its checksum)" in caplog.text
+    assert (tmp_path / "damaged" / "2").is_dir()
+    mgr.close()
+
+
+@pytest.mark.slow
+def test_a_workdir_whose_checkpoints_were_set_aside_never_restarts_unasked(
+    tmp_path, finished, straight
+):
+    """Every checkpoint damaged: the run stops; the same command again stops too, naming
+    W/damaged and the two ways on, and changes nothing; restart_from_scratch=True starts over
+    in that workdir and ends as a fresh run does, the damaged steps kept."""
+    w = tmp_path / "w"
+    shutil.copytree(finished, w)
+    for step in ("2", "4"):
+        _damage(w / "checkpoints" / step, "deleted")
+    with pytest.raises(DataError, match="Every checkpoint in .* is damaged"):
+        run(_cfg(stop_at_step=0), w)
+    before = _snapshot(w)
+    with pytest.raises(
+        DataError,
+        match=r"has no checkpoint left to resume from: every one was set aside in .*damaged "
+        r"\(steps 2, 4\); move a step back into .*checkpoints to resume from it, or set "
+        r"--config.train.restart_from_scratch=True",
+    ):
+        run(_cfg(stop_at_step=0), w)
+    assert _snapshot(w) == before
+    assert run(_cfg(stop_at_step=0, restart_from_scratch=True), w)["step"] == 6
+    assert sorted(p.name for p in (w / "damaged").iterdir()) == ["2", "4"]
+    _same_params(w, straight)
+
+
+@pytest.mark.slow
+def test_a_failed_background_save_stops_at_the_next_step(tmp_path, monkeypatch):
+    """A save that fails after it started (here its background part reports a full disk)
+    stops the run at the next step, not at the next save: no train row after it."""
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    started = []
+    real_save = checkpoint.save
+
+    def save(mgr, step, *args):
+        real_save(mgr, step, *args)
+        started.append(step)
+
+    def check_for_errors(self):
+        if started and pathlib.Path(self.directory).name == "checkpoints":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    monkeypatch.setattr(ocp.CheckpointManager, "check_for_errors", check_for_errors)
+    monkeypatch.setattr(ocp.CheckpointManager, "is_saving_in_progress", lambda self: False)
+    w = tmp_path / "w"
+    cfg = _cfg(stop_at_step=0, steps=8, checkpoint_every=4, log_every=1, eval_every=100)
+    with pytest.raises(checkpoint.DiskFullError, match="filled up during a checkpoint save"):
+        run(cfg, w)
+    assert started == [4]
+    steps = [r[0] for r in _rows(w) if r[1] == "train"]
+    assert max(steps) == 4, steps

@@ -14,10 +14,10 @@ LAYERS = {
     + ["stopping", "distributed", "bench_workload", "bench_peers"],
     1: ["models.*", "data.*"],
     2: ["tasks.*"],
-    3: ["steps", "optim", "checksums", "checkpoint", "recovery", "weights", "metrics", "defaults"]
-    + ["config", "hf"]
+    3: ["steps", "optim", "checksums", "checkpoint", "recovery", "best", "weights", "metrics"]
+    + ["defaults", "config", "hf"]
     + ["workdir", "aot"]
-    + ["figures", "cli", "runlock", "plan"],
+    + ["figures", "cli", "runlock", "plan", "ending"],
     4: ["train"],
     5: ["evaluate", "predict", "export", "bench", "plot", "learning_curve", "prepare", "generate"],
 }

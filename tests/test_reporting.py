@@ -13,10 +13,11 @@ from test_classify import tiny_classifier
 
 from ptft_jax import config as config_lib
 from ptft_jax import metrics, tasks, workdir
+from ptft_jax.config import command_line_wins
 from ptft_jax.data import store
 from ptft_jax.errors import ConfigError
 from ptft_jax.evaluate import evaluate
-from ptft_jax.train import command_line_wins, run
+from ptft_jax.train import run
 
 
 def test_the_checkpoint_is_best_or_last_or_a_kept_step():

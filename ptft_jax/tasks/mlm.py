@@ -119,9 +119,11 @@ class MLM(Task):
                 "text, or drop 'nsp' from train.objectives."
             )
         if cfg.data.max_documents:
-            log.warning(
-                "data.max_documents=%d does not apply to the prepared folder %s: it trains on all "
-                "of its blocks (prepare a smaller corpus to cap it)",
+            # An info line: a config file's cap for raw text, not the user's doing (a cap given
+            # on the train command line stops the run before this: config.command_line_wins).
+            log.info(
+                "data.max_documents=%d is for raw text: the prepared folder %s trains on all of "
+                "its blocks",
                 cfg.data.max_documents,
                 folder,
             )
