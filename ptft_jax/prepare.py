@@ -66,11 +66,11 @@ def _encoded(chunks, tokenizer_dir: pathlib.Path, fraction, blocks: str, segment
             yield key, future.result()
 
 
-def sample_texts(source: str, field: str, count: int, seed: int) -> list[str]:
+def sample_texts(source: str, field: str, count: int, seed: int, skip_empty=False) -> list[str]:
     """A seeded uniform sample of ``count`` documents (reservoir sampling, one pass)."""
     rng = np.random.default_rng(seed)
     sample = []
-    for i, (_, text) in enumerate(stream.documents(source, field)):
+    for i, (_, text) in enumerate(stream.documents(source, field, skip_empty)):
         if i < count:
             sample.append(text)
         else:
@@ -97,7 +97,8 @@ def _tokenizer(cfg, kind: str):
     d = cfg.data
     if d.tokenizer:
         return tokenize.get_tokenizer(d, pathlib.Path(), [], cfg.model.vocab_size, False)
-    texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed)
+    skip = d.get("skip_empty_texts", False)
+    texts = sample_texts(d.source, d.text_field, d.tokenizer_sample_documents, cfg.train.seed, skip)
     if not texts:
         raise stream.DataError(f"data.source {d.source!r} holds no text; check the corpus.")
     return tokenize.get_tokenizer(d, pathlib.Path(), texts, cfg.model.vocab_size, False, kind)
@@ -167,8 +168,18 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
 
             fraction, seq_len = d.eval_fraction, d.max_seq_length
             blocks = task.store_blocks
+            skip = d.get("skip_empty_texts", False)
             beam.run(
-                out, todo, d.text_field, fraction, seq_len, per_shard, blocks, segmenter, options
+                out,
+                todo,
+                d.text_field,
+                fraction,
+                seq_len,
+                per_shard,
+                blocks,
+                segmenter,
+                options,
+                skip,
             )
     else:
         _write(
@@ -226,7 +237,7 @@ def _write(d, out: pathlib.Path, todo, workers: int, per_shard, done: dict, bloc
     bar.update(sum(r["bytes"] for r in done.values()) if total else 0)
     docs = tokens = 0
     unit = None
-    chunks = writer.chunks(todo, d.text_field)
+    chunks = writer.chunks(todo, d.text_field, d.get("skip_empty_texts", False))
     fraction = d.eval_fraction
     encoded_chunks = _encoded(chunks, out / "tokenizer", fraction, blocks, segmenter, workers)
     for (index, last), encoded in encoded_chunks:

@@ -336,9 +336,13 @@ def test_a_disk_that_fills_up_mid_save_loses_only_that_save(tmp_path):
                 errno.ENOSPC, "No space left on device"
             )
     assert sorted(p.name for p in folder.iterdir()) == ["4"]
-    with pytest.raises(KeyError):  # anything else passes through untouched
+    # Any other failure of a save is one line, its traceback in W/errors.log; nothing removed.
+    (folder / "8.orbax-checkpoint-tmp").mkdir()
+    with pytest.raises(checkpoint.CheckpointError, match=r"A checkpoint save failed \('x'\), wh"):
         with checkpoint._filling_up(mgr):
             raise KeyError("x")
+    assert "KeyError: 'x'" in (tmp_path / "errors.log").read_text()
+    assert sorted(p.name for p in folder.iterdir()) == ["4", "8.orbax-checkpoint-tmp"]
     mgr.close()
 
 
@@ -399,6 +403,7 @@ def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
             "prepare: empty corpus": (tmp / "c.txt", b"\n   \n\n"),
             "prepare: not UTF-8": (tmp / "c.txt", b"fine words\n\xff\xfe broken\n"),
             "prepare: no corpus file": (tmp / "notes.md", b"# not a corpus\n"),
+            "prepare: an empty text": (tmp / "c.jsonl", b'{"text": "words"}\n{"text": " "}\n'),
         }[name]
         corpus[0].write_bytes(corpus[1])
         source = f"--config.data.source={corpus[0] if name != 'prepare: no corpus file' else tmp}"
@@ -436,6 +441,7 @@ ENTRY_CASES = [
     ("prepare: empty corpus", "c.txt' holds no text; check the corpus"),
     ("prepare: not UTF-8", "c.txt line 2 is not valid UTF-8 (byte 0); re-encode the file"),
     ("prepare: no corpus file", "holds no corpus file; use .txt, .jsonl, .csv, .parquet"),
+    ("prepare: an empty text", "c.jsonl line 2 has an empty 'text'; fill it in, remove that"),
     ("train: prepared folder of another length", "holds blocks of 64 tokens but data.max_seq_"),
 ]
 

@@ -4,6 +4,7 @@ from the store with an exact resume on another mesh, and the store's mistakes.""
 
 import gzip
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -257,3 +258,30 @@ def test_the_beam_pipeline_writes_what_the_local_writer_does(prepared, tmp_path)
         f"error: {bad / 'a.jsonl'} line 2 is not valid UTF-8 (byte 0); re-encode the file as "
         "UTF-8, for example with `iconv -f latin1 -t utf-8`."
     )
+
+
+def test_prepare_leaves_out_empty_texts_only_when_asked(tmp_path, caplog):
+    """An empty text stops prepare before anything is written, as it stops train; with
+    data.skip_empty_texts the store is the one a corpus without those records makes."""
+    texts = [f"document {i} has some words in it" for i in range(60)]
+    rows = [{"text": t} for t in texts]
+    rows[5:5] = [{"text": ""}]
+    rows[30:30] = [{"text": "   "}]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "clean.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    c = tiny_config()
+    c.data.update(source=str(tmp_path / "c.jsonl"), max_documents=0)
+    with pytest.raises(DataError, match=r"c.jsonl line 6 has an empty 'text'; fill it in"):
+        prepare.prepare(c, tmp_path / "strict", workers=1)
+    assert not (tmp_path / "strict").exists()
+    c.data.skip_empty_texts = True
+    with caplog.at_level(logging.INFO, logger="ptft_jax"):
+        prepare.prepare(c, tmp_path / "skipped", workers=1)
+    assert "left out 2 records with an empty 'text' (first at" in caplog.text
+    c.data.update(source=str(tmp_path / "clean.jsonl"), skip_empty_texts=False)
+    prepare.prepare(c, tmp_path / "clean", workers=1)
+
+    def splits(out):
+        return {k: v for k, v in _files(out).items() if k.parts[0] in store.SPLITS}
+
+    assert splits(tmp_path / "skipped") == splits(tmp_path / "clean") != {}

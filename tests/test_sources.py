@@ -248,11 +248,11 @@ def test_a_streamed_corpus_counts_the_empty_texts_it_leaves_out(tmp_path, caplog
         tmp_path / "c.jsonl", '{"text": "a"}\n{"text": ""}\n{"text": null}\n{"text": "b"}\n'
     )
     with caplog.at_level(logging.INFO, logger="ptft_jax"):
-        assert [t for _, t in stream.documents(str(path))] == ["a", "b"]
+        assert [t for _, t in stream.documents(str(path), skip_empty=True)] == ["a", "b"]
     line = f"left out 2 records with an empty 'text' (first at {path} line 2)"
     assert [r.getMessage() for r in caplog.records] == [line]
     with pytest.raises(DataError, match=r"c.jsonl line 2 has an empty 'text'; fill it in"):
-        list(stream.documents(str(path), skip_empty=False))
+        list(stream.documents(str(path)))
     txt = _write(tmp_path / "c.txt", "a\n\nb\n")  # blank lines: no documents, no line
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="ptft_jax"):

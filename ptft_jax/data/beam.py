@@ -21,10 +21,12 @@ from ptft_jax.errors import DataError
 class PackInput(beam.DoFn):
     """Tokenizes and packs one ``(index, input)`` into its shards; emits the index."""
 
-    def __init__(self, out: str, field: str, fraction, seq_len: int, per_shard, blocks, segmenter):
+    def __init__(
+        self, out: str, field: str, fraction, seq_len: int, per_shard, blocks, segmenter, skip_empty
+    ):
         self.out, self.field, self.fraction = out, field, fraction
         self.seq_len, self.per_shard, self.blocks = seq_len, per_shard, blocks
-        self.segmenter = segmenter
+        self.segmenter, self.skip_empty = segmenter, skip_empty
 
     def setup(self):
         tokenizer = str(pathlib.Path(self.out) / "tokenizer")
@@ -33,15 +35,28 @@ class PackInput(beam.DoFn):
     def process(self, item):
         index, name = item
         out = pathlib.Path(self.out)
-        writer.pack_input(out, index, name, self.field, self.seq_len, self.per_shard)
+        args = (self.field, self.seq_len, self.per_shard, self.skip_empty)
+        writer.pack_input(out, index, name, *args)
         yield index
 
 
-def run(out, todo, field: str, fraction, seq_len: int, per_shard, blocks, segmenter, options):
+def run(
+    out,
+    todo,
+    field: str,
+    fraction,
+    seq_len: int,
+    per_shard,
+    blocks,
+    segmenter,
+    options,
+    skip_empty=False,
+):
     """Pack the inputs of ``todo`` into ``out`` (which already holds the tokenizer) with the
-    pipeline options ``options`` (``--runner=...`` and the runner's own flags). A corpus
-    mistake found by a worker comes back as its one sentence."""
-    pack = PackInput(str(out), field, fraction, seq_len, per_shard, blocks, segmenter)
+    pipeline options ``options`` (``--runner=...`` and the runner's own flags); ``skip_empty``:
+    ``data.skip_empty_texts``. A corpus mistake found by a worker comes back as its one
+    sentence."""
+    pack = PackInput(str(out), field, fraction, seq_len, per_shard, blocks, segmenter, skip_empty)
     try:
         with beam.Pipeline(options=PipelineOptions(options)) as pipeline:
             _ = (

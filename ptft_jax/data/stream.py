@@ -167,16 +167,16 @@ def inputs(source: str) -> list[str]:
     return [str(p) for p in files(source)]
 
 
-def documents(source: str, field: str = "text", skip_empty=True) -> Iterator[tuple[str, str]]:
+def documents(source: str, field: str = "text", skip_empty=False) -> Iterator[tuple[str, str]]:
     """``(where, text)`` of every document of ``source``, in order (``input_documents``)."""
     for name in inputs(source):
         yield from input_documents(name, field, skip_empty)
 
 
-def input_documents(name: str, field: str = "text", skip_empty=True) -> Iterator[tuple[str, str]]:
+def input_documents(name: str, field: str = "text", skip_empty=False) -> Iterator[tuple[str, str]]:
     """``(where, text)`` of every document of one input (``inputs``). A record whose text is
-    empty is left out with one line that counts them (``skip_empty``), or stops the stream
-    naming it; the blank lines of .txt files are no documents."""
+    empty stops the stream naming it, or with ``skip_empty`` (``data.skip_empty_texts``) is left
+    out with one line that counts them; the blank lines of .txt files are no documents."""
     if name.startswith("builtin:"):
         from ptft_jax.data import sources
 

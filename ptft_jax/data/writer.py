@@ -81,12 +81,15 @@ def encode(texts: list[str]) -> dict:
     return out
 
 
-def chunks(todo: Iterable[tuple[int, str]], field: str) -> Iterator[tuple[tuple, list[str]]]:
+def chunks(
+    todo: Iterable[tuple[int, str]], field: str, skip_empty: bool = False
+) -> Iterator[tuple[tuple, list[str]]]:
     """``((input index, last), texts)``: the documents of each input of ``todo`` in chunks of
-    ``CHUNK``; the last chunk of an input says so (it may be empty)."""
+    ``CHUNK``; the last chunk of an input says so (it may be empty). An empty text stops it, or
+    with ``skip_empty`` is left out (``stream.input_documents``)."""
     for index, name in todo:
         chunk = []
-        for _, text in stream.input_documents(name, field):
+        for _, text in stream.input_documents(name, field, skip_empty):
             chunk.append(text)
             if len(chunk) == CHUNK:
                 yield (index, False), chunk
@@ -99,13 +102,15 @@ def dtype_of(tokenizer) -> str:
     return "uint16" if len(tokenizer) <= 2**16 else "int32"
 
 
-def pack_input(out: pathlib.Path, index: int, name: str, field: str, seq_len: int, per_shard: int):
+def pack_input(
+    out: pathlib.Path, index, name: str, field: str, seq_len: int, per_shard, skip_empty=False
+):
     """Tokenize and pack one whole input in this process (after ``start_worker``): its shards
     and record (``Unit``)."""
     ids, dtype, blocks = _WORKER["ids"], dtype_of(_WORKER["tokenizer"]), _WORKER["blocks"]
     words = bool(_WORKER["segmenter"])
     unit = Unit(out, index, name, seq_len, ids, dtype, per_shard, blocks, words)
-    for _, texts in chunks([(index, name)], field):
+    for _, texts in chunks([(index, name)], field, skip_empty):
         unit.add(encode(texts))
     return unit.finish()
 
