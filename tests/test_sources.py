@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from ptft_jax.data import builtin, sources, stream
+from ptft_jax.data import builtin, files, sources, stream
 from ptft_jax.data.sources import DataError, load_records, split_labeled, text_of
 
 MR_MEMBER = builtin.BUILTINS["mr"].member
@@ -174,13 +174,13 @@ def test_a_broken_csv_row_is_named_by_the_line_it_starts_on(tmp_path, monkeypatc
     with pytest.raises(DataError, match=r"e.csv line 5 has more cells than the header"):
         load_records(str(path))
     # a cell longer than the limit: only then is that what the sentence says
-    real = sources.csv_field_limit
+    real = files.csv_field_limit
 
     def small() -> int:
         csv.field_size_limit(1000)
         return 1000
 
-    monkeypatch.setattr(sources, "csv_field_limit", small)
+    monkeypatch.setattr(files, "csv_field_limit", small)
     try:
         path = _write(tmp_path / "f.csv", 'text\n"two\nlines"\n\nb\n' + "x" * 1001 + "\nc\n")
         limit = r"f.csv line 6 has text longer than the limit of 1,000 characters for one CSV cell"

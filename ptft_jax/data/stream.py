@@ -98,7 +98,7 @@ def _field(row: dict, field: str, where: str) -> str:
 
 def _csv_documents(path: pathlib.Path, field: str) -> Iterator[tuple[str, str]]:
     """``(where, text)`` of each row of a CSV file, named by the line the row starts on."""
-    from ptft_jax.data.sources import csv_field_limit
+    from ptft_jax.data.files import csv_field_limit
 
     csv_field_limit()  # a long text is one cell, not an error
     with io.TextIOWrapper(_open(path), encoding="utf-8-sig", newline="") as text:
