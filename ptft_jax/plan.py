@@ -92,7 +92,8 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     # Data: records, tokenizer, the train dataset, the evaluation batches.
     vocab, kind = model_cfg.vocab_size, trained_tokenizer_kind(task, model_cfg.family)
     get_tokenizer = tokenize.factory(cfg.data, workdir, vocab, resuming, kind)
-    data = task.data(cfg, get_tokenizer, layout, eval_layout, workdir / "labels.json")
+    labels = workdir / "labels.json" if resuming else None  # a dead attempt's are not this run's
+    data = task.data(cfg, get_tokenizer, layout, eval_layout, labels)
     if getattr(data, "num_labels", cfg.model.num_labels) != cfg.model.num_labels:
         cfg = cfg.copy_and_resolve_references()  # a new classifier: the data's label count
         cfg.model.num_labels = data.num_labels

@@ -308,3 +308,17 @@ def test_which_classifiers_take_the_training_splits_count(tmp_path):
     assert resumed.model.num_labels == 3 and not new and c.model.num_labels == 2
     with pytest.raises(ConfigError, match="has model.num_labels=3 but the command line says 2"):
         weights.classifier_labels(c, None, saved, ("num_labels",))
+
+
+def test_a_fresh_start_takes_its_label_names_from_its_own_data(tmp_path):
+    """An attempt that died before its first checkpoint left W/labels.json behind; the next
+    fresh start reads its names from the data, not from that file."""
+    folder = tmp_path / "names"
+    folder.mkdir()
+    _classes_csv(folder / "train.csv", ("neg", "pos"), 30)
+    _classes_csv(folder / "validation.csv", ("pos", "neg"), 6)
+    w = tmp_path / "w"
+    w.mkdir()
+    (w / "labels.json").write_text(json.dumps({"names": ["bad", "good"]}) + "\n")
+    got = plan.make(_own_data(folder), w)
+    assert got.data.label_names == ["neg", "pos"]

@@ -274,9 +274,9 @@ def _packed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
     }
 
 
-def _label_names(labels_file: pathlib.Path, train, field, num_labels):
-    """String label names: those saved with the run if any (resume), else from training data
-    (``num_labels=None``: as many as it has)."""
-    if labels_file.exists():
+def _label_names(labels_file: pathlib.Path | None, train, field, num_labels):
+    """String label names: those saved with the run (``labels_file``, given on resume and when
+    reading a workdir back), else from training data (``num_labels=None``: as many as it has)."""
+    if labels_file is not None and labels_file.exists():
         return json.loads(labels_file.read_text())["names"]
     return classify.label_names(train, field, num_labels)
