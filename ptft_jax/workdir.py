@@ -12,7 +12,8 @@ import ml_collections
 
 from ptft_jax import checkpoint as ckpt
 from ptft_jax import config, optim, recovery, sharding, steps, tasks
-from ptft_jax.data.tokenize import load_tokenizer, save_tokenizer
+from ptft_jax.data.tokenize import Unreadable, load_tokenizer, save_tokenizer
+from ptft_jax.errors import DataError
 
 
 @dataclasses.dataclass
@@ -67,6 +68,13 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
             "init_from writes a step-0 checkpoint)."
         )
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+    try:  # first: it is quick, and without it the parameters are of no use
+        tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+    except Unreadable as e:
+        raise DataError(
+            f"{workdir / 'tokenizer'} is missing or unreadable ({e.reason}), but the checkpoints "
+            f"in {workdir} were trained with it; restore that folder."
+        ) from None
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     tx, _ = optim.make_optimizer(
@@ -80,8 +88,8 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
     kept = sorted(mgr.all_steps())
     best = ckpt.manager(workdir, 1, "best") if (workdir / "best").is_dir() else None
     best_step = best.latest_step() if best is not None else None
-    which, step = choose(checkpoint, kept, best_step, workdir)
     try:
+        which, step = choose(checkpoint, kept, best_step, workdir)
         if which == "best":
             params = recovery.restore_params(best, abstract["params"])
         else:
@@ -97,7 +105,6 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
         mgr.close()
         if best is not None:
             best.close()
-    tokenizer = load_tokenizer(str(workdir / "tokenizer"))
     return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir, which, kept[-1])
 
 

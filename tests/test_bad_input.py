@@ -375,6 +375,11 @@ def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
         return ["evaluate", "--workdir", str(tmp / "nope")]
     if name == "evaluate: unknown flag":
         return ["evaluate", "--workdir", str(mlm), "--splt", "test"]
+    if name == "evaluate: damaged tokenizer":
+        subprocess.run(["cp", "-a", str(mlm), str(tmp / "copy")], check=True)
+        path = tmp / "copy" / "tokenizer" / "tokenizer.json"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return ["evaluate", "--workdir", str(tmp / "copy")]
     if name == "evaluate: no checkpoint":
         (tmp / "empty").mkdir()
         return ["evaluate", "--workdir", str(tmp / "empty")]
@@ -429,6 +434,10 @@ ENTRY_CASES = [
     ("evaluate: no workdir", "nope does not exist; pass the --workdir of a training run"),
     ("evaluate: unknown flag", "unknown command line flag 'splt' (did you mean --split?)"),
     ("evaluate: no checkpoint", "holds no finished checkpoint; train into it first"),
+    (
+        "evaluate: damaged tokenizer",
+        "tokenizer is missing or unreadable (tokenizer.json does not parse), but the checkpoints",
+    ),
     ("predict: no workdir", "nope does not exist; pass the --workdir of a training run"),
     ("predict: missing file", "none.txt does not exist; check the path"),
     ("predict: blank file", "blank.txt has no text (every line is blank); add one text"),
