@@ -1,15 +1,77 @@
-"""Shared test builders: a fixed tiny MLM batch, sharded state on any mesh, and the parameter
-trees of abstract NNX models (for the families' parity tests)."""
+"""Shared test builders: a fixed tiny MLM batch, sharded state on any mesh, the parameter
+trees of abstract NNX models (for the families' parity tests), and golden values."""
+
+import json
+import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from flax import nnx
 
 from ptft_jax import optim, sharding, steps
 from ptft_jax.config import base_config
 from ptft_jax.tasks.mlm import MLM
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+UPDATE_GOLDEN = "PTFT_UPDATE_GOLDEN"
+# XLA:CPU compiles for the host's instruction set (vector width, FMA contraction), so a float32
+# loss, gradient norm or schedule value can round differently on another CPU: keys named in
+# ``approx`` compare within this. (Capped at AVX2 or SSE4.2 with --xla_cpu_max_isa, an AVX-512
+# machine moved the golden losses by up to 6e-6 relative and no count.) Everything else (counts,
+# fractions of counts, specs) is exact: runs are bit-identical for the same config and seed.
+FLOAT_TOLERANCE = {"rel": 1e-4, "abs": 1e-6}
+
+
+def _differences(got, want, approx: frozenset, loose: bool = False, at: str = "") -> list[str]:
+    if isinstance(want, dict) and isinstance(got, dict) and got.keys() == want.keys():
+        return [
+            d for k in want for d in _differences(got[k], want[k], approx, k in approx, f"{at}/{k}")
+        ]
+    if isinstance(want, list) and isinstance(got, list) and len(got) == len(want):
+        return [
+            d
+            for i, (g, w) in enumerate(zip(got, want, strict=True))
+            for d in _differences(g, w, approx, loose, f"{at}[{i}]")
+        ]
+    if loose and isinstance(want, float) and isinstance(got, float):
+        same = got == pytest.approx(want, **FLOAT_TOLERANCE)
+    else:
+        same = type(got) is type(want) and got == want
+    return [] if same else [f"{at or '/'}: {got!r}, golden {want!r}"]
+
+
+def assert_golden(name: str, got, approx=()) -> None:
+    """``got`` (JSON-able) against ``tests/golden/<name>``: values under the keys in ``approx``
+    within FLOAT_TOLERANCE, all else exactly. With PTFT_UPDATE_GOLDEN=1 it writes ``got`` there
+    instead and fails, naming what changed from the file it replaced: a value just written is
+    never compared with itself, and the next run without the variable is the check."""
+    path = GOLDEN / name
+    got = json.loads(json.dumps(got))  # tuples as lists, as the file has them
+    if os.environ.get(UPDATE_GOLDEN):
+        before = json.loads(path.read_text()) if path.exists() else None
+        path.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+        changes = ["a new file"] if before is None else _differences(got, before, frozenset(approx))
+        pytest.fail(
+            f"{UPDATE_GOLDEN} is set, so tests/golden/{name} was written, not checked (changes "
+            f"beyond the tolerance: {'; '.join(changes[:20]) or 'none'}); run again without "
+            f"{UPDATE_GOLDEN} to check it",
+            pytrace=False,
+        )
+    differences = _differences(got, json.loads(path.read_text()), frozenset(approx))
+    assert not differences, (
+        f"tests/golden/{name} differs (if the change is meant, regenerate it with "
+        f"{UPDATE_GOLDEN}=1): " + "; ".join(differences[:20])
+    )
+
+
+def scores(result: dict) -> dict:
+    """The loss, accuracy and confusion matrix of a classifier's test result (its other scores
+    follow from these), from a run's summary or a learning-curve row."""
+    return {k: result.get("test", result)[k] for k in ("loss", "accuracy", "confusion_matrix")}
 
 
 def train_cfg(**kw) -> ml_collections.ConfigDict:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
+from helpers import assert_golden
 from test_train import tiny_config
 
 from ptft_jax import config as config_lib
@@ -119,7 +120,6 @@ def test_unsupervised_simcse_trains_probes_and_exports(tmp_path):
     rows = [json.loads(x) for x in (w / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in rows if r["split"] == "validation"]
     assert [r["step"] for r in val] == [0, 12]
-    assert all(0.0 <= r["probe_accuracy"] <= 1.0 for r in val), "probe before and after"
     assert val[-1]["loss"] < val[0]["loss"]
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"]
@@ -142,6 +142,11 @@ def test_unsupervised_simcse_trains_probes_and_exports(tmp_path):
         enc["input_ids"].numpy(), enc["attention_mask"].numpy()
     )
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-5)
+    # The probe (120 test sentences of builtin:mr) is at chance before and after 12 steps that do
+    # not train for sentiment, so the validation rows are checked against this run's values.
+    keys = ("step", "loss", "contrastive_accuracy", "probe_accuracy")
+    got = [{k: r[k] for k in keys} for r in val]
+    assert_golden("simcse_validation.json", got, approx=("loss",))
 
 
 def test_contrastive_needs_whole_batches(tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import transformers
 from flax import nnx
-from helpers import train_cfg
+from helpers import assert_golden, scores, train_cfg
 from test_classify import tiny_classifier
 from test_train import tiny_config
 
@@ -97,12 +97,14 @@ def test_student_from_teacher_layers_distils_and_exports(tmp_path):
     alpha = 0.5
     for r in train_rows:  # loss = alpha * kd + (1 - alpha) * hard, both per example
         assert r["loss"] == pytest.approx(alpha * r["kd_loss"] + (1 - alpha) * r["hard_loss"])
-    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     saved = json.loads((w / "config.json").read_text())
     assert saved["train"]["distill_task"] == "classification"
     export(str(w), str(tmp_path / "hf"))
     hf = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert hf.config.num_hidden_layers == 2
+    # Four steps leave the student at chance (it predicts the majority class of the test
+    # split), so its test result is checked against the value this run gives.
+    assert_golden("distill_student_test.json", scores(summary), approx=("loss",))
 
 
 def test_transfer_set_is_phrases_and_word_dropout():

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import transformers
-from helpers import both_logits
+from helpers import assert_golden, both_logits, scores
 from test_classify import tiny_classifier
 from test_train import tiny_config
 
@@ -61,10 +61,9 @@ def test_classifier_and_student_from_the_mlm_workdir(mlm_workdir, tmp_path):
     c = tiny_classifier(epochs=3, log_every=3)
     c.init_from = str(mlm_workdir)
     w = tmp_path / "cls"
-    summary = run(c, w)
+    test = scores(run(c, w))
     losses = [r["loss"] for r in _rows(w, "train")]
     assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.02, losses
-    assert 0.0 <= summary["test"]["accuracy"] <= 1.0
     assert workdir.load(w).model_cfg.family == "modernbert"
 
     # A student of one layer, the teacher's second: local attention, with its attention norm
@@ -79,3 +78,6 @@ def test_classifier_and_student_from_the_mlm_workdir(mlm_workdir, tmp_path):
     ours = student.params["model"]["layers"][0]
     assert "attn_norm" not in ours
     assert ours["attn"]["Wqkv"]["kernel"].shape == (32, 96)
+    # 30 steps on 160 examples leave the classifier near chance (51.8% on a test split whose
+    # majority class is 51.4%), so its test result is checked against the value this run gives.
+    assert_golden("modernbert_classifier_test.json", test, approx=("loss",))

@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
+from helpers import assert_golden, scores  # noqa: E402
 from test_train import tiny_config  # noqa: E402
 
 from ptft_jax import figures, learning_curve, plot, workdir  # noqa: E402
@@ -95,7 +96,7 @@ def test_learning_curve_runs_and_plots(tmp_path):
     cfg.data.length_buckets = 1  # one compiled shape, shared by both runs
     rows = learning_curve.learning_curve(cfg, tmp_path, [16, 64], steps=4, evals=2)
     assert [r["n"] for r in rows] == [16, 64]
-    assert all(0 <= r["accuracy"] <= 1 and r["steps"] == 4 for r in rows)
+    assert all(r["steps"] == 4 for r in rows)
     for n in (16, 64):  # step 0, then two passes (steps 2 and 4), whatever the epochs
         lines = (tmp_path / f"n{n}" / "metrics.jsonl").read_text().splitlines()
         evals = [r["step"] for r in map(json.loads, lines) if r.get("split") == "validation"]
@@ -108,3 +109,6 @@ def test_learning_curve_runs_and_plots(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["16", "64"]
     _no_overlap(fig)
     plt.close(fig)
+    # Four steps leave both runs at chance (each predicts one class for the whole test split),
+    # so their test results are checked against the values these runs give.
+    assert_golden("learning_curve.json", [scores(r) for r in rows], approx=("loss",))

@@ -1,15 +1,12 @@
-import json
-import pathlib
-
 import jax
 import pytest
+from helpers import assert_golden
 from jax.sharding import PartitionSpec
 
 from ptft_jax import sharding, steps
 from ptft_jax.models.bert import BertConfig as ModelConfig
 from ptft_jax.optim import path_str
 
-GOLDEN = pathlib.Path(__file__).parent / "golden" / "partition_specs.json"
 SNAPSHOT_MODEL = ModelConfig(
     vocab_size=128,
     hidden_size=64,
@@ -33,12 +30,7 @@ def _specs(mesh_cfg):
 def test_partition_spec_snapshot():
     """Every parameter's PartitionSpec on a (data=2, fsdp=2, tensor=2) mesh. Did you mean to
     change how parameters are sharded? Regenerate with PTFT_UPDATE_GOLDEN=1."""
-    got = _specs({"data": 2, "fsdp": 2, "tensor": 2})
-    import os
-
-    if os.environ.get("PTFT_UPDATE_GOLDEN"):
-        GOLDEN.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
-    assert got == json.loads(GOLDEN.read_text())
+    assert_golden("partition_specs.json", _specs({"data": 2, "fsdp": 2, "tensor": 2}))
 
 
 def test_indivisible_dimension_is_replicated():
