@@ -4,13 +4,16 @@ XLA on CPU allocates and frees large buffers every step. glibc's malloc returns 
 kernel and takes them back as fresh zeroed pages (millions of page faults per minute, about a
 fifth of a step's time on a 2-core machine); tcmalloc keeps them. ``python -m ptft_jax.<command>``
 therefore re-executes itself once, before anything else is imported, with tcmalloc in
-``LD_PRELOAD`` when a tcmalloc library is installed (Debian/Ubuntu: ``libtcmalloc-minimal4``).
+``LD_PRELOAD`` when a tcmalloc library is installed (Debian/Ubuntu: ``libtcmalloc-minimal4``;
+elsewhere, a ``libtcmalloc_minimal.so*`` or ``libtcmalloc.so*`` in a folder of
+``LD_LIBRARY_PATH`` is found too, with no compiler or ldconfig needed).
 ``PTFT_JAX_TCMALLOC=0`` turns this off. Imports of ptft_jax as a library are never affected.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import glob
 import os
 import sys
 
@@ -30,6 +33,14 @@ def _command() -> str | None:
 
 
 def find_tcmalloc() -> str | None:
+    """A tcmalloc library: a file in a folder of ``LD_LIBRARY_PATH`` first (the dynamic
+    loader's own order), else the name ctypes finds (the system's library cache)."""
+    folders = [f for f in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if f]
+    for folder in folders:
+        for name in _LIBS:
+            found = sorted(glob.glob(os.path.join(glob.escape(folder), f"lib{name}.so*")))
+            if found:
+                return os.path.abspath(found[0])
     for name in _LIBS:
         found = ctypes.util.find_library(name)
         if found:
