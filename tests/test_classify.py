@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from helpers import assert_golden, scores
 from test_train import tiny_config
 
 from ptft_jax import config as config_lib
@@ -136,6 +137,7 @@ def test_finetune_evaluate_predict_export(tmp_path):
     assert 0.3 < summary["real_token_share"] < 1 and all(0.3 < x < 1 for x in shares)
     test = json.loads((w / "eval_test.json").read_text())
     assert len(test["confusion_matrix"]) == 2 and sum(map(sum, test["confusion_matrix"])) > 1000
+    assert_golden("classify_test.json", scores(test), approx=("loss",))
     assert (w / "best").is_dir()
 
     # evaluate uses the best checkpoint, so it reproduces eval_test.json exactly.
