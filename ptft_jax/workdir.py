@@ -97,9 +97,11 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
     except recovery.DamagedError as e:
         if which == "best":
             raise
+        before = [k for k in kept if k < step]
+        other = f", or pass --checkpoint {before[-1]} to read that one" if before else ""
         raise recovery.DamagedError(
             f"In {workdir}, {e}; run its train command once to set it aside and resume from "
-            "the one before."
+            f"the one before{other}."
         ) from None
     finally:
         mgr.close()
