@@ -367,6 +367,9 @@ def _entry_case(name: str, tmp: pathlib.Path, mlm: pathlib.Path) -> list[str]:
             import torch
 
             torch.save({"opts": argparse.Namespace(lr=1)}, folder / "pytorch_model.bin")
+            # its tokenizer loads (a folder without one stops earlier, naming that instead)
+            words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "film", "good", "bad"]
+            (folder / "vocab.txt").write_text("\n".join(words) + "\n")
             text = json.dumps({"model_type": "bert", "hidden_size": 32, "vocab_size": 96})
             train.append("--config.allow_pytorch_bin=True")
         (folder / "config.json").write_text(text)
