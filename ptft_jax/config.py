@@ -241,9 +241,19 @@ def _check_numbers(t) -> None:
 
 
 def is_workdir(path: str | pathlib.Path) -> bool:
-    """Whether ``path`` is a ptft_jax workdir with a config and at least one checkpoint."""
-    path = pathlib.Path(path).expanduser()
+    """Whether ``path`` (or ``path@STEP``) is a ptft_jax workdir with a config and at least one
+    checkpoint."""
+    path = pathlib.Path(workdir_spec(str(path))[0]).expanduser()
     return (path / "config.json").is_file() and (path / "checkpoints").is_dir()
+
+
+def workdir_spec(spec: str) -> tuple[str, str | None]:
+    """``(workdir, checkpoint)`` of ``W@STEP`` (``W@best``, ``W@last``: which checkpoint of W
+    to start from; ``checkpoint`` None for a plain ``W``, whose best or else last is meant)."""
+    path, at, which = spec.rpartition("@")
+    if at and which and (which.isdigit() or which in ("best", "last")) and path:
+        return path, which
+    return spec, None
 
 
 def apply_checkpoint_model(

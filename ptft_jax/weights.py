@@ -40,7 +40,8 @@ class Pretrained:
 def resolve(spec: str, allow_pytorch_bin: bool = False, key: str = "init_from") -> Pretrained:
     """The model named by ``spec`` (the value of config key ``key``, for messages)."""
     if config.is_workdir(spec):
-        return _from_workdir(pathlib.Path(spec).expanduser(), key)
+        path, checkpoint = config.workdir_spec(spec)
+        return _from_workdir(pathlib.Path(path).expanduser(), key, checkpoint)
     if not spec.startswith(("hf:", "builtin:")):
         raise ConfigError(
             f"{key}={spec!r} is neither a finished workdir nor hf:<folder or hub id> (or "
@@ -61,7 +62,17 @@ def resolve(spec: str, allow_pytorch_bin: bool = False, key: str = "init_from") 
     )
 
 
-def _from_workdir(path: pathlib.Path, key: str) -> Pretrained:
+def _from_workdir(path: pathlib.Path, key: str, checkpoint: str | None = None) -> Pretrained:
+    """A finished workdir's model: its best checkpoint if it keeps one, else its last, or the
+    ``checkpoint`` named (``W@STEP``: checked here, before anything is compiled)."""
+    if checkpoint is not None:
+        kept, best = workdir.steps_of(path / "checkpoints"), workdir.steps_of(path / "best")
+
+        def spelled(value) -> str:  # how the one sentence names another checkpoint
+            return f"{key}={path}@{value}"
+
+        if kept:  # none: the load says so
+            workdir.choose(checkpoint, kept, best[-1] if best else None, path, spelled)
     try:
         saved = ml_collections.ConfigDict(json.loads((path / "config.json").read_text()))
         family = models.get(saved.model.get("family", "bert"))
@@ -77,7 +88,9 @@ def _from_workdir(path: pathlib.Path, key: str) -> Pretrained:
         model_cfg,
         fields,
         path / "tokenizer",
-        lambda: hf.to_hf_tensors(jax.device_get(workdir.load(path).params), model_cfg.family),
+        lambda: hf.to_hf_tensors(
+            jax.device_get(workdir.load(path, checkpoint).params), model_cfg.family
+        ),
     )
 
 

@@ -110,11 +110,20 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
     return Run(cfg, model_cfg, tokenizer, params, int(step), mesh, workdir, which, kept[-1])
 
 
+def steps_of(folder: pathlib.Path) -> list[int]:
+    """The committed steps in a checkpoint folder (``W/checkpoints``, ``W/best``), ascending."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+
 def choose(
-    checkpoint: str | int | None, kept: list[int], best_step: int | None, workdir
+    checkpoint: str | int | None, kept: list[int], best_step: int | None, workdir, flag=None
 ) -> tuple[str, int]:
     """``(which, step)`` of the checkpoint that ``load`` reads: which is "best", "last" or
-    "kept" (an older kept step); one sentence when ``checkpoint`` names none there."""
+    "kept" (an older kept step); one sentence when ``checkpoint`` names none there, saying how
+    to pass another with ``flag`` (``"last"`` -> ``"--checkpoint last"``, the default)."""
+    flag = flag or (lambda value: f"--checkpoint {value}")
     steps_list = ", ".join(map(str, kept))
     also = ", last or best" if best_step is not None else " or last"
     if checkpoint in (None, ""):
@@ -124,7 +133,7 @@ def choose(
         if best_step is None:
             raise config.ConfigError(
                 f"{workdir} keeps no best checkpoint (only runs that pick one by a metric, such "
-                f"as classification, keep W/best); pass --checkpoint last or one of its kept "
+                f"as classification, keep W/best); pass {flag('last')} or one of its kept "
                 f"steps: {steps_list}."
             )
         return "best", best_step
@@ -132,13 +141,13 @@ def choose(
         return "last", kept[-1]
     if not choice.isdigit():
         raise config.ConfigError(
-            f"--checkpoint={checkpoint!r} is neither best, last nor a step; pass one of the "
+            f"{flag(repr(checkpoint))} is neither best, last nor a step; pass one of the "
             f"kept steps of {workdir} ({steps_list}){also}."
         )
     if int(choice) not in kept:
         raise config.ConfigError(
             f"{workdir} keeps no checkpoint of step {int(choice)}; pass one of its kept steps "
-            f"({steps_list}){also}."
+            f"({steps_list}){also} as {flag('STEP')}."
         )
     return ("last" if int(choice) == kept[-1] else "kept"), int(choice)
 

@@ -5,14 +5,17 @@ the config file's, progress in a log file, and no warning about a setting the us
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 from test_classify import tiny_classifier
 
 from ptft_jax import config as config_lib
-from ptft_jax import metrics, tasks, workdir
+from ptft_jax import hf, metrics, tasks, weights, workdir
 from ptft_jax.config import command_line_wins
 from ptft_jax.data import store
 from ptft_jax.errors import ConfigError
@@ -30,11 +33,13 @@ def test_the_checkpoint_is_best_or_last_or_a_kept_step():
     assert choose("6", [2, 4, 6], 4, "W") == ("last", 6)
     with pytest.raises(ConfigError, match=r"^W keeps no checkpoint of step 5; pass one of its "):
         choose("5", [2, 4, 6], 4, "W")
-    with pytest.raises(ConfigError, match=r"kept steps \(2, 4, 6\), last or best\.$"):
+    with pytest.raises(
+        ConfigError, match=r"kept steps \(2, 4, 6\), last or best as --checkpoint STEP\.$"
+    ):
         choose("5", [2, 4, 6], 4, "W")
     with pytest.raises(ConfigError, match=r"W keeps no best checkpoint .* kept steps: 3, 6\.$"):
         choose("best", [3, 6], None, "W")
-    with pytest.raises(ConfigError, match=r"--checkpoint='newest' is neither best, last nor a"):
+    with pytest.raises(ConfigError, match=r"--checkpoint 'newest' is neither best, last nor a"):
         choose("newest", [3, 6], None, "W")
 
 
@@ -199,3 +204,18 @@ def test_evaluate_and_predict_say_which_checkpoint_and_take_another(
     assert set(json.loads(proc.stdout)["probs"]) == {"negative", "positive"}
     proc = subprocess.run([*cmd, "--checkpoint", "5"], capture_output=True, text=True)
     assert proc.returncode == 2 and f"error: {w} keeps no checkpoint of step 5;" in proc.stderr
+
+    # init_from=W@STEP (or W@best, W@last): the weights of that checkpoint, a step W does not
+    # keep refused in one sentence before anything is compiled.
+    at4 = weights.resolve(f"{w}@4").tensors()
+    want = hf.to_hf_tensors(jax.device_get(workdir.load(w, "4").params), "bert")
+    assert at4.keys() == want.keys() and all(np.array_equal(at4[k], want[k]) for k in want)
+    at6 = weights.resolve(f"{w}@last").tensors()
+    assert any(not np.array_equal(at4[k], at6[k]) for k in want)
+    spelled = re.escape(f"(2, 4, 6), last or best as init_from={w}@STEP.")
+    with pytest.raises(
+        ConfigError, match=r"keeps no checkpoint of step 5; pass one of .*" + spelled
+    ):
+        weights.resolve(f"{w}@5")
+    c.init_from = f"{w}@4"
+    config_lib.validate(c)
