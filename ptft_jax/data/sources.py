@@ -13,7 +13,7 @@ import pathlib
 
 import numpy as np
 
-from ptft_jax.data import builtin
+from ptft_jax.data import builtin, builtin_texts
 from ptft_jax.data.builtin import DataError
 from ptft_jax.data.files import (
     SUFFIXES,
@@ -114,16 +114,28 @@ def _load_hub(spec: str) -> dict[str, list[dict]]:
 
 
 def _load_builtin(name: str) -> dict[str, list[dict]]:
-    if name not in builtin.TEXT_BUILTINS:
-        known = ", ".join(f"builtin:{n}" for n in builtin.TEXT_BUILTINS)
+    if name not in builtin_texts.TEXT_BUILTINS:
+        known = ", ".join(f"builtin:{n}" for n in builtin_texts.TEXT_BUILTINS)
         hint = " (it holds weights: use it as init_from)" if name in builtin.BUILTINS else ""
         raise DataError(f"Unknown data source 'builtin:{name}'{hint}; use one of {known}.")
     records = [
         Record(r, f"builtin:{name} record {i + 1}")
-        for i, r in enumerate(builtin.load_builtin_texts(name))
+        for i, r in enumerate(builtin_texts.load_builtin_texts(name))
     ]
     # Unlabeled text has no fixed split: the caller holds out its own eval slice.
-    return split_labeled(records) if "label" in records[0] else {"train": records}
+    if "label" not in records[0]:
+        return {"train": records}
+    splits = split_labeled(records)
+    kept = sum(map(len, splits.values()))
+    if kept < len(records):
+        log.info(
+            "builtin:%s: %d of %d records repeat an earlier record's text and are left out (the "
+            "80/10/10 split keeps the first of each text)",
+            name,
+            len(records) - kept,
+            len(records),
+        )
+    return splits
 
 
 def _only_empty(source: str, split: str) -> DataError:
