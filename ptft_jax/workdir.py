@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 
 import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from ptft_jax import checkpoint as ckpt
 from ptft_jax import config, optim, recovery, sharding, steps, tasks
 from ptft_jax.data.tokenize import Unreadable, load_tokenizer, save_tokenizer
 from ptft_jax.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -154,12 +158,38 @@ def choose(
 
 def write_run_files(path: pathlib.Path, cfg, tokenizer, label_names, resuming: bool) -> None:
     """``W/tokenizer``, ``W/labels.json`` (string labels) and ``W/config.json``, from process 0;
-    a resumed run keeps the tokenizer and config it started with."""
-    if jax.process_index() != 0:
-        return
-    if not (resuming and (path / "tokenizer").exists()):
-        save_tokenizer(tokenizer, path / "tokenizer")
-    if label_names is not None:
-        (path / "labels.json").write_text(json.dumps({"names": label_names}) + "\n")
-    if not resuming:
-        config.save(cfg, path / "config.json")
+    a resumed run keeps the tokenizer and config it started with, and a fresh start sets aside
+    the best checkpoint an earlier attempt left (``set_aside_earlier_best``)."""
+    if jax.process_index() == 0:
+        if not resuming:
+            set_aside_earlier_best(path)
+        if not (resuming and (path / "tokenizer").exists()):
+            save_tokenizer(tokenizer, path / "tokenizer")
+        if label_names is not None:
+            (path / "labels.json").write_text(json.dumps({"names": label_names}) + "\n")
+        if not resuming:
+            config.save(cfg, path / "config.json")
+    if jax.process_count() > 1:  # no process opens W/best before process 0 has moved it
+        multihost_utils.sync_global_devices("ptft_jax: run files written")
+
+
+def set_aside_earlier_best(path: pathlib.Path) -> pathlib.Path | None:
+    """Move ``W/best`` to ``W/earlier/best`` (``best.1``, ... when taken) at a fresh start: it
+    is an earlier attempt's (one set aside as damaged and restarted, or one that died before
+    its first checkpoint), and left in place its higher step would outlive this run's best in
+    the rotation and be read back as this run's model. Kept, with a line that says so."""
+    found = path / "best"
+    if not found.is_dir():
+        return None
+    dest, n = path / "earlier" / "best", 1
+    while dest.exists():
+        dest, n = path / "earlier" / f"best.{n}", n + 1
+    dest.parent.mkdir(exist_ok=True)
+    found.rename(dest)
+    log.warning(
+        "%s held the best checkpoint of an earlier attempt, not of this run, which starts from "
+        "step 0; moved it to %s",
+        found,
+        dest,
+    )
+    return dest

@@ -480,3 +480,33 @@ def test_a_failed_background_save_stops_at_the_next_step(tmp_path, monkeypatch):
     assert started == [4]
     steps = [r[0] for r in _rows(w) if r[1] == "train"]
     assert max(steps) == 4, steps
+
+
+def test_a_fresh_start_sets_aside_an_earlier_attempts_best(tmp_path, caplog):
+    """An earlier attempt's W/best (step 600: a run set aside and restarted, or one that died
+    before its first checkpoint) would outlive this run's best (step 100) in the rotation and
+    be read back as this run's model; a fresh start moves it to W/earlier/best, kept."""
+    import transformers
+
+    from ptft_jax.best import Best
+
+    def tracker():
+        return {"best": None, "best_step": None, "since_best": 0}
+
+    ones, zeros = {"w": jax.numpy.ones(3)}, {"w": jax.numpy.zeros(3)}
+    old = Best(tmp_path, "accuracy", 0, tracker())
+    old.update(600, {"accuracy": 0.9}, ones)
+    old.mgr.wait_until_finished()
+    old.mgr.close()
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nfilm\n")
+    tok = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    with caplog.at_level(logging.WARNING, logger="ptft_jax"):
+        workdir.write_run_files(tmp_path, tiny_config(), tok, None, resuming=False)
+    assert "held the best checkpoint of an earlier attempt" in caplog.text
+    assert not (tmp_path / "best").exists() and (tmp_path / "earlier" / "best" / "600").is_dir()
+    new = Best(tmp_path, "accuracy", 0, tracker())
+    new.update(100, {"accuracy": 0.5}, zeros)
+    new.mgr.wait_until_finished()
+    np.testing.assert_array_equal(new.params(zeros)["w"], zeros["w"])  # this run's, not 600's
+    assert workdir.set_aside_earlier_best(tmp_path) == tmp_path / "earlier" / "best.1"
+    assert workdir.set_aside_earlier_best(tmp_path) is None  # nothing left to move
