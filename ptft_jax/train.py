@@ -3,8 +3,8 @@
 Resume order: a checkpoint in W wins; otherwise the state is initialised from scratch (or from
 ``init_from``). ``_run`` is the whole procedure: setup (``plan.make``: every check before
 anything is written or compiled, the data built), the state, compilation, the training loop
-(``_train``, a visible ``for`` loop in commented sections) and the finish. What differs
-between tasks is the task's (``tasks/``).
+(``_train``, a visible ``for`` loop in commented sections) and the finish (``ending.py``).
+What differs between tasks is the task's (``tasks/``).
 """
 
 from __future__ import annotations
