@@ -60,7 +60,10 @@ class Writer:
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
             os.replace(tmp, path)
         self._jsonl = open(path, "a", encoding="utf-8")  # noqa: SIM115
-        self._tb = SummaryWriter(str(workdir / "tensorboard"))
+        # TensorBoard hides the earlier event files' steps from the purge step on: the steps
+        # after the restored checkpoint (logged again), or every step of an earlier attempt.
+        purge = start_step + 1 if resumed else 0
+        self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=purge)
         self._progress = sys.stderr if progress is None else progress
         self._total, self._first = total_steps, None  # (time, step) of the first train row
         if _is_terminal(self._progress):
