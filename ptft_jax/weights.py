@@ -119,8 +119,9 @@ def classifier_labels(cfg, source: Pretrained | None, resumed, cli_model_keys=()
     its count: a resumed run's (``resumed``: its saved config.json, whose count ``cfg``
     takes), or ``init_from`` a classifier (the config's, checked against the data); so do an
     explicit ``--config.model.num_labels`` (the user's choice) and a regression (1)."""
-    if cfg.task != "classification":
-        return cfg, False  # a distillation's teacher fixes its student's count
+    task = tasks.task_class(cfg.task)
+    if not task.sized_by_data:
+        return cfg, False  # no head sized by data (a distillation's teacher fixes its count)
     explicit = "num_labels" in cli_model_keys
     if resumed is not None:
         try:
@@ -138,7 +139,7 @@ def classifier_labels(cfg, source: Pretrained | None, resumed, cli_model_keys=()
         cfg = ml_collections.ConfigDict(cfg.to_dict())
         cfg.model.num_labels = saved
         return cfg, False
-    has_head = source is not None and source.task == "classification"
+    has_head = source is not None and source.task == task.head  # the head is there already
     return cfg, not (explicit or has_head or cfg.model.num_labels == 1)
 
 

@@ -22,6 +22,8 @@ from the config by ``from_config``. It owns:
   ``evaluate(ctx, params, ...)`` host metrics over a split (``EvalContext``)
   ``best_metric()``          the metric that picks the best checkpoint (None: keep the latest)
   ``labelled``               whether exports carry its label names (``id2label``)
+  ``sized_by_data``          a new head of it takes its size from the training split (the
+                             classifier's label count; not a distillation, whose teacher's)
   ``tokenizer_kind``         the tokenizer trained when none is given (``data/vocab.py``);
                              ``wordpiece``: the model family's (``trained_tokenizer_kind``)
   ``store_blocks``           the records it reads from a prepared folder (``data/store.py``;
@@ -77,6 +79,7 @@ class Task:
     """Defaults shared by tasks; see the module docstring for the interface."""
 
     labelled = False
+    sized_by_data = False  # a new head takes its size from the training split (plan.make)
     tokenizer_kind = "wordpiece"  # what data.tokenizer='' trains (wordpiece: the family's)
     store_blocks = None  # what python -m ptft_jax.prepare packs for it: mlm, next_token
     uses_teacher = False  # distillation: train.teacher runs inside the train step

@@ -56,6 +56,7 @@ class Classification(Task):
     accuracy = "accuracy"
     weight_field = "weights"
     labelled = True
+    sized_by_data = True
 
     @classmethod
     def from_config(cls, cfg) -> Classification:

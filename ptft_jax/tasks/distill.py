@@ -40,6 +40,7 @@ class Distill:
 
     name = "distill"
     uses_teacher = True
+    sized_by_data = False  # the teacher fixes its student's head
 
     @classmethod
     def from_config(cls, cfg) -> Distill:
