@@ -328,10 +328,9 @@ def saved_config(path: pathlib.Path) -> dict:
     return saved
 
 
-def check_same_task(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
-    """Stop, before any other check, when the workdir's checkpoints are of another task (or
-    another set of MLM objectives) than the config asks for."""
-    saved = saved_config(path)
+def check_same_task(saved: dict, cfg: ml_collections.ConfigDict) -> None:
+    """Stop, before any other check, when the workdir's checkpoints (its ``saved_config``) are
+    of another task (or another set of MLM objectives) than the config asks for."""
     if saved["task"] != cfg.task:
         raise ConfigError(
             f"The workdir holds a run of task={saved['task']!r} but the config asks for "
@@ -346,12 +345,11 @@ def check_same_task(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> None:
         )
 
 
-def check_resume_compatible(path: pathlib.Path, cfg: ml_collections.ConfigDict) -> list[str]:
-    """Stop when a resumed run's config changes the task or a model shape; return the keys
-    that change which examples come next (allowed, but the run is then no longer exact).
-    Fields that shape the optimizer state are compared where the state is made (plan.py)."""
-    check_same_task(path, cfg)
-    saved = saved_config(path)
+def check_resume_compatible(saved: dict, cfg: ml_collections.ConfigDict) -> list[str]:
+    """Stop when a resumed run's config changes a model shape against the workdir's
+    ``saved_config`` (its task: ``check_same_task``, first); return the keys that change which
+    examples come next (allowed, but the run is then no longer exact). Fields that shape the
+    optimizer state are compared where the state is made (plan.py)."""
     saved_model = saved["model"]
     for key in ("family", *models.get(cfg.model.family).SHAPE_FIELDS):
         old, new = saved_model.get(key, "bert" if key == "family" else None), cfg.model[key]

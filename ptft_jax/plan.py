@@ -56,8 +56,9 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
     config.validate(cfg)
     resuming = checkpoint.has_checkpoint(workdir)
-    if resuming:  # first of all: whether the workdir holds another task's run
-        config.check_same_task(workdir / "config.json", cfg)
+    saved = config.saved_config(workdir / "config.json") if resuming else None
+    if saved is not None:  # first of all: whether the workdir holds another task's run
+        config.check_same_task(saved, cfg)
     recovery.check_fresh_start(workdir, cfg.train.restart_from_scratch, resuming)
     distributed.preflight(cfg)
     reader = tasks.task_class(cfg.task)  # a distillation's student task checks when it reads
@@ -68,14 +69,13 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
         cfg = cfg.copy_and_resolve_references()  # a prepared folder brings its tokenizer
         cfg.data.tokenizer = str(pathlib.Path(cfg.data.source).expanduser() / "tokenizer")
     cfg, source, teacher = weights.starting_point(cfg, cli_model_keys)
-    if resuming:
-        changed = config.check_resume_compatible(workdir / "config.json", cfg)
+    if saved is not None:
+        changed = config.check_resume_compatible(saved, cfg)
         if changed:
             log.warning(
                 "resuming with changed %s: the data order differs from the original run's",
                 ", ".join(changed),
             )
-    saved = workdir / "config.json" if resuming else None  # its classifier's label count
     cfg, new_head = weights.classifier_labels(cfg, source, saved, cli_model_keys)
     task, model_cfg = tasks.get(cfg), config.model_config(cfg)
     if new_head:  # the training split's classes decide model.num_labels
@@ -110,7 +110,7 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     tx, schedule = optim.make_optimizer(cfg.train, max(total_steps, 1), cfg.model.family)
     init_fn = steps.make_init_fn(model_cfg, task.head, tx, mesh, cfg.train.seed)
     if resuming:
-        _check_state_fields(workdir, cfg, task, mesh, total_steps, init_fn)
+        _check_state_fields(workdir, saved, cfg, task, mesh, total_steps, init_fn)
     pretrained = None
     if source is not None and not resuming:
         layers = tuple(cfg.train.student_layers_from_teacher)
@@ -144,12 +144,12 @@ def _with_pad_id(cfg, model_cfg, tokenizer):
     return cfg, model_cfg
 
 
-def _check_state_fields(workdir: pathlib.Path, cfg, task, mesh, total_steps: int, init_fn) -> None:
+def _check_state_fields(workdir: pathlib.Path, saved: dict, cfg, task, mesh, total_steps, init_fn):
     """Stop, before anything is restored, when the config makes a train state of another
     structure than the checkpoints hold (``max_grad_norm=0`` drops the clipping's state,
     ``freeze_*`` and ``trainable`` the frozen tensors' moments), naming each config field that
     does it with both values; the checkpoints are left as they are."""
-    then = _flat(config.saved_config(workdir / "config.json"))
+    then = _flat(saved)
     now = _flat(json.loads(cfg.to_json_best_effort()))
     differ = [
         k

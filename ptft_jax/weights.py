@@ -112,22 +112,19 @@ def starting_point(cfg, cli_model_keys=()) -> tuple:
     return cfg, source, teacher
 
 
-def classifier_labels(cfg, source: Pretrained | None, resumed, cli_model_keys=()) -> tuple:
+def classifier_labels(cfg, source: Pretrained | None, resumed: dict | None, cli_model_keys=()):
     """``(cfg, new)`` for a classification run. ``new``: its classifier is new (random init,
     or ``init_from`` a model without one), so the training split's classes decide
     ``model.num_labels`` and the config's is only a default. A classifier that exists keeps
-    its count: a resumed run's (``resumed``: its saved config.json, whose count ``cfg``
-    takes), or ``init_from`` a classifier (the config's, checked against the data); so do an
+    its count: a resumed run's (``resumed``: its ``config.saved_config``, whose count
+    ``cfg`` takes), or ``init_from`` a classifier (the config's, checked against the data); so do an
     explicit ``--config.model.num_labels`` (the user's choice) and a regression (1)."""
     task = tasks.task_class(cfg.task)
     if not task.sized_by_data:
         return cfg, False  # no head sized by data (a distillation's teacher fixes its count)
     explicit = "num_labels" in cli_model_keys
     if resumed is not None:
-        try:
-            saved = json.loads(pathlib.Path(resumed).read_text())["model"].get("num_labels")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            saved = None  # check_resume_compatible names an unreadable file
+        saved = resumed["model"].get("num_labels")
         if saved is None or saved == cfg.model.num_labels:
             return cfg, False
         if explicit:

@@ -302,8 +302,7 @@ def test_which_classifiers_take_the_training_splits_count(tmp_path):
     distill = tiny_classifier()
     distill.task = "distill"
     assert not weights.classifier_labels(distill, None, None)[1], "the teacher fixes it"
-    saved = tmp_path / "config.json"
-    saved.write_text(json.dumps({"task": "classification", "model": {"num_labels": 3}}))
+    saved = {"task": "classification", "model": {"num_labels": 3}}  # config.saved_config's
     resumed, new = weights.classifier_labels(c, None, saved)
     assert resumed.model.num_labels == 3 and not new and c.model.num_labels == 2
     with pytest.raises(ConfigError, match="has model.num_labels=3 but the command line says 2"):
