@@ -33,7 +33,12 @@ DAMAGED = "damaged"
 
 
 class DamagedError(DataError):
-    """A checkpoint that cannot be read back, or whose arrays do not match their checksums."""
+    """A checkpoint that cannot be read back, or whose arrays do not match their checksums;
+    ``problem`` says how, for a caller's own sentence (``sentence``: that sentence)."""
+
+    def __init__(self, step: int, problem: str, sentence: str = ""):
+        super().__init__(sentence or f"the checkpoint of step {step} is damaged ({problem})")
+        self.step, self.problem = step, problem
 
 
 class MismatchError(ConfigError):
@@ -81,10 +86,8 @@ def check_layout(mgr: ocp.CheckpointManager, step: int, abstract, item: str = "s
         saved = layout_of(_metadata_tree(ocp.StandardCheckpointHandler().metadata(folder)))
     except Exception as e:
         if is_damage(e) or not folder.is_dir():
-            raise DamagedError(
-                f"the checkpoint of step {step} is damaged (its {item} metadata cannot be read: "
-                f"{first_line(e)})"
-            ) from None
+            problem = f"its {item} metadata cannot be read: {first_line(e)}"
+            raise DamagedError(step, problem) from None
         raise failure(mgr, f"Reading the checkpoint of step {step}", e) from None
     want = layout_of(abstract)
     if saved == want:
@@ -119,12 +122,10 @@ def restore_checked(mgr: ocp.CheckpointManager, step: int, abstract_state):
     except Exception as e:
         if not is_damage(e):
             raise failure(mgr, f"Restoring the checkpoint of step {step}", e) from None
-        raise DamagedError(f"the checkpoint of step {step} is damaged ({first_line(e)})") from None
+        raise DamagedError(step, first_line(e)) from None
     bad = mismatches(state, meta.get("checksums"))
     if bad:
-        raise DamagedError(
-            f"the checkpoint of step {step} is damaged ({bad[0]} does not match its checksum)"
-        )
+        raise DamagedError(step, f"{bad[0]} does not match its checksum")
     return state, data_state, meta
 
 
@@ -143,21 +144,23 @@ def restore_params(mgr: ocp.CheckpointManager, like):
         check_layout(mgr, step, abstract, "params")
         restored = mgr.restore(step, args=ocp.args.Composite(**items))
     except DamagedError as e:
-        problem = str(e).rsplit(" is damaged ", 1)[-1]
+        problem = e.problem
     except UserError:
         raise
     except Exception as e:
         if not is_damage(e):
             raise failure(mgr, f"Restoring the best checkpoint (step {step})", e) from None
-        problem = f"({first_line(e)})"
+        problem = first_line(e)
     else:
         bad = mismatches(restored.params, (restored.get("meta") or {}).get("checksums"))
         if not bad:
             return restored.params
-        problem = f"({bad[0]} does not match its checksum)"
+        problem = f"{bad[0]} does not match its checksum"
     raise DamagedError(
-        f"The best checkpoint (step {step}) in {mgr.directory} is damaged {problem}; move that "
-        "folder aside to use the latest checkpoint instead."
+        step,
+        problem,
+        f"The best checkpoint (step {step}) in {mgr.directory} is damaged ({problem}); move that "
+        "folder aside to use the latest checkpoint instead.",
     )
 
 

@@ -104,8 +104,10 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
         before = [k for k in kept if k < step]
         other = f", or pass --checkpoint {before[-1]} to read that one" if before else ""
         raise recovery.DamagedError(
+            e.step,
+            e.problem,
             f"In {workdir}, {e}; run its train command once to set it aside and resume from "
-            f"the one before{other}."
+            f"the one before{other}.",
         ) from None
     finally:
         mgr.close()
