@@ -14,8 +14,7 @@ from jax.experimental import multihost_utils
 
 from ptft_jax import checkpoint as ckpt
 from ptft_jax import config, optim, recovery, sharding, steps, tasks
-from ptft_jax.data.tokenize import Unreadable, load_tokenizer, save_tokenizer
-from ptft_jax.errors import DataError
+from ptft_jax.data.tokenize import load_run_tokenizer, save_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +71,8 @@ def load(workdir: str | pathlib.Path, checkpoint: str | int | None = None) -> Ru
             "init_from writes a step-0 checkpoint)."
         )
     cfg = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    try:  # first: it is quick, and without it the parameters are of no use
-        tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-    except Unreadable as e:
-        raise DataError(
-            f"{workdir / 'tokenizer'} is missing or unreadable ({e.reason}), but the checkpoints "
-            f"in {workdir} were trained with it; restore that folder."
-        ) from None
+    # first: it is quick, and without it the parameters are of no use
+    tokenizer = load_run_tokenizer(workdir, "restore that folder")
     model_cfg = config.model_config(cfg)
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
     tx, _ = optim.make_optimizer(

@@ -139,25 +139,30 @@ def _is_bpe(folder: pathlib.Path) -> bool:
         return False
 
 
+def load_run_tokenizer(workdir: pathlib.Path, fix: str):
+    """``W/tokenizer``, the tokenizer the workdir's checkpoints were trained with; one sentence
+    ending in ``fix`` when it is missing or does not load."""
+    folder = workdir / "tokenizer"
+    if not folder.is_dir():
+        raise DataError(
+            f"{folder} is missing, but the checkpoints in {workdir} were trained with it; {fix}."
+        )
+    try:
+        return load_tokenizer(str(folder))
+    except Unreadable as e:
+        raise DataError(
+            f"{folder} is missing or unreadable ({e.reason}), but the checkpoints in {workdir} "
+            f"were trained with it; {fix}."
+        ) from None
+
+
 def get_tokenizer(
     data_cfg, workdir: pathlib.Path, texts: list[str], vocab_size: int, resuming, kind="wordpiece"
 ):
     """The run's tokenizer, not yet saved: ``W/tokenizer`` when resuming, else the one given in
     ``data.tokenizer``, else one of ``kind`` (a key of ``TRAINERS``) trained on ``texts``."""
     if resuming:  # the run's own tokenizer, never a new one
-        if not (workdir / "tokenizer").is_dir():
-            raise DataError(
-                f"{workdir / 'tokenizer'} is missing, but the checkpoints in {workdir} were "
-                "trained with it; restore that folder or start a new --workdir."
-            )
-        try:
-            tokenizer = load_tokenizer(str(workdir / "tokenizer"))
-        except Unreadable as e:
-            raise DataError(
-                f"{workdir / 'tokenizer'} is missing or unreadable ({e.reason}), but the "
-                f"checkpoints in {workdir} were trained with it; restore that folder or start a "
-                "new --workdir."
-            ) from None
+        tokenizer = load_run_tokenizer(workdir, "restore that folder or start a new --workdir")
     elif data_cfg.tokenizer:
         tokenizer = load_tokenizer(data_cfg.tokenizer)
     else:
