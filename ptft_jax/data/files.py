@@ -203,3 +203,11 @@ def read_file(path: pathlib.Path) -> list[dict]:
         f"data.source {path} has the unsupported extension {path.suffix!r}; use one of "
         f"{', '.join(SUFFIXES)}."
     )
+
+
+def empty_text(where: str, field: str) -> DataError:
+    """The one sentence for a record whose text field ``field`` is empty, at ``where``."""
+    return DataError(
+        f"{where} has an empty {field!r}; fill it in, remove that record, or set "
+        "--config.data.skip_empty_texts=True to leave such records out."
+    )

@@ -19,6 +19,7 @@ from ptft_jax.data.files import (
     SUFFIXES,
     Record,
     csv_field_limit,
+    empty_text,
     origin,
     read_file,
     read_text,
@@ -166,11 +167,7 @@ def _without_empty_texts(source, splits: dict, fields, skip: bool) -> dict[str, 
                 kept.append(record)
                 continue
             if not skip:
-                raise DataError(
-                    f"{origin(record)} has an empty {empty[0]!r}; fill it in, remove that "
-                    "record, or set --config.data.skip_empty_texts=True to leave such records "
-                    "out."
-                )
+                raise empty_text(origin(record), empty[0])
             left_out += 1
             first = record if first is None else first
             named += [f for f in empty if f not in named]

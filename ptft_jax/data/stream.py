@@ -19,6 +19,7 @@ import logging
 import pathlib
 from collections.abc import Iterator
 
+from ptft_jax.data.files import empty_text
 from ptft_jax.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,7 @@ def input_documents(name: str, field: str = "text", skip_empty=False) -> Iterato
             yield where, text
             continue
         if not skip_empty:
-            raise DataError(
-                f"{where} has an empty {field!r}; fill it in, remove that record, or set "
-                "--config.data.skip_empty_texts=True to leave such records out."
-            )
+            raise empty_text(where, field)
         left_out, first = left_out + 1, first or where
     if left_out:
         s = "s" * (left_out != 1)
