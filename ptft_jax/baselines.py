@@ -1,0 +1,90 @@
+"""The TF-IDF baseline every suite report carries: TF-IDF features and a linear model
+(scikit-learn), fitted on a task's training split, its regularisation chosen on validation.
+
+Classification fits a logistic regression, regression a ridge regression. A text pair is
+vectorized one side at a time with one vocabulary and the features are ``[a, b, a * b]`` (the
+product marks the n-grams the two share, which is most of what a bag of n-grams knows about a
+pair). Scores come from ``scores.py``, the functions that score the fine-tuned models, so the
+numbers compare. Deterministic: one fit per task, no seeds.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ptft_jax import errors, scores
+
+STRENGTHS = (0.1, 1.0, 10.0)  # logistic C (ridge alpha = 1 / C), chosen on validation
+
+
+def check():
+    """scikit-learn's parts the baseline uses, or one sentence saying how to install it."""
+    try:
+        from scipy import sparse
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression, Ridge
+    except ImportError:
+        raise errors.UserError(
+            "the TF-IDF baseline needs scikit-learn; install it with pip install -e "
+            '".[suite]", or leave it out with --baselines random.'
+        ) from None
+    return sparse, TfidfVectorizer, LogisticRegression, Ridge
+
+
+def _features(rows_by_split: dict, analyzer: str):
+    sparse, TfidfVectorizer, _, _ = check()
+    if analyzer == "char":  # no spaces between words: n-grams of characters
+        vec = TfidfVectorizer(analyzer="char", ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    else:
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    train = rows_by_split["train"]
+    pair = "text_pair" in train[0]
+    vec.fit([r["text"] for r in train] + ([r["text_pair"] for r in train] if pair else []))
+    out = {}
+    for split, rows in rows_by_split.items():
+        a = vec.transform([r["text"] for r in rows])
+        if pair:
+            b = vec.transform([r["text_pair"] for r in rows])
+            a = sparse.hstack([a, b, a.multiply(b)]).tocsr()
+        out[split] = a
+    return out
+
+
+def _metrics(regression: bool, num_labels: int, preds: np.ndarray, labels: np.ndarray) -> dict:
+    if regression:
+        return scores.regression_metrics(preds, labels)
+    metrics = scores.classification_metrics(preds, labels, num_labels)
+    return {k: v for k, v in metrics.items() if k != "confusion_matrix"}
+
+
+def tfidf(rows_by_split: dict, regression: bool, num_labels: int, metric, analyzer="word"):
+    """``{"strength": C, split: metrics, ...}`` of the TF-IDF baseline on ``rows_by_split``
+    (``{"train", "validation"[, "test"]}`` of ``suite_data.load_task`` rows). Class labels may
+    be names (sorted, they number the classes, as the fine-tuned classifier numbers them)."""
+    _, _, LogisticRegression, Ridge = check()
+    x = _features(rows_by_split, analyzer)
+    raw = {split: [r["label"] for r in rows] for split, rows in rows_by_split.items()}
+    if regression:
+        y = {s: np.asarray(v, np.float64) for s, v in raw.items()}
+    else:
+        names = sorted({str(v) for v in raw["train"]}) if isinstance(raw["train"][0], str) else None
+        index = {n: i for i, n in enumerate(names)} if names else None
+        y = {
+            s: np.asarray([index[str(v)] if index else int(v) for v in vs]) for s, vs in raw.items()
+        }
+    best = None
+    for strength in STRENGTHS:
+        if regression:
+            model = Ridge(alpha=1.0 / strength)
+        else:
+            model = LogisticRegression(C=strength, max_iter=2000)
+        model.fit(x["train"], y["train"])
+        result = {"strength": strength}
+        for split in x:
+            if split != "train":
+                preds = model.predict(x[split])
+                result[split] = _metrics(regression, num_labels, preds, y[split])
+        chosen = float(np.mean([result["validation"][m] for m in metric]))
+        if best is None or chosen > best[0]:
+            best = (chosen, result)
+    return best[1]
