@@ -47,6 +47,8 @@ def test_the_wheel_installs_and_trains_outside_the_checkout(tmp_path):
         names = set(zf.namelist())
     modules = {str(p.relative_to(ROOT)) for p in (ROOT / "ptft_jax").rglob("*.py")}
     assert modules <= names, sorted(modules - names)
+    suites = {str(p.relative_to(ROOT)) for p in (ROOT / "ptft_jax" / "suites").glob("*.toml")}
+    assert suites and suites <= names, sorted(suites - names)  # --suite glue works installed
 
     site = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
