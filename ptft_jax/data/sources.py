@@ -119,6 +119,8 @@ def _load_builtin(name: str) -> dict[str, list[dict]]:
         known = ", ".join(f"builtin:{n}" for n in builtin_texts.TEXT_BUILTINS)
         hint = " (it holds weights: use it as init_from)" if name in builtin.BUILTINS else ""
         raise DataError(f"Unknown data source 'builtin:{name}'{hint}; use one of {known}.")
+    if name in builtin_texts.OFFICIAL_SPLITS:  # published with its splits: kept as they are
+        return builtin_texts.load_builtin_splits(name)
     records = [
         Record(r, f"builtin:{name} record {i + 1}")
         for i, r in enumerate(builtin_texts.load_builtin_texts(name))
