@@ -16,8 +16,9 @@ A family module provides:
   when a value has the wrong type), ``hf_config(fields)`` (its part of an export),
   ``TOKEN_IDS`` (config.json token id keys an export writes besides ``pad_token_id``, each
   mapped to the tokenizer attribute it copies)
-  ``TOKENIZER`` (optional): the kind of tokenizer ``data.tokenizer=''`` trains for its encoder
-  tasks (a key of ``data/tokenize.py``'s ``TRAINERS``; none: BERT's WordPiece)
+  ``TOKENIZER`` (optional): the kind of tokenizer ``data.tokenizer=''`` trains for a task
+  without a kind of its own (MLM, classification: a key of ``data/tokenize.py``'s
+  ``TRAINERS``; none: BERT's WordPiece)
   Hugging Face parameter names: ``BACKBONE``, ``TOP``, ``CLASSIFIER``, ``LAYER_NAME``,
   ``BUFFERS`` (a regex that full names of non-parameter tensors match), ``TIED`` (names of
   tensors that are another's), ``module_kind(name)`` (how the torch module ``name`` stores its

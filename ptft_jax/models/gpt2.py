@@ -230,8 +230,12 @@ class GPT2LMHeadModel(nnx.Module):
 
 
 class GPT2ForSequenceClassification(nnx.Module):
-    """Logits from the state at each example's last token, as HF's GPT2ForSequenceClassification
-    (which finds it as the rightmost non-padding id: the same token with right padding)."""
+    """A bias-free ``score`` on the state at each example's last token, as HF's
+    GPT2ForSequenceClassification. HF finds that token as the rightmost id that is not its
+    config's ``pad_token_id`` (an export writes the tokenizer's pad id there: GPT-2's
+    ``<|endoftext|>``); ours is the last position the mask holds. They are the same token on
+    right- and left-padded rows whose last real token is not the pad id (the classification
+    task stops at a text that ends with it)."""
 
     def __init__(self, cfg: GPT2Config, *, rngs: nnx.Rngs):
         self.transformer = GPT2Model(cfg, rngs)
@@ -281,6 +285,9 @@ ARCHITECTURES = {
 DEFAULT_HEAD = "causal_lm"  # a config.json without architectures
 # config.json token ids -> the tokenizer's attribute holding each (HF's default: 50256)
 TOKEN_IDS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id"}
+# What data.tokenizer='' trains for a classifier too: the causal LM's, GPT-2's byte-level BPE,
+# whose <|endoftext|> ends documents, pads rows and separates a pair's texts (classification).
+TOKENIZER = "byte_bpe"
 BACKBONE = "transformer"  # the decoder's top-level name (bare GPT2Model checkpoints omit it)
 TOP = ("transformer", "lm_head", "score")  # top-level names of checkpoint tensors
 CLASSIFIER = "score"  # the label head: another label count starts it fresh

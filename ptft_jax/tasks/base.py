@@ -142,7 +142,7 @@ def trained_tokenizer_kind(task, family: str) -> str:
     """The kind of tokenizer (a key of ``data.tokenize.TRAINERS``) that ``data.tokenizer=''``
     trains for ``task`` (a task or its class) on a model of ``family``: the task's when it needs
     its own (a causal LM: GPT-2's byte-level BPE), else the family's ``TOKENIZER`` (RoBERTa's,
-    ModernBERT's byte-level BPE), else BERT's WordPiece."""
+    ModernBERT's, GPT-2's byte-level BPE), else BERT's WordPiece."""
     if task.tokenizer_kind != Task.tokenizer_kind:
         return task.tokenizer_kind
     return getattr(models.get(family), "TOKENIZER", Task.tokenizer_kind)
