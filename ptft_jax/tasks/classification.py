@@ -1,6 +1,11 @@
 """Fine-tuning for classification and regression (``task="classification"``): single texts or
 pairs, class names or ids (``model.num_labels=1``: a regression on numeric labels).
 
+Encoders read the first token (``[CLS]``, ``<s>``), a decoder (GPT-2) the last; rows are
+padded on the right with the tokenizer's pad id (GPT-2's ``<|endoftext|>``). A pair is what
+the tokenizer makes of two texts (``[CLS] A [SEP] B [SEP]``); one that would join them with
+nothing between (GPT-2's) is given ``A <|endoftext|> B`` first (``separated_pairs``).
+
 With ``data.packing`` several examples share a row (``data/packing.py``: no padding between
 them, attention never crosses them); without, examples are grouped into length buckets (each
 padded length compiles its own step). The best checkpoint by ``train.metric_for_best`` is kept
@@ -103,18 +108,21 @@ class Classification(Task):
             split["train"], d.label_field, d.max_train_examples, cfg.train.seed
         )
         tokenizer = get_tokenizer([sources.text_of(r, d.text_field) for r in train])
+        if d.text_pair_field:
+            tokenizer = separated_pairs(tokenizer)
         expect = None if self.count_labels else self.num_labels
         names = _label_names(labels_file, train, d.label_field, expect)
         num_labels = self.num_labels
         if self.count_labels:
             num_labels = classify.class_count(train, d.label_field, names)
+        records = {"train": train, **{k: split[k] for k in ("validation", "test") if k in split}}
         encoded = {
             name: classify.encode(rows, d, tokenizer, num_labels, names, name)
-            for name, rows in [
-                ("train", train),
-                *((k, split[k]) for k in ("validation", "test") if k in split),
-            ]
+            for name, rows in records.items()
         }
+        pad = pad_id(tokenizer)
+        for name, rows in records.items():
+            _check_last_tokens(encoded[name], rows, pad, tokenizer)
         if num_labels != self.num_labels:
             log.info(
                 "model.num_labels=%d from the training split's %d classes (the config said %d; "
@@ -125,7 +133,6 @@ class Classification(Task):
             )
         if extend is not None:
             encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
-        pad = pad_id(tokenizer)
         batched = (_packed if self.packing else _bucketed)(cfg, encoded, layout, eval_layout, pad)
         counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
         if encoded["train"].label_weights is not None:
@@ -214,6 +221,50 @@ class Classification(Task):
                 row["probs"] = {name: float(v) for name, v in zip(names, p, strict=True)}
             out.append(row)
         return out
+
+
+def separated_pairs(tokenizer):
+    """``tokenizer``, made to put its end-of-text token between a pair's texts when it would
+    put nothing there: GPT-2's joins them into one text, where the second's first word could
+    even merge with the first's last. ``A <|endoftext|> B`` is a document boundary as GPT-2
+    saw them in pretraining, and the last token, which the classifier reads, stays B's. The
+    template is part of the tokenizer (W/tokenizer, the export's), so predict and transformers
+    make the same pairs; a tokenizer that already separates them is returned as it is."""
+    single = tokenizer("a")["input_ids"] + tokenizer("b")["input_ids"]
+    if tokenizer("a", "b")["input_ids"] != single:
+        return tokenizer  # [SEP], </s></s>, or a separator given before
+    eos, eos_id = tokenizer.eos_token, tokenizer.eos_token_id
+    if eos is None or eos_id is None:
+        raise DataError(
+            "The tokenizer joins a text and its pair with nothing between them and has no "
+            "end-of-text token to put there; give data.tokenizer one with an eos_token, or set "
+            "--config.data.text_pair_field=''."
+        )
+    from tokenizers import processors
+
+    template = processors.TemplateProcessing(
+        single="$A", pair=f"$A:0 {eos}:0 $B:1", special_tokens=[(eos, eos_id)]
+    )
+    backend = tokenizer.backend_tokenizer
+    kept = backend.post_processor  # GPT-2's ByteLevel (offsets) stays in front
+    if kept is not None and not isinstance(kept, processors.TemplateProcessing):
+        template = processors.Sequence([kept, template])
+    backend.post_processor = template
+    return tokenizer
+
+
+def _check_last_tokens(ex, records, pad: int, tokenizer) -> None:
+    """Stop at the first example whose last token is the pad id: a decoder's classifier reads
+    the last token, and transformers' GPT2ForSequenceClassification takes the last one that
+    is not padding, so an export would read another one (a GPT-2 text that ends with
+    ``<|endoftext|>``, its pad token)."""
+    for record, ids in zip(records, ex.ids, strict=True):
+        if len(ids) and ids[-1] == pad:
+            raise DataError(
+                f"{sources.origin(record)} ends (within data.max_seq_length) with the pad token "
+                f"{tokenizer.pad_token!r}, which a classifier that reads the last token (GPT-2's, "
+                "and transformers') cannot tell from padding; remove it from that record."
+            )
 
 
 def _bucketed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
