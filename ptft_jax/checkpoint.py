@@ -18,6 +18,7 @@ import errno
 import logging
 import pathlib
 import shutil
+import threading
 import traceback
 
 import jax
@@ -142,18 +143,25 @@ def manager(workdir: pathlib.Path, keep: int, name: str = "checkpoints") -> ocp.
     return ocp.CheckpointManager(workdir.resolve() / name, options=options)
 
 
+# Orbax numbers a save's signals with one process-wide counter that ``mgr.save`` advances and
+# reads back while it starts the save: two runs starting saves at once in threads of one process
+# (ptft_jax.jobs) take each other's numbers, and a save then writes before its folder exists
+# (seen: FileNotFoundError on <step>.orbax-checkpoint-tmp/data.orbax-checkpoint-tmp/metadata).
+# So saves start one at a time; their background commits still overlap.
+_STARTING = threading.Lock()
+
+
 def save_params(mgr: ocp.CheckpointManager, step: int, params) -> None:
     """Save parameters alone (the best model so far), with their checksums."""
     meta = {"checksums": checksums(params)}
     with _filling_up(mgr):
         mgr.wait_until_finished()
         _check_space(mgr, step, params)
-        mgr.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)
-            ),
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)
         )
+        with _STARTING:
+            mgr.save(step, args=args)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: dict) -> None:
@@ -163,14 +171,13 @@ def save(mgr: ocp.CheckpointManager, step: int, state, data_state: dict, meta: d
     with _filling_up(mgr):
         mgr.wait_until_finished()  # the previous save is on disk: its size counts below
         _check_space(mgr, step, state)
-        mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=ocp.args.JsonSave(data_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state),
+            meta=ocp.args.JsonSave(meta),
         )
+        with _STARTING:
+            mgr.save(step, args=args)
 
 
 def restore(mgr: ocp.CheckpointManager, step: int, abstract_state):
@@ -217,18 +224,25 @@ def errors_log(workdir: pathlib.Path) -> pathlib.Path:
     return workdir / ("errors.log" if index == 0 else f"errors.{index}.log")
 
 
+# The threads whose runs route Orbax's lines (runs side by side in threads: ptft_jax.jobs).
+_ROUTING_THREADS: dict[int, int] = {}
+
+
 class _OrbaxToFile(logging.Filter):
     """Sends Orbax's warnings and errors (with their tracebacks) to ``W/errors.log`` instead of
-    the console; the run's own line says what happened."""
+    the console; the run's own line says what happened. With runs in several threads, each
+    run's file gets its own thread's lines (Orbax's background threads' go to the first)."""
 
     def __init__(self, path: pathlib.Path):
         super().__init__()
-        self.path = path
+        self.path, self.thread = path, threading.get_ident()
         self.format = logging.Formatter("%(asctime)s %(levelname)s %(pathname)s: %(message)s")
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "orbax" not in pathlib.PurePath(record.pathname).parts:
             return True
+        if record.thread != self.thread and record.thread in _ROUTING_THREADS:
+            return True  # another run's line: its own filter takes it
         if record.levelno >= logging.WARNING:
             try:
                 with open(self.path, "a", encoding="utf-8") as f:
@@ -243,7 +257,15 @@ def route_orbax_logs(workdir: pathlib.Path):
     found = _OrbaxToFile(errors_log(workdir))
     logger = logging.getLogger("absl")
     logger.addFilter(found)
-    return lambda: logger.removeFilter(found)
+    _ROUTING_THREADS[found.thread] = _ROUTING_THREADS.get(found.thread, 0) + 1
+
+    def undo():
+        logger.removeFilter(found)
+        _ROUTING_THREADS[found.thread] -= 1
+        if not _ROUTING_THREADS[found.thread]:
+            del _ROUTING_THREADS[found.thread]
+
+    return undo
 
 
 def first_line(e: BaseException) -> str:
