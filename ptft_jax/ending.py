@@ -32,12 +32,12 @@ def finish(s, task, loop, ctx, workdir: pathlib.Path, compile_s: float, t_start:
         )
     interrupted = loop.preemption.interrupted
     if loop.stop_now:  # preempted: exit promptly, the next run resumes from this checkpoint
-        if jax.process_index() == 0:
-            why = "interrupted" if interrupted else "preempted"
-            print(
-                f"{why}: saved a checkpoint at step {step}; run the same command to resume.",
-                flush=True,
-            )
+        why = "interrupted" if interrupted else "preempted"
+        if loop.stop is not None and loop.stop.is_set():
+            why = "stopped"  # by the caller (the job runner, on a signal)
+        loop.writer.say(
+            f"{why}: saved a checkpoint at step {step}; run the same command to resume."
+        )
         return {"step": step, "preempted": True, "interrupted": interrupted, "state": loop.state}
     test = {}
     if loop.best is not None:
@@ -53,6 +53,21 @@ def finish(s, task, loop, ctx, workdir: pathlib.Path, compile_s: float, t_start:
     return _summary(s, task, loop, test, compile_s, t_start, workdir)
 
 
+def _validation(loop) -> dict:
+    """The validation numbers of the checkpoint the test split is scored with: the best one's
+    (kept in the tracker since it was found), else the last evaluation's; with its step."""
+    best_step = loop.tracker["best_step"] if loop.best is not None else None
+    kept = loop.tracker.get("validation")
+    if best_step is not None and kept is not None:
+        return {**kept, "checkpoint": "best", "step": best_step}
+    if best_step is not None and best_step != loop.step:  # a checkpoint of before this record
+        return {}
+    if not loop.ev:  # nothing was evaluated (train.steps=0)
+        return {}
+    kind = "last" if best_step is None else "best"
+    return {**metrics.scalars(loop.ev), "checkpoint": kind, "step": loop.step}
+
+
 def _summary(s, task, loop, test, compile_s, t_start, workdir) -> dict:
     """The run's numbers, each with the step it comes from, and its one summary line."""
     ev, best_step = loop.ev, loop.tracker["best_step"] if loop.best is not None else None
@@ -65,6 +80,7 @@ def _summary(s, task, loop, test, compile_s, t_start, workdir) -> dict:
         "eval_loss": ev.get("loss", float("nan")),
         "eval_accuracy": ev.get(task.accuracy, float("nan")),
         "test": test,
+        "validation": _validation(loop),
         "tokens_per_s": loop.trained_tokens / loop.train_s if loop.train_s else 0.0,
         "real_token_share": loop.trained_tokens / max(loop.computed_tokens, 1),
         "compile_s": compile_s,
@@ -73,10 +89,10 @@ def _summary(s, task, loop, test, compile_s, t_start, workdir) -> dict:
         "best_metric": task.best_metric(),
         "best_step": best_step,
         "workdir": str(workdir),
+        "mesh": {axis: int(size) for axis, size in s.mesh.shape.items()},
         "wrote": [*wrote, "metrics.jsonl", *["eval_test.json"] * bool(test)],
         **{k: ev[k] for k in ("probe_accuracy",) if k in ev},
     }
     loop.writer.close()
-    if jax.process_index() == 0:
-        print(metrics.done_line(summary, task.accuracy), flush=True)
+    loop.writer.say(metrics.done_line(summary, task.accuracy))
     return {**summary, "state": loop.state}

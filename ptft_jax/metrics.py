@@ -1,5 +1,6 @@
 """Where numbers go: a progress bar (one plain line per logged step when standard error is not
-a terminal), ``W/metrics.jsonl``, TensorBoard and the summary line (process 0 only)."""
+a terminal), ``W/metrics.jsonl``, TensorBoard and the summary line (process 0 only); a quiet
+run's lines go to the log instead of the terminal."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import time
 
 import jax
+
+log = logging.getLogger(__name__)
 
 
 def quiet_logs() -> None:
@@ -39,12 +42,20 @@ def read_rows(path: pathlib.Path) -> list[dict]:
 class Writer:
     """Appends metric rows to JSONL and TensorBoard and shows progress on ``progress`` (standard
     error by default): a bar on a terminal; in a log file or a pipe, where a bar's carriage
-    returns pile up, one plain line per logged step instead."""
+    returns pile up, one plain line per logged step instead. ``quiet``: no bar, and its lines
+    go to the ``ptft_jax`` log (a job runner's ``W/train.log``) instead of the terminal."""
 
     def __init__(
-        self, workdir: pathlib.Path, total_steps: int, start_step: int, resumed: bool, progress=None
+        self,
+        workdir: pathlib.Path,
+        total_steps: int,
+        start_step: int,
+        resumed: bool,
+        progress=None,
+        quiet: bool = False,
     ):
         self.active = jax.process_index() == 0
+        self.quiet = quiet
         self._bar = self._jsonl = self._tb = None
         if not self.active:
             return
@@ -66,7 +77,7 @@ class Writer:
         self._tb = SummaryWriter(str(workdir / "tensorboard"), purge_step=purge)
         self._progress = sys.stderr if progress is None else progress
         self._total, self._first = total_steps, None  # (time, step) of the first train row
-        if _is_terminal(self._progress):
+        if _is_terminal(self._progress) and not quiet:
             from tqdm import tqdm
 
             self._bar = tqdm(
@@ -95,6 +106,8 @@ class Writer:
             self._bar.set_postfix(
                 loss=f"{row['loss']:.3f}", tok_s=f"{row.get('tokens_per_s', 0):,.0f}"
             )
+        elif self.quiet:
+            log.info("%s", self._progress_line(row))
         else:
             print(self._progress_line(row), file=self._progress, flush=True)
 
@@ -123,6 +136,16 @@ class Writer:
         if self._bar is not None:
             self._bar.write(line)
         else:
+            self.say(line)
+
+    def say(self, line: str) -> None:
+        """A line on standard output on process 0 (also once closed; a quiet writer's: a log
+        line)."""
+        if jax.process_index() != 0:
+            return
+        if self.quiet:
+            log.info("%s", line)
+        else:
             print(line, flush=True)
 
     def close(self) -> None:
@@ -133,6 +156,75 @@ class Writer:
                 self._bar.close()
             self._jsonl.close()
             self._tb.close()
+
+
+class JobsBar:
+    """Progress over a list of jobs on ``progress`` (standard error by default), process 0 only:
+    on a terminal a bar of jobs done of all, the time left from the mean time of the jobs run so
+    far over ``at_once`` (how many run side by side); elsewhere one plain line per finished job.
+    A failed job is one line ``failed: <name>: <sentence>`` either way."""
+
+    def __init__(self, total: int, desc: str, at_once: int, progress=None):
+        self.active = jax.process_index() == 0
+        self._progress = sys.stderr if progress is None else progress
+        self._total, self._desc, self._at_once = total, desc, max(at_once, 1)
+        self._done, self._seconds, self._bar = 0, [], None
+        if self.active and _is_terminal(self._progress):
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit="job",
+                dynamic_ncols=True,
+                file=self._progress,
+                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]",
+            )
+
+    def finished(self, name: str, seconds: float | None, note: str = "") -> None:
+        """Job ``name`` is done: it ran for ``seconds`` (None: it had finished before)."""
+        left = self._count(seconds)
+        if not self.active or self._bar is not None:
+            return
+        how = "done earlier" if seconds is None else f"done in {_duration(seconds)}"
+        line = f"{self._desc} {self._done}/{self._total}: {name} {how}{note}"
+        if left is not None and self._done < self._total:
+            line += f", ETA {_duration(left)}"
+        print(line, file=self._progress, flush=True)
+
+    def failed(self, name: str, sentence: str, seconds: float | None = None) -> None:
+        """Job ``name`` failed with ``sentence``: its one line, and it counts as done."""
+        self.say(f"failed: {name}: {sentence}")
+        self._count(seconds)
+
+    def _count(self, seconds: float | None) -> float | None:
+        """One more job done; the time left, once a job has run here."""
+        self._done += 1
+        if seconds is not None:
+            self._seconds.append(seconds)
+        left = None
+        if self._seconds:
+            mean = sum(self._seconds) / len(self._seconds)
+            left = mean * (self._total - self._done) / self._at_once
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix_str(f"left {_duration(left)}" if left is not None else "")
+        return left
+
+    def say(self, line: str) -> None:
+        """A line on the progress stream, above the bar."""
+        if not self.active:
+            return
+        if self._bar is not None:
+            self._bar.write(line, file=self._progress)
+        else:
+            print(line, file=self._progress, flush=True)
+
+    def close(self) -> None:
+        """Close the bar (again: nothing)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 def _is_terminal(stream) -> bool:

@@ -52,8 +52,9 @@ class Plan:
     teacher: weights.Pretrained | None
 
 
-def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
-    """Check the config, the teacher, ``init_from`` and the workdir; build the data."""
+def make(cfg, workdir: pathlib.Path, cli_model_keys=(), devices=None) -> Plan:
+    """Check the config, the teacher, ``init_from`` and the workdir; build the data. The mesh
+    spans ``devices`` (default: all devices)."""
     config.validate(cfg)
     resuming = checkpoint.has_checkpoint(workdir)
     saved = config.saved_config(workdir / "config.json") if resuming else None
@@ -80,7 +81,7 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=()) -> Plan:
     task, model_cfg = tasks.get(cfg), config.model_config(cfg)
     if new_head:  # the training split's classes decide model.num_labels
         task = dataclasses.replace(task, count_labels=True)
-    mesh = sharding.make_mesh(cfg.mesh)
+    mesh = sharding.make_mesh(cfg.mesh, devices)
     accum = cfg.train.grad_accum_steps
     micro = cfg.train.batch_size // accum
     sharding.check_rows(mesh, micro)
@@ -149,8 +150,8 @@ def _check_state_fields(workdir: pathlib.Path, saved: dict, cfg, task, mesh, tot
     structure than the checkpoints hold (``max_grad_norm=0`` drops the clipping's state,
     ``freeze_*`` and ``trainable`` the frozen tensors' moments), naming each config field that
     does it with both values; the checkpoints are left as they are."""
-    then = _flat(saved)
-    now = _flat(json.loads(cfg.to_json_best_effort()))
+    then = flat(saved)
+    now = flat(json.loads(cfg.to_json_best_effort()))
     differ = [
         k
         for k in sorted(now)
@@ -179,12 +180,12 @@ def _check_state_fields(workdir: pathlib.Path, saved: dict, cfg, task, mesh, tot
     )
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    """``{"train.max_grad_norm": 1.0, ...}`` of a nested config dict."""
+def flat(tree: dict, prefix: str = "") -> dict:
+    """``{"train.max_grad_norm": 1.0, ...}`` of a nested config dict (``cfg.to_json`` read)."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
+            out |= flat(value, f"{prefix}{key}.")
         else:
             out[f"{prefix}{key}"] = value
     return out

@@ -16,6 +16,7 @@ import json
 import logging
 import pathlib
 import sys
+import threading
 import time
 
 import jax
@@ -49,21 +50,33 @@ from ptft_jax.tasks.base import EvalContext
 log = logging.getLogger("ptft_jax.train")
 
 
-def run(cfg, workdir: str | pathlib.Path, cli_model_keys: tuple[str, ...] = ()) -> dict:
+def run(
+    cfg,
+    workdir: str | pathlib.Path,
+    cli_model_keys: tuple[str, ...] = (),
+    devices=None,
+    quiet: bool = False,
+    stop: threading.Event | None = None,
+) -> dict:
     """Train as ``cfg`` says in ``workdir``, the only run there (``W/run.lock``); returns the
     final summary.
 
     ``cli_model_keys`` are the ``model.*`` keys set on the command line: with ``init_from``
     the checkpoint decides the model shape, and only those may contradict it (an error).
+    ``devices``: the devices the mesh is built on (default: all; a ``-1`` mesh axis takes the
+    rest of these). ``quiet``: no progress bar or summary line on the terminal, those lines go
+    to the ``ptft_jax`` logger instead (the workdir gets everything as usual). ``stop``: when
+    set, the run checkpoints its current step and returns, as after SIGTERM (how the job
+    runner stops runs in its threads: signals reach only the main thread).
     """
     with runlock.RunLock(pathlib.Path(workdir)) as lock:
-        return _run(cfg, pathlib.Path(workdir), cli_model_keys, lock)
+        return _run(cfg, pathlib.Path(workdir), cli_model_keys, lock, devices, quiet, stop)
 
 
-def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> dict:
+def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock, devices, quiet, stop) -> dict:
     t_start = time.time()
     # --- Check everything a user can get wrong and build the data; nothing is written yet.
-    s = plan.make(cfg, workdir, cli_model_keys)
+    s = plan.make(cfg, workdir, cli_model_keys, devices)
     cfg, task, mesh = s.cfg, s.task, s.mesh
 
     # --- Everything checked: only now does the workdir get written.
@@ -94,7 +107,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
         if task.best_metric() is not None:
             best = best_lib.Best(workdir, task.best_metric(), cfg.train.patience, tracker)
         step = int(jax.device_get(state["step"]))
-        writer = metrics.Writer(workdir, s.total_steps, step, resumed=latest is not None)
+        writer = metrics.Writer(workdir, s.total_steps, step, latest is not None, quiet=quiet)
         on_exit.callback(writer.close)  # also when an error stops the run: the bar goes first
         if latest is not None:
             writer.print(f"resuming from step {step} (checkpoint in {workdir / 'checkpoints'})")
@@ -126,7 +139,7 @@ def _run(cfg, workdir: pathlib.Path, cli_model_keys, lock: runlock.RunLock) -> d
             ev = task.evaluate(ctx, state["params"])
 
         # --- The loop.
-        loop = Loop(state, step, stop_at, tracker, writer, ckpt, best, preemption, ev, latest)
+        loop = Loop(state, step, stop_at, tracker, writer, ckpt, best, preemption, ev, latest, stop)
         _train(s, task, loop, train_step, extra, ctx, first)
 
         # --- Done: the best checkpoint on the test split, the summary.
@@ -185,6 +198,7 @@ class Loop:
     preemption: stopping.Preemption
     ev: dict  # the latest evaluation
     resumed_from: int | None
+    stop: threading.Event | None = None  # set: checkpoint and return, as after SIGTERM
     stop_now: bool = False  # SIGTERM, Ctrl-C, or a non-finite step under on_nonfinite=stop
     nonfinite_at: int | None = None
     skipped: int = 0
@@ -220,7 +234,8 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
         checkpoint.check_saves(loop.ckpt)  # a failed background save stops the run here
         checkpoint.check_saves(loop.best.mgr if loop.best is not None else None)
         last = step == loop.stop_at
-        loop.stop_now = loop.preemption.reached(step)  # SIGTERM or Ctrl-C: checkpoint here
+        # SIGTERM, Ctrl-C or the caller's stop: checkpoint here
+        loop.stop_now = loop.preemption.reached(step) or bool(loop.stop and loop.stop.is_set())
 
         # --- Log: train metrics, throughput, non-finite steps.
         if step % t.log_every == 0 or last or loop.stop_now:
@@ -234,6 +249,8 @@ def _train(s: plan.Plan, task, loop: Loop, train_step, extra, ctx: EvalContext, 
             loop.writer.write(step, "validation", metrics.scalars(loop.ev))
             if loop.best is not None:
                 stop_early = loop.best.update(step, loop.ev, loop.state["params"])
+                if loop.tracker["best_step"] == step:  # the summary's validation numbers
+                    loop.tracker["validation"] = metrics.scalars(loop.ev)
             window["t0"] = time.time()  # evaluation time is not training throughput
 
         # --- Checkpoint, then stop early (patience) or on a signal.
