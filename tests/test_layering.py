@@ -19,10 +19,14 @@ LAYERS = {
     + ["workdir", "aot"]
     + ["figures", "cli", "runlock", "plan", "ending"],
     4: ["train"],
+    # The runner of repeated trainings: above train (it runs it), below the commands (they
+    # use it); a layer of its own, so train can never import it.
+    4.5: ["jobs"],
     5: ["evaluate", "predict", "export", "bench", "plot", "learning_curve", "prepare", "generate"],
 }
 ENTRY_POINTS = 5  # the layer of the commands; none imports another
-RUNS_TRAINING = {"learning_curve"}  # the entry points that may import train
+RUNS_TRAINING = {"learning_curve"}  # the entry points that may import train or jobs
+TRAINING = {"ptft_jax.train", "ptft_jax.jobs"}  # what runs training
 APART = {"models", "data"}  # packages that never import each other
 
 
@@ -118,7 +122,7 @@ def problems(graph: dict[str, dict[str, str]], files: dict[str, str] | None = No
                 out.append(f"{said}, a higher layer")
             if here == there == ENTRY_POINTS:
                 out.append(f"{said}: an entry point imports no other entry point")
-            if here == ENTRY_POINTS and n == "ptft_jax.train" and _short(m) not in RUNS_TRAINING:
+            if here == ENTRY_POINTS and n in TRAINING and _short(m) not in RUNS_TRAINING:
                 out.append(f"{said}: only {sorted(RUNS_TRAINING)} may run training")
             if {_short(m).split(".")[0], _short(n).split(".")[0]} == APART:
                 out.append(f"{said}: {' and '.join(sorted(APART))} never import each other")
@@ -134,6 +138,7 @@ def test_the_checker_finds_each_kind_of_broken_rule():
     lc, bert, config, steps = "learning_curve", "models.bert", "config", "steps"
     edges = {"errors": ["train"], "train": [config], config: [steps], steps: [config, "gone"]}
     edges |= {"plot": ["train", "evaluate"], "evaluate": [], lc: ["train"], "shiny": []}
+    edges |= {"jobs": ["train"], "train": [config, "jobs"], "predict": ["jobs"], lc: ["jobs"]}
     edges |= {bert: ["data.pipeline"], "data.pipeline": ["errors"]}
     graph = {
         f"ptft_jax.{m}": {f"ptft_jax.{n}": f"line {i}" for i, n in enumerate(ns)}
@@ -149,9 +154,13 @@ def test_the_checker_finds_each_kind_of_broken_rule():
         "bert (layer 1) imports ptft_jax.data.pipeline (layer 1): data and models never",
         "ptft_jax.shiny (ptft_jax.shiny) is in no layer: add it to LAYERS",
         "imports ptft_jax.gone, which is no module of ptft_jax",
+        "ptft_jax.train (layer 4) imports ptft_jax.jobs (layer 4.5), a higher layer",
+        "predict (layer 5) imports ptft_jax.jobs (layer 4.5): only ['learning_curve'] may run",
+        "import cycle: ['ptft_jax.train', 'ptft_jax.jobs', 'ptft_jax.train']",
     ):
         assert any(text in p for p in found), (text, found)
-    assert len(found) == 7, found  # learning_curve may run training; data may import errors
+    # learning_curve may run training (train or jobs); data may import errors
+    assert len(found) == 10, found
     assert problems({"ptft_jax.train": {"ptft_jax.errors": "line 1"}, "ptft_jax.errors": {}}) == []
 
 
