@@ -148,3 +148,55 @@ def plot_learning_curve(rows: list[dict], out, title: str):
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return fig
+
+
+def plot_suite(report: dict, suite, out):
+    """A suite's scores per task, one bar per starting point (median, with the min-max over
+    seeds as a whisker) and the average; with several pretraining checkpoints, each task's score
+    and the average against the pretraining step instead, the baselines as flat lines."""
+    plt = _pyplot()
+    specs = [t for t in suite.tasks if t.name in report["tasks"]]
+    names = [t.heading for t in specs] + ["average"]
+    steps = [k for k in report["starts"] if k.startswith("step ")]
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.3 * len(names) + 2), 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+    def value(key, spec):
+        return report["tasks"][spec.name]["scores"].get(key)
+
+    if len(steps) > 1:
+        x = [int(k.split()[1]) for k in steps]
+        for i, spec in enumerate(specs):
+            ys = [(value(k, spec) or {}).get("median", np.nan) for k in steps]
+            ax.plot(x, ys, "o-", color=colors[i % len(colors)], label=spec.heading)
+        avg = [report["average"].get(k) for k in steps]
+        ax.plot(x, [np.nan if a is None else a for a in avg], "k-o", lw=2.5, label="average")
+        for key, style in (("random", "--"), ("tfidf", ":")):
+            if report["average"].get(key) is not None:
+                ax.axhline(report["average"][key], color="k", ls=style, label=f"{key} (average)")
+        ax.set(xlabel="pretraining step", ylabel="score (median over seeds)")
+    else:
+        keys = report["starts"]
+        width = 0.8 / len(keys)
+        for j, key in enumerate(keys):
+            meds, lo, hi = [], [], []
+            for spec in specs:
+                got = value(key, spec) or {"median": np.nan, "min": np.nan, "max": np.nan}
+                meds.append(got["median"])
+                lo.append(got["median"] - got["min"])
+                hi.append(got["max"] - got["median"])
+            avg = report["average"].get(key)
+            meds.append(np.nan if avg is None else avg)
+            lo.append(0.0)
+            hi.append(0.0)
+            xs = np.arange(len(names)) + (j - (len(keys) - 1) / 2) * width
+            label = report["init_from"] if key == "pretrained" else key
+            ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=label, color=colors[j])
+        ax.set_xticks(np.arange(len(names)), names)
+        ax.set(ylabel="score (median over seeds)")
+    fig.suptitle(_fit(f"{report['suite']}: {report['init_from']}", 0.9 * 6.5), fontsize=12)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return fig

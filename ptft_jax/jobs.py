@@ -29,6 +29,7 @@ import logging
 import os
 import pathlib
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -51,6 +52,9 @@ class Job:
     name: str
     cfg: ml_collections.ConfigDict
     workdir: pathlib.Path
+    # False: once W/job.json holds the result, W/checkpoints and W/best are deleted (a grid of
+    # fine-tuning runs would otherwise keep a model and its optimizer state per job)
+    keep_checkpoints: bool = True
 
 
 @dataclasses.dataclass
@@ -226,6 +230,9 @@ def _run_one(job: Job, devices, stop: threading.Event, routes: _LogRoutes) -> Ou
     if summary.get("preempted"):
         return None
     summary = _record(job, summary)
+    if not job.keep_checkpoints and jax.process_index() == 0:
+        for folder in ("checkpoints", "best"):
+            shutil.rmtree(job.workdir / folder, ignore_errors=True)
     return Outcome(job, summary, None, False, started, seconds, ids)
 
 

@@ -17,15 +17,17 @@ LAYERS = {
     3: ["steps", "optim", "checksums", "checkpoint", "recovery", "best", "weights", "metrics"]
     + ["defaults", "config", "hf"]
     + ["workdir", "aot"]
-    + ["figures", "cli", "runlock", "plan", "ending"],
+    + ["figures", "cli", "runlock", "plan", "ending"]
+    + ["suitespec", "suite_data", "suite_report", "baselines"],  # an evaluation suite's parts
     4: ["train"],
     # The runner of repeated trainings: above train (it runs it), below the commands (they
     # use it); a layer of its own, so train can never import it.
     4.5: ["jobs"],
-    5: ["evaluate", "predict", "export", "bench", "plot", "learning_curve", "prepare", "generate"],
+    5: ["evaluate", "predict", "export", "bench", "plot", "learning_curve", "prepare", "generate"]
+    + ["suite"],
 }
 ENTRY_POINTS = 5  # the layer of the commands; none imports another
-RUNS_TRAINING = {"learning_curve"}  # the entry points that may import train or jobs
+RUNS_TRAINING = {"learning_curve", "suite"}  # the entry points that may import train or jobs
 TRAINING = {"ptft_jax.train", "ptft_jax.jobs"}  # what runs training
 APART = {"models", "data"}  # packages that never import each other
 
@@ -150,12 +152,12 @@ def test_the_checker_finds_each_kind_of_broken_rule():
     assert f"{upward}, a higher layer" in found
     for text in (
         "plot (layer 5) imports ptft_jax.evaluate (layer 5): an entry point imports no other",
-        "plot (layer 5) imports ptft_jax.train (layer 4): only ['learning_curve'] may run",
+        "plot (layer 5) imports ptft_jax.train (layer 4): only ['learning_curve', 'suite'] may run",
         "bert (layer 1) imports ptft_jax.data.pipeline (layer 1): data and models never",
         "ptft_jax.shiny (ptft_jax.shiny) is in no layer: add it to LAYERS",
         "imports ptft_jax.gone, which is no module of ptft_jax",
         "ptft_jax.train (layer 4) imports ptft_jax.jobs (layer 4.5), a higher layer",
-        "predict (layer 5) imports ptft_jax.jobs (layer 4.5): only ['learning_curve'] may run",
+        "predict (layer 5) imports ptft_jax.jobs (layer 4.5): only ['learning_curve', 'suite']",
         "import cycle: ['ptft_jax.train', 'ptft_jax.jobs', 'ptft_jax.train']",
     ):
         assert any(text in p for p in found), (text, found)
