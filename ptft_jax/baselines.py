@@ -2,10 +2,10 @@
 (scikit-learn), fitted on a task's training split, its regularisation chosen on validation.
 
 Classification fits a logistic regression, regression a ridge regression. A text pair is
-vectorized one side at a time with one vocabulary and the features are ``[a, b, a * b, cos(a, b)]``
-(the product marks the n-grams the two share and the cosine sums them, which is most of what a
-bag of n-grams knows about a pair). Scores come from ``scores.py``, the functions that score the fine-tuned models, so the
-numbers compare. Deterministic: one fit per task, no seeds.
+vectorized one side at a time with one vocabulary and the features are ``[a, b, a * b,
+cos(a, b)]`` (the product marks the n-grams the two share and the cosine sums them, which is
+most of what a bag of n-grams knows about a pair). Scores come from ``scores.py``, the functions
+that score the fine-tuned models, so the numbers compare. Deterministic: one fit per task.
 """
 
 from __future__ import annotations
