@@ -109,3 +109,50 @@ def test_unknown_suite_and_task_names():
         suitespec.load("nope.toml")
     with pytest.raises(ConfigError, match="--tasks names 'sst', which suite glue does not have"):
         suitespec.choose_tasks(suitespec.load("glue"), "cola,sst")
+
+
+def test_a_curve_over_pretraining_steps_draws_and_tabulates(tmp_path):
+    from ptft_jax import figures
+
+    suite = suitespec.choose_tasks(suitespec.load("offline-en"), "mr,stsb")
+    mr, stsb = suite.task("mr"), suite.task("stsb")
+
+    def result(v):
+        return suite_report.select(mr, [_job(1e-4, 0, {"accuracy": v}, {"accuracy": v})])
+
+    def sim(v):
+        return suite_report.select(
+            stsb, [_job(1e-4, 0, {"pearson": v, "spearman": v}, {"pearson": v, "spearman": v})]
+        )
+
+    tasks = {
+        "mr": {
+            "metric": "accuracy",
+            "scores": {"step 100": result(0.6), "step 200": result(0.7), "random": result(0.55)},
+        },
+        "stsb": {
+            "metric": "pearson/spearman",
+            "scores": {"step 100": sim(0.3), "step 200": sim(0.5), "random": None},
+        },
+    }
+    tasks["mr"]["scores"]["pretrained"] = tasks["mr"]["scores"]["step 200"]
+    tasks["stsb"]["scores"]["pretrained"] = tasks["stsb"]["scores"]["step 200"]
+    report = {
+        "suite": "offline-en",
+        "init_from": "W@100,W@200",
+        "seeds": [0],
+        "starts": ["step 100", "step 200", "random"],
+        "tasks": tasks,
+        "failed": [],
+    }
+    report["average"] = suite_report.averages(suite, tasks)
+    assert report["average"]["step 200"] == pytest.approx(0.6)
+    assert report["average"]["random"] is None  # a task without a score has no average
+    fig = figures.plot_suite(report, suite, tmp_path / "steps.png")
+    assert [line.get_label() for line in fig.axes[0].get_lines()][:3] == ["MR", "STS-B", "average"]
+    assert (tmp_path / "steps.png").stat().st_size > 10_000
+    md = suite_report.markdown(suite, report)
+    assert (
+        "| step 100 | 60.0 | 30.0/30.0 | 45.0 |" in md
+        and "| random init | 55.0 | failed | - |" in md
+    )
