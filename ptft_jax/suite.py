@@ -22,6 +22,8 @@ import logging
 import pathlib
 import sys
 
+import jax
+
 from ptft_jax import (
     cli,
     config,
@@ -273,6 +275,9 @@ def report(plan: Plan, done: list[tuple[dict, jobs.Outcome]], tfidf: dict) -> di
 def run(plan: Plan) -> dict:
     """Writes each task's data, runs the TF-IDF baselines and every job, and the report."""
     plan.folder.mkdir(parents=True, exist_ok=True)
+    if jax.config.jax_compilation_cache_dir is None:
+        # The grid's jobs of a task share their shapes: each program compiles once.
+        jax.config.update("jax_compilation_cache_dir", str(plan.folder / "xla_cache"))
     for name, rows in plan.rows.items():
         suite_data.write_task(plan.folder / "data" / name, rows)
     tfidf = {}
