@@ -31,6 +31,7 @@ LABELS: dict[str, tuple[str, ...]] = {
     "qnli": ("entailment", "not_entailment"),
     "rte": ("entailment", "not_entailment"),
 }
+LEFT_OUT = {"wnli": " (WNLI is left out, as the papers that report GLUE do)"}
 SPLITS: dict[str, tuple[str, ...]] = {task: ("train", "validation") for task in TASKS}
 SPLITS["mnli"] = ("train", "validation_matched", "validation_mismatched")
 
@@ -68,7 +69,7 @@ LAYOUTS: dict[str, Layout] = {
 
 def _check_task(task: str) -> Layout:
     if task not in LAYOUTS:
-        hint = " (WNLI is left out, as the papers that report GLUE do)" if task == "wnli" else ""
+        hint = LEFT_OUT.get(task, "")
         raise DataError(
             f"Unknown GLUE task {task!r}{hint}; use one of {', '.join(TASKS)} (with --tasks)."
         )
@@ -194,7 +195,7 @@ def _load_hub(task: str) -> dict[str, list[Record]]:
             fields = {"text": row[text]}
             if pair is not None:
                 fields["text_pair"] = row[pair]
-            fields["label"] = float(row["label"]) if task == "stsb" else int(row["label"])
+            fields["label"] = int(row["label"]) if LABELS[task] else float(row["label"])
             records.append(Record(fields, f"hf:{HUB_NAME}/{task} {split} row {i + 1}"))
         out[split] = records
     return out
