@@ -32,10 +32,6 @@ def _source_splits(spec: TaskSpec, data_dir: str, base: pathlib.Path) -> dict[st
     return sources.load_records(source)
 
 
-def _missing(value) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
     fields = [("text", spec.text_field)]
     if spec.text_pair_field:
@@ -43,7 +39,7 @@ def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
     out = []
     for record in records:
         row = {name: sources.text_of(record, field) for name, field in fields}
-        if spec.label_field not in record or _missing(record[spec.label_field]):
+        if spec.label_field not in record or classify.missing(record[spec.label_field]):
             raise DataError(
                 f"{sources.origin(record)} has no {spec.label_field!r} (task {spec.name}'s label "
                 "field); fill it in or set label_field in the suite file."

@@ -34,7 +34,7 @@ class Examples:
         return len(self.ids)
 
 
-def _missing(value) -> bool:
+def missing(value) -> bool:
     """An absent label: no field, or an empty cell."""
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -44,7 +44,7 @@ def _checked_labels(records, label_field: str, split: str) -> list:
     or a float that is not a whole number."""
     values = [r.get(label_field) for r in records]
     for record, value in zip(records, values, strict=True):
-        if _missing(value):
+        if missing(value):
             raise DataError(
                 f"{origin(record)} has no {label_field!r} (the {split} split's label field); fill "
                 "it in, remove that record, or set --config.data.label_field."
@@ -302,7 +302,7 @@ def splits(records: dict[str, list[dict]], text_fields, label: str) -> dict[str,
         records["validation"] = records["validation_matched"]
     test = records.get("test")
     # GLUE's hidden test labels are -1; a local test file may leave the column empty.
-    if test is not None and all(r.get(label) == -1 or _missing(r.get(label)) for r in test):
+    if test is not None and all(r.get(label) == -1 or missing(r.get(label)) for r in test):
         del records["test"]
         log.warning(
             "the test split has no labels in %r: it is not scored (no eval_test.json)", label
