@@ -128,11 +128,12 @@ def markdown(suite: Suite, report: dict) -> str:
     pretraining bought, the chosen learning rates and the jobs that failed."""
     specs = [t for t in suite.tasks if t.name in report["tasks"]]
     head = ["start", *(_heading(t) for t in specs), "average"]
+    seeds = f"{len(report['seeds'])} seed{'s' * (len(report['seeds']) != 1)}"
     lines = [
         f"# {report['suite']}: {report['init_from']}",
         "",
-        f"Median over {len(report['seeds'])} seeds at the learning rate with the best median "
-        "validation score (min-max over seeds in brackets), in percent; a task with two "
+        f"Median over {seeds} at the learning rate with the best median validation score "
+        "(min-max over seeds in brackets), in percent; a task with two "
         "metrics or splits shows both and scores their mean.",
         "",
         "| " + " | ".join(head) + " |",

@@ -14,7 +14,7 @@ import time
 import pytest
 from test_train import tiny_config
 
-from ptft_jax import suite, suite_report, suitespec
+from ptft_jax import errors, suite, suite_report, suitespec
 from ptft_jax.train import run
 
 GLUE = pathlib.Path(__file__).parent / "fixtures" / "glue"
@@ -90,7 +90,7 @@ def toy(tmp_path_factory):
 def _args(**kw):
     argv = []
     for key, value in kw.items():
-        argv += [f"--{key}", str(value)]
+        argv += [f"--{key}"] + ([str(value)] if value != "" else [])
     return argv
 
 
@@ -179,3 +179,83 @@ def test_kill_9_during_a_suite_then_rerun_equals_the_uninterrupted_suite(
     got = json.loads((s / "suite.json").read_text())
     want = json.loads((s_ref / "suite.json").read_text())
     assert _scores(got) == _scores(want)
+
+
+@pytest.mark.slow
+def test_glue_from_its_own_folder_layout(pretrained, tmp_path):
+    s = tmp_path / "S"
+    suite.main(
+        _args(
+            suite="glue",
+            data_dir=GLUE,
+            init_from=pretrained,
+            workdir=s,
+            quick="",
+            baselines="tfidf",
+        )
+    )
+    report = json.loads((s / "suite.json").read_text())
+    assert list(report["tasks"]) == "cola sst2 mrpc stsb qqp mnli qnli rte".split()
+    assert len(report["jobs"]) == 8 and not report["failed"], report["failed"]
+    mnli = report["tasks"]["mnli"]["scores"]["pretrained"]
+    assert set(mnli["columns"]) == {"m", "mm"}  # matched and mismatched dev
+    assert report["tasks"]["mrpc"]["metric"] == "f1/accuracy"
+    scores = [report["tasks"][t]["scores"]["pretrained"]["median"] for t in report["tasks"]]
+    assert report["average"]["pretrained"] == pytest.approx(sum(scores) / 8)
+    assert (
+        "| start | CoLA (mcc) | SST-2 (accuracy) | MRPC (f1/accuracy) |"
+        in (s / "suite.md").read_text()
+    )
+
+
+MISTAKES = [
+    (dict(suite="gleu"), "unknown suite 'gleu'; use one of glue, offline-en, offline-zh"),
+    (dict(suite="glue", tasks="cola,wnli"), "--tasks names 'wnli', which suite glue does not have"),
+    (dict(suite="glue", tasks="mnli", data_dir="{glue_missing}"), "has no MNLI/dev_mismatched.tsv"),
+    (
+        dict(init_from="{pretrained}@3"),
+        "keeps no checkpoint of step 3; pass one of its kept steps (2, 4)",
+    ),
+    (dict(init_from="{data}"), "is neither a finished workdir nor hf:<folder or hub id>"),
+    (dict(init_from="{data}@all"), "is not a workdir with kept checkpoints"),
+    (dict(learning_rates="1e-4,x"), "--learning_rates '1e-4,x' is not a comma-separated list"),
+    (dict(baselines="bert"), "--baselines names 'bert'; use random, tfidf or both"),
+]
+
+
+@pytest.mark.parametrize("given,expected", MISTAKES, ids=[e for _, e in MISTAKES])
+def test_each_mistake_is_one_sentence_and_writes_nothing(given, expected, pretrained, tmp_path):
+    import shutil
+
+    missing = tmp_path / "glue"
+    shutil.copytree(GLUE, missing)
+    (missing / "MNLI" / "dev_mismatched.tsv").unlink()
+    (tmp_path / "data.jsonl").write_text('{"text": "a"}\n')
+    names = {"glue_missing": missing, "pretrained": pretrained, "data": tmp_path / "data.jsonl"}
+    kw = {
+        "suite": "glue",
+        "data_dir": GLUE,
+        "tasks": "rte",
+        "init_from": pretrained,
+        "workdir": tmp_path / "S",
+    }
+    kw.update({k: str(v).format(**names) for k, v in given.items()})
+    with pytest.raises(errors.UserError) as e:
+        suite.main(_args(**kw))
+    assert expected in str(e.value), str(e.value)
+    assert not (tmp_path / "S").exists()
+
+
+def test_a_mistake_on_the_command_line_is_one_line_and_exit_2(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "ptft_jax.suite",
+        "--suite",
+        "glue",
+        "--workdir",
+        str(tmp_path / "S"),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert "--init_from is required" in done.stderr and not (tmp_path / "S").exists()
