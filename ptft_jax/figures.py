@@ -12,6 +12,7 @@ import textwrap
 import numpy as np
 
 from ptft_jax import errors
+from ptft_jax.suite_report import NAMES
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mlm_accuracy", "nsp_accuracy")
 
@@ -173,7 +174,8 @@ def plot_suite(report: dict, suite, out):
         ax.plot(x, [np.nan if a is None else a for a in avg], "k-o", lw=2.5, label="average")
         for key, style in (("random", "--"), ("tfidf", ":")):
             if report["average"].get(key) is not None:
-                ax.axhline(report["average"][key], color="k", ls=style, label=f"{key} (average)")
+                label = f"{NAMES[key]} (average)"
+                ax.axhline(report["average"][key], color="k", ls=style, label=label)
         ax.set(xlabel="pretraining step", ylabel="score (median over seeds)")
     else:
         keys = report["starts"]
@@ -190,7 +192,7 @@ def plot_suite(report: dict, suite, out):
             lo.append(0.0)
             hi.append(0.0)
             xs = np.arange(len(names)) + (j - (len(keys) - 1) / 2) * width
-            label = report["init_from"] if key == "pretrained" else key
+            label = report["init_from"] if key == "pretrained" else NAMES.get(key, key)
             ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=label, color=colors[j])
         ax.set_xticks(np.arange(len(names)), names)
         ax.set(ylabel="score (median over seeds)")
