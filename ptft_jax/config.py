@@ -261,12 +261,14 @@ def apply_checkpoint_model(
 ) -> ml_collections.ConfigDict:
     """A copy of ``cfg`` whose model shape is the checkpoint's; command-line ``model.*`` values
     that contradict it stop the run, except dropout rates, which are a training choice (a
-    classifier fine-tuned with dropout from a run pretrained without). Its tokenizer defaults
-    to the checkpoint's (``tokenizer``)."""
+    classifier fine-tuned with dropout from a run pretrained without), and the classifier
+    head's options (``classifier_*``: ModernBERT's pooling and activation), which shape no
+    weight and describe a head fine-tuning usually starts fresh. Its tokenizer defaults to the
+    checkpoint's (``tokenizer``)."""
     chosen = {}
     for key in cli_keys:
         if key in fields and cfg.model[key] != fields[key]:
-            if "dropout" in key:
+            if "dropout" in key or key.startswith("classifier_"):
                 chosen[key] = cfg.model[key]
                 continue
             raise ConfigError(

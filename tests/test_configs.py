@@ -62,3 +62,16 @@ def test_a_dropout_rate_on_the_command_line_wins_over_init_from():
     cfg.model.hidden_size = 64
     with pytest.raises(ConfigError, match="--config.model.hidden_size=64 contradicts init_from"):
         apply_checkpoint_model(cfg, fields, "tok", ("hidden_size",))
+
+
+def test_a_classifier_head_option_on_the_command_line_wins_over_init_from():
+    """The classifier head is new when fine-tuning starts from a pretraining run: its options
+    (ModernBERT's pooling) are the fine-tuning's choice, not the checkpoint's."""
+    from ptft_jax.config import apply_checkpoint_model, base_config
+
+    cfg = base_config()
+    cfg.init_from, cfg.model.classifier_pooling = "runs/quickstart", "mean"
+    fields = {"classifier_pooling": "cls", "family": "modernbert", "hidden_size": 128}
+    out = apply_checkpoint_model(cfg, fields, "tok", ("classifier_pooling",))
+    assert out.model.classifier_pooling == "mean" and out.model.hidden_size == 128
+    assert apply_checkpoint_model(cfg, fields, "tok").model.classifier_pooling == "cls"
