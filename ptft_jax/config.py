@@ -160,6 +160,11 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
             f"train.batch_size={t.batch_size} is not divisible by train.grad_accum_steps="
             f"{t.grad_accum_steps}; make the batch a multiple of the accumulation steps."
         )
+    if d.vocab_characters not in ("", "gb2312"):
+        raise ConfigError(
+            f"data.vocab_characters={d.vocab_characters!r} is unknown; use 'gb2312' (every "
+            "character of GB 2312 in a trained WordPiece) or ''."
+        )
     if not 0.0 < d.mlm_probability < 1.0:
         raise ConfigError("data.mlm_probability must be between 0 and 1; the BERT value is 0.15.")
     segment.check(d)

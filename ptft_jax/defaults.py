@@ -51,6 +51,7 @@ def _data_keys() -> ml_collections.ConfigDict:
     x.tokenizer_sample_documents = 200_000  # prepare: a seeded sample trains the tokenizer
     x.lowercase = True  # a trained tokenizer: uncased, accents stripped; False keeps both
     x.keep_accents = False  # True: lowercase but keep accents (pinyin tones, kana marks)
+    x.vocab_characters = ""  # 'gb2312': a trained WordPiece holds all its characters (Chinese)
     x.eval_fraction = 0.02  # documents held out when the source has no validation split
     x.max_documents = 0  # 0 = all; a cap for quick runs
     x.max_train_examples = 0  # classification: > 0 takes a seeded, stratified subsample

@@ -128,6 +128,8 @@ def _inputs(cfg, blocks: str, kind: str, segmenter: str, per_shard: int) -> dict
             "keep_accents": d.keep_accents,
             "kind": kind,
         }
+        if d.vocab_characters:  # absent otherwise: folders prepared before it stay valid
+            inputs["tokenizer_training"]["vocab_characters"] = d.vocab_characters
     return inputs
 
 
@@ -202,6 +204,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
         f"blocks of {d.max_seq_length} in {seconds:.1f}s: {out}",
         flush=True,
     )
+    tokenize.report_unknown(tok, {"all splits": (manifest["unknown"], tokens)}, d.source)
     return manifest
 
 
@@ -278,6 +281,8 @@ def _manifest(d, inputs: dict, tok, records: dict, count: int) -> dict:
     manifest |= {"tokenizer": tokenize.tokenizer_fingerprint(tok)}
     manifest |= {"documents": sum(r["documents"] for r in records)}
     manifest |= {"tokens": sum(r["tokens"] for r in records), "splits": splits}
+    # [UNK] tokens (folders written before they were counted say nothing of theirs)
+    manifest |= {"unknown": sum(r.get("unknown", 0) for r in records)}
     return manifest
 
 

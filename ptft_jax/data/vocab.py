@@ -15,14 +15,43 @@ END_OF_TEXT = "<|endoftext|>"  # GPT-2's one special token: between documents, a
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
+def charset(name: str) -> str:
+    """The characters of a named set a trained WordPiece always holds (``data.vocab_characters``):
+    ``gb2312`` is every character of China's GB 2312 (its 6,763 hanzi, the commonly used
+    simplified ideographs, and 682 symbols, kana, Greek and Cyrillic letters), enumerated
+    with Python's codec, and printable ASCII: Chinese text mixes in Latin words, digits and
+    half-width punctuation, which a corpus such as People's Daily spells full-width; ``''``
+    none."""
+    if not name:
+        return ""
+    if name != "gb2312":
+        raise DataError(f"data.vocab_characters={name!r} is unknown; use 'gb2312' or ''.")
+    out = []
+    for high in range(0xA1, 0xF8):
+        for low in range(0xA1, 0xFF):
+            try:
+                out.append(bytes([high, low]).decode("gb2312"))
+            except UnicodeDecodeError:  # an unassigned code point
+                continue
+    return "".join(out) + "".join(chr(c) for c in range(0x21, 0x7F))
+
+
 def train_wordpiece(
-    texts: list[str], vocab_size: int, lowercase: bool = True, keep_accents: bool = False
+    texts: list[str],
+    vocab_size: int,
+    lowercase: bool = True,
+    keep_accents: bool = False,
+    characters: str = "",
 ):
     """Train a BERT WordPiece tokenizer on ``texts``, deterministically: uncased and without
     accents (BERT's uncased models), with ``lowercase=False`` cased and keeping accents, or with
     ``keep_accents`` uncased but keeping them (pinyin's tone marks, kana's voicing marks).
     Either way it normalises and splits as transformers' ``BertTokenizer`` with those settings
     does: every CJK ideograph a word of its own, punctuation (full-width too) split off.
+    ``characters`` (``charset``) become tokens of their own whether or not the texts hold them,
+    as bert-base-chinese has its ideographs, and ASCII letters and digits among them also
+    pieces inside a word (``##e``), so any such word can be spelled: text the tokenizer meets
+    later (a fine-tuning set) is not ``[UNK]`` for a character the training text lacked.
 
     WordPiece training is BPE on words whose inner characters carry the ``##`` mark. The
     ``tokenizers`` WordPiece trainer numbers those marked characters in hash order, so ties
@@ -44,9 +73,13 @@ def train_wordpiece(
         for text in texts
         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
-    seen = {c for word in counts for c in word}
+    always = sorted(
+        {c for ch in characters for c in normalizer.normalize_str(ch) if not c.isspace()}
+    )
+    spelled = [c for c in always if c.isascii() and c.isalnum()]  # also inside words
+    seen = {c for word in counts for c in word} | set(always)
     inner, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
-    for c in sorted({c for word in counts for c in word[1:]}):
+    for c in sorted({c for word in counts for c in word[1:]} | set(spelled)):
         while chr(code) in seen:
             code += 1
         inner[c], code = chr(code), code + 1
@@ -66,7 +99,11 @@ def train_wordpiece(
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = BpeTrainer(vocab_size=max(vocab_size - len(SPECIAL_TOKENS), 1), show_progress=False)
+    trainer = BpeTrainer(
+        vocab_size=max(vocab_size - len(SPECIAL_TOKENS), 1),
+        show_progress=False,
+        initial_alphabet=always + [inner[c] for c in spelled],
+    )
     bpe.train_from_iterator(repeated(), trainer=trainer)
 
     def wordpiece(symbol: str) -> str:

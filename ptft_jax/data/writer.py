@@ -45,6 +45,7 @@ def start_worker(tokenizer_dir: str, fraction: float, blocks: str, segmenter: st
     tokenizer.backend_tokenizer.no_truncation()
     _WORKER.update(tokenizer=tokenizer, fraction=fraction, blocks=blocks, segmenter=segmenter)
     _WORKER["ids"] = separators(tokenizer, blocks)
+    _WORKER["unknown"] = tokenize.unknown_id(tokenizer)
     if segmenter:
         _WORKER["by_piece"] = tokenize.word_continuations(tokenizer)
 
@@ -77,6 +78,8 @@ def encode(texts: list[str]) -> dict:
     if segmenter:
         out |= {f"{name}_words": stream_of(f, 0) for name, f in flags.items()}
     out["documents"], out["tokens"] = len(texts), sum(map(len, encoded))
+    unk = _WORKER["unknown"]
+    out["unknown"] = 0 if unk is None else sum(ids.count(unk) for ids in encoded)
     out["bytes"] = sum(len(t.encode("utf-8")) for t in texts)
     return out
 
@@ -246,7 +249,7 @@ class Unit:
         # Word flags (``words``: a segmenter's) are cut exactly as the ids: 0 at [CLS] and [SEP].
         self.words = {s: Packer(seq_len, 0, 0) for s in store.SPLITS} if words else None
         self.shards = {s: Shards(out / s, dtype, per_shard, index) for s in store.SPLITS}
-        self.documents = self.tokens = self.bytes = 0
+        self.documents = self.tokens = self.bytes = self.unknown = 0
 
     def add(self, encoded: dict) -> None:
         """Add one chunk of documents as the tokenizing workers return it (split streams and
@@ -257,6 +260,7 @@ class Unit:
         self.documents += encoded["documents"]
         self.tokens += encoded["tokens"]
         self.bytes += encoded["bytes"]
+        self.unknown += encoded["unknown"]
 
     def finish(self) -> dict:
         for split in store.SPLITS:
@@ -264,7 +268,11 @@ class Unit:
             self.shards[split].write_all(self.packers[split].finish(), words)
             self.shards[split].close()
         record = {"input": self.name, "documents": self.documents, "tokens": self.tokens}
-        record |= {"bytes": self.bytes, "shards": {s: self.shards[s].done for s in store.SPLITS}}
+        record |= {
+            "bytes": self.bytes,
+            "unknown": self.unknown,
+            "shards": {s: self.shards[s].done for s in store.SPLITS},
+        }
         _write_json(unit_record(self.out, self.index), record)
         return record
 
