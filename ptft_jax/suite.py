@@ -5,6 +5,8 @@ grid of learning rates x seeds, beside the same shape from random init and a TF-
     python -m ptft_jax.suite --suite glue --data_dir glue_data --init_from hf:bert-base-uncased \
         --workdir S
     python -m ptft_jax.suite --suite offline-zh --init_from runs/zh_mlm@all --workdir S
+    python -m ptft_jax.suite --suite offline-en --init_from builtin:minilm_l6 --tapt_steps 300 \
+        --workdir S
     python -m ptft_jax.suite --compare S1 S2
 
 Each (task, learning rate, seed, starting point) is a fine-tuning run of the train path in its
@@ -12,153 +14,28 @@ own workdir ``S/jobs/<task>/<start>/lr<LR>-seed<SEED>``; rerunning the command s
 jobs and resumes unfinished ones. ``S/suite.json`` holds every job's metrics, the selection and
 the scores, ``S/suite.md`` the table, ``S/suite.png`` the figure. The protocol is
 ``suite_report.py``'s docstring (and README's "Evaluation suite").
+
+``--tapt_steps N`` adds task-adaptive pretraining (Gururangan et al., 2020): for every task and
+starting point, N steps of MLM from that start on the task's own training text (texts and
+pairs' second texts; the validation texts evaluate it), ``S/tapt/<task>/<start>``, then the
+same grid fine-tuned from there: a row ``<start> + TAPT`` beside the start fine-tuned directly.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import pathlib
 import sys
 
 import jax
 
-from ptft_jax import (
-    cli,
-    config,
-    errors,
-    jobs,
-    models,
-    suite_data,
-    suite_report,
-    suitespec,
-    weights,
-    workdir,
-)
+from ptft_jax import cli, errors, jobs, suite_data, suite_plan, suite_report, suitespec
 from ptft_jax.defaults import base_config
+from ptft_jax.suite_plan import Plan
 
 log = logging.getLogger("ptft_jax.suite")
-BASELINE_NAMES = ("random", "tfidf")
-
-
-@dataclasses.dataclass
-class Plan:
-    """Everything a suite run needs, checked before anything is written or compiled."""
-
-    suite: suitespec.Suite
-    folder: pathlib.Path
-    starts: list[tuple[str, str]]  # (key, init_from) of every pretrained starting point
-    source: weights.Pretrained  # the first starting point: the random baseline's shape
-    learning_rates: tuple[float, ...]
-    seeds: tuple[int, ...]
-    baselines: tuple[str, ...]
-    rows: dict[str, dict[str, list[dict]]]  # task -> job split -> examples
-    num_labels: dict[str, int]
-    devices_per_job: int
-    keep_checkpoints: bool = False
-
-
-def _numbers(text: str, kind, flag: str) -> tuple:
-    try:
-        values = tuple(kind(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise errors.ConfigError(
-            f"{flag} {text!r} is not a comma-separated list of numbers; write it as {flag} "
-            f"{'0,1,2' if kind is int else '2e-5,5e-5'}."
-        ) from None
-    if not values or any(v < 0 for v in values) or len(set(values)) < len(values):
-        raise errors.ConfigError(f"{flag} {text!r} needs distinct non-negative numbers.")
-    return values
-
-
-def _expand(init_from: str) -> list[str]:
-    """The starting points of ``--init_from``: a comma-separated list, ``W@all`` standing for
-    every kept checkpoint of W, oldest first."""
-    out = []
-    for spec in (s.strip() for s in init_from.split(",")):
-        if not spec:
-            continue
-        if not spec.endswith("@all"):
-            out.append(spec)
-            continue
-        path = pathlib.Path(spec.removesuffix("@all")).expanduser()
-        kept = workdir.steps_of(path / "checkpoints")
-        if not config.is_workdir(path) or not kept:
-            raise errors.ConfigError(
-                f"--init_from {spec}: {path} is not a workdir with kept checkpoints; point it "
-                "at a pretraining run's workdir."
-            )
-        out += [f"{path}@{step}" for step in kept]
-    if not out:
-        raise errors.ConfigError("--init_from is empty; name the model to fine-tune.")
-    return out
-
-
-def _start_key(spec: str, several: bool) -> str:
-    if not several:
-        return "pretrained"
-    path, which = config.workdir_spec(spec)
-    return f"step {which}" if which and which.isdigit() else spec
-
-
-def _check_head(spec: str, source: weights.Pretrained) -> None:
-    family = source.model_cfg.family
-    if "classification" not in models.get(family).HEADS:
-        raise errors.ConfigError(
-            f"--init_from {spec} is a {family} model, which has no classification head to "
-            "fine-tune; start from an encoder (bert, roberta, modernbert) or a gpt2 model."
-        )
-
-
-def _check_positions(spec: str, source: weights.Pretrained, suite: suitespec.Suite) -> None:
-    positions = getattr(source.model_cfg, "max_position_embeddings", None)
-    for task in suite.tasks:
-        if positions is not None and task.max_seq_length > positions:
-            raise errors.ConfigError(
-                f"task {task.name} has max_seq_length {task.max_seq_length}, but --init_from "
-                f"{spec} has {positions} positions; lower max_seq_length in the suite file to "
-                f"{positions} or less."
-            )
-
-
-def make_plan(args) -> Plan:
-    """Every check a user can fail, in one sentence each, before anything is written."""
-    suite = suitespec.choose_tasks(suitespec.load(args.suite), args.tasks)
-    lrs = _numbers(args.learning_rates, float, "--learning_rates") if args.learning_rates else None
-    seeds = _numbers(args.seeds, int, "--seeds") if args.seeds else None
-    lrs, seeds = lrs or suite.learning_rates, seeds or suite.seeds
-    if args.quick:  # one look: the middle learning rate, the first seed
-        lrs, seeds = (lrs[len(lrs) // 2],), seeds[:1]
-    given = "" if args.baselines.strip() == "none" else args.baselines
-    baselines = tuple(b.strip() for b in given.split(",") if b.strip())
-    for b in baselines:
-        if b not in BASELINE_NAMES:
-            raise errors.ConfigError(
-                f"--baselines names {b!r}; use random, tfidf or both (comma-separated)."
-            )
-    if args.devices_per_job < 0:
-        raise errors.ConfigError("--devices_per_job must be 0 (all devices) or more.")
-    specs = _expand(args.init_from)
-    starts = [(_start_key(s, len(specs) > 1), s) for s in specs]
-    sources = [weights.resolve(s) for s in specs]
-    for spec, source in zip(specs, sources, strict=True):
-        _check_head(spec, source)
-        _check_positions(spec, source, suite)
-    if "tfidf" in baselines:
-        from ptft_jax import baselines as baselines_lib
-
-        baselines_lib.check()  # scikit-learn is there, or one sentence now
-    data_dir = args.data_dir or suite.data_dir
-    rows, num_labels = {}, {}
-    for spec in suite.tasks:
-        rows[spec.name] = suite_data.load_task(spec, data_dir, suite.path.parent)
-        num_labels[spec.name] = suite_data.num_labels(spec, rows[spec.name])
-    folder = pathlib.Path(args.workdir).expanduser()
-    return Plan(
-        suite, folder, starts, sources[0], lrs, seeds, baselines, rows, num_labels,
-        args.devices_per_job, args.keep_checkpoints,
-    )  # fmt: skip
+BASELINE_NAMES = suite_plan.BASELINE_NAMES
+TAPT = " + TAPT"  # a start's row after task-adaptive pretraining
 
 
 def _job_config(plan: Plan, spec: suitespec.TaskSpec, init_from: str, lr: float, seed: int):
@@ -188,12 +65,48 @@ def _job_config(plan: Plan, spec: suitespec.TaskSpec, init_from: str, lr: float,
     return c
 
 
+def _tapt_jobs(plan: Plan) -> dict[tuple[str, str], jobs.Job]:
+    """``(task, start key) -> the MLM job`` of task-adaptive pretraining, for every task and
+    pretrained start (none without ``--tapt_steps``); each task's text written beside them."""
+    out = {}
+    for spec in plan.suite.tasks if plan.tapt_steps else ():
+        fields = ("text", "text_pair") if spec.text_pair_field else ("text",)
+        text = {}
+        for split in ("train", "validation"):  # pairs' texts repeat (SNLI's premises): once
+            found = dict.fromkeys(r[f] for r in plan.rows[spec.name][split] for f in fields)
+            text[split] = [{"text": t} for t in found if t.strip()]
+        source = suite_data.write_task(plan.folder / "tapt" / spec.name / "text", text)
+        for key, init_from in plan.starts:
+            c = base_config()
+            c.task, c.init_from = "mlm", init_from
+            c.data.source, c.data.max_seq_length = str(source), spec.max_seq_length
+            c.train.update(
+                steps=plan.tapt_steps,
+                batch_size=32,
+                learning_rate=plan.tapt_learning_rate,
+                warmup_ratio=0.06,
+                eval_every=plan.tapt_steps,
+                eval_batches=8,
+                checkpoint_every=plan.tapt_steps,
+                keep_checkpoints=1,
+                log_every=50,
+            )
+            where = plan.folder / "tapt" / spec.name / key.replace(" ", "")
+            out[spec.name, key] = jobs.Job(f"{spec.name} {key} TAPT", c, where)
+    return out
+
+
 def _jobs(plan: Plan) -> list[tuple[dict, jobs.Job]]:
     """Every fine-tuning job, ``(its coordinates, the job)``, task by task."""
-    starts = list(plan.starts) + ([("random", "")] if "random" in plan.baselines else [])
+    random = [("random", "")] if "random" in plan.baselines else []
     out = []
     for spec in plan.suite.tasks:
-        for key, init_from in starts:
+        tapt = [
+            (key + TAPT, str(job.workdir))
+            for (task, key), job in _tapt_jobs(plan).items()
+            if task == spec.name
+        ]
+        for key, init_from in list(plan.starts) + tapt + random:
             for lr in plan.learning_rates:
                 for seed in plan.seeds:
                     where = key.replace(" ", "")
@@ -241,7 +154,8 @@ def report(plan: Plan, done: list[tuple[dict, jobs.Outcome]], tfidf: dict) -> di
             row["splits"] = _splits(outcome.summary)
             row["wall_s"] = outcome.summary.get("wall_s")
         rows.append(row)
-    keys = [k for k, _ in plan.starts] + [b for b in BASELINE_NAMES if b in plan.baselines]
+    keys = [k for k, _ in plan.starts] + [k + TAPT for k, _ in plan.starts if plan.tapt_steps]
+    keys += [b for b in BASELINE_NAMES if b in plan.baselines]
     tasks = {}
     for spec in plan.suite.tasks:
         scores = {}
@@ -268,6 +182,10 @@ def report(plan: Plan, done: list[tuple[dict, jobs.Outcome]], tfidf: dict) -> di
     avg = result["average"]
     if avg.get("pretrained") is not None and avg.get("random") is not None:
         result["pretraining_gain"] = avg["pretrained"] - avg["random"]
+    last = plan.starts[-1][0]
+    if plan.tapt_steps and avg.get(last) is not None and avg.get(last + TAPT) is not None:
+        result["tapt_steps"] = plan.tapt_steps
+        result["tapt_gain"] = avg[last + TAPT] - avg[last]
     result["failed"], result["jobs"] = failed, rows
     return result
 
@@ -283,8 +201,20 @@ def run(plan: Plan) -> dict:
     tfidf = {}
     if "tfidf" in plan.baselines:
         tfidf = {spec.name: _tfidf(plan, spec) for spec in plan.suite.tasks}
+    tapt = _tapt_jobs(plan)
+    failed = {}
+    if tapt:
+        done = jobs.run_jobs(list(tapt.values()), plan.devices_per_job, desc="TAPT")
+        failed = {str(o.job.workdir): o.error for o in done if o.error is not None}
     todo = _jobs(plan)
-    outcomes = jobs.run_jobs([j for _, j in todo], plan.devices_per_job, desc=plan.suite.name)
+    runnable = [j for _, j in todo if j.cfg.init_from not in failed]
+    ran = iter(jobs.run_jobs(runnable, plan.devices_per_job, desc=plan.suite.name))
+    outcomes = [
+        jobs.Outcome(j, None, f"its TAPT run failed: {failed[j.cfg.init_from]}")
+        if j.cfg.init_from in failed
+        else next(ran)
+        for _, j in todo
+    ]
     result = report(plan, [(c, o) for (c, _), o in zip(todo, outcomes, strict=True)], tfidf)
     suite_report.write(plan.folder, plan.suite, result)
     try:
@@ -310,6 +240,11 @@ def main(argv=None) -> None:
     p.add_argument("--devices_per_job", type=int, default=0, help="0: all devices, one job")
     p.add_argument("--quick", action="store_true", help="one learning rate, one seed")
     p.add_argument(
+        "--tapt_steps", type=int, default=0, help="> 0: also each start after N MLM steps on "
+        "the task's training text (task-adaptive pretraining)",
+    )  # fmt: skip
+    p.add_argument("--tapt_learning_rate", type=float, default=1e-4, help="TAPT's peak rate")
+    p.add_argument(
         "--keep_checkpoints", action="store_true", help="keep each job's checkpoints (disk!)"
     )
     p.add_argument("--compare", nargs="+", metavar="S", help="print finished suites side by side")
@@ -320,7 +255,7 @@ def main(argv=None) -> None:
     missing = [f"--{k}" for k in ("suite", "init_from", "workdir") if not getattr(args, k)]
     if missing:
         p.error(f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
-    plan = make_plan(args)
+    plan = suite_plan.make_plan(args)
     result = run(plan)
     print(suite_report.markdown(plan.suite, result), end="")
     print(f"wrote {plan.folder / 'suite.json'}, suite.md and suite.png", file=sys.stderr)

@@ -114,7 +114,8 @@ def _cell(result: dict | None, spec: TaskSpec) -> str:
 
 
 def _row_label(start: str, init_from: str) -> str:
-    return NAMES.get(start, f"{init_from}" if start == "pretrained" else start)
+    base, tapt, _ = start.partition(" + TAPT")  # a start after task-adaptive pretraining
+    return NAMES.get(base, f"{init_from}" if base == "pretrained" else base) + tapt
 
 
 def _heading(spec: TaskSpec) -> str:
@@ -151,6 +152,12 @@ def markdown(suite: Suite, report: dict) -> str:
     gain = report.get("pretraining_gain")
     if gain is not None:
         lines += ["", f"Pretraining bought {100 * gain:+.1f} points of average over random init."]
+    if report.get("tapt_gain") is not None:
+        lines += [
+            "",
+            f"Task-adaptive pretraining ({report['tapt_steps']} MLM steps on each task's "
+            f"training text) bought {100 * report['tapt_gain']:+.1f} points of average.",
+        ]
     lines += ["", "Chosen learning rates:", ""]
     for t in specs:
         chosen = report["tasks"][t.name]["scores"]

@@ -18,7 +18,7 @@ LAYERS = {
     + ["defaults", "config", "hf"]
     + ["workdir", "aot"]
     + ["figures", "cli", "runlock", "plan", "ending"]
-    + ["suitespec", "suite_data", "suite_report", "baselines"],  # an evaluation suite's parts
+    + ["suitespec", "suite_data", "suite_report", "suite_plan", "baselines"],  # a suite's parts
     4: ["train"],
     # The runner of repeated trainings: above train (it runs it), below the commands (they
     # use it); a layer of its own, so train can never import it.

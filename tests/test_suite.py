@@ -208,6 +208,33 @@ def test_glue_from_its_own_folder_layout(pretrained, tmp_path):
     )
 
 
+@pytest.mark.slow
+def test_task_adaptive_pretraining_continues_mlm_on_each_tasks_training_text(
+    toy, pretrained, tmp_path
+):
+    """``--tapt_steps``: per task and start, an MLM run from the start on the task's training
+    text (pairs' second texts too, no evaluation text), then the grid from there, a row beside
+    the start fine-tuned directly, and the gain in the report."""
+    s = tmp_path / "S"
+    argv = _args(suite=toy, init_from=pretrained, workdir=s, learning_rates="1e-3", seeds="0")
+    suite.main(argv + ["--baselines", "none", "--tapt_steps", "2"])
+    report = json.loads((s / "suite.json").read_text())
+    assert report["starts"] == ["pretrained", "pretrained + TAPT"] and not report["failed"]
+    assert len(report["jobs"]) == 2 * 2
+    avg = report["average"]
+    assert report["tapt_gain"] == pytest.approx(avg["pretrained + TAPT"] - avg["pretrained"])
+    assert "Task-adaptive pretraining (2 MLM steps" in (s / "suite.md").read_text()
+    mlm = json.loads((s / "tapt/overlap/pretrained/config.json").read_text())
+    assert mlm["task"] == "mlm" and mlm["init_from"] == str(pretrained)
+    assert mlm["train"]["steps"] == 2 and mlm["model"]["hidden_size"] == 32
+    train = [json.loads(x) for x in (s / "data/overlap/train.jsonl").read_text().splitlines()]
+    tapt = [json.loads(x)["text"] for x in (s / "tapt/overlap/text/train.jsonl").open()]
+    assert set(tapt) == {r[f] for r in train for f in ("text", "text_pair")}
+    assert len(tapt) == len(set(tapt))
+    job = json.loads((s / "jobs/overlap/pretrained+TAPT/lr0.001-seed0/config.json").read_text())
+    assert job["init_from"] == str(s / "tapt/overlap/pretrained")
+
+
 MISTAKES = [
     (dict(suite="gleu"), "unknown suite 'gleu'; use one of glue, offline-en, offline-zh"),
     (dict(suite="glue", tasks="cola,wnli"), "--tasks names 'wnli', which suite glue does not have"),
@@ -220,6 +247,7 @@ MISTAKES = [
     (dict(init_from="{data}@all"), "is not a workdir with kept checkpoints"),
     (dict(learning_rates="1e-4,x"), "--learning_rates '1e-4,x' is not a comma-separated list"),
     (dict(baselines="bert"), "--baselines names 'bert'; use random, tfidf or both"),
+    (dict(tapt_steps=-5), "--tapt_steps must be 0 (no task-adaptive pretraining) or more"),
 ]
 
 
