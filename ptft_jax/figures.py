@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 
 from ptft_jax import errors
-from ptft_jax.suite_report import NAMES
+from ptft_jax.suite_report import NAMES, row_label
 
 METRICS = ("accuracy", "f1", "mcc", "pearson", "spearman", "mlm_accuracy", "nsp_accuracy")
 
@@ -192,7 +192,7 @@ def plot_suite(report: dict, suite, out):
             lo.append(0.0)
             hi.append(0.0)
             xs = np.arange(len(names)) + (j - (len(keys) - 1) / 2) * width
-            label = report["init_from"] if key == "pretrained" else NAMES.get(key, key)
+            label = row_label(key, report["init_from"])
             ax.bar(xs, meds, width, yerr=[lo, hi], capsize=3, label=label, color=colors[j])
         ax.set_xticks(np.arange(len(names)), names)
         ax.set(ylabel="score (median over seeds)")

@@ -113,7 +113,8 @@ def _cell(result: dict | None, spec: TaskSpec) -> str:
     return cell
 
 
-def _row_label(start: str, init_from: str) -> str:
+def row_label(start: str, init_from: str) -> str:
+    """A start's name in tables and figures (``init_from`` names the pretrained one)."""
     base, tapt, _ = start.partition(" + TAPT")  # a start after task-adaptive pretraining
     return NAMES.get(base, f"{init_from}" if base == "pretrained" else base) + tapt
 
@@ -145,9 +146,7 @@ def markdown(suite: Suite, report: dict) -> str:
         avg = report["average"].get(start)
         avg_cell = "-" if avg is None else f"{100 * avg:.1f}"
         lines.append(
-            f"| {_row_label(start, report['init_from'])} | "
-            + " | ".join(cells)
-            + f" | {avg_cell} |"
+            f"| {row_label(start, report['init_from'])} | " + " | ".join(cells) + f" | {avg_cell} |"
         )
     gain = report.get("pretraining_gain")
     if gain is not None:
@@ -162,7 +161,7 @@ def markdown(suite: Suite, report: dict) -> str:
     for t in specs:
         chosen = report["tasks"][t.name]["scores"]
         rates = ", ".join(
-            f"{_row_label(s, report['init_from'])} {chosen[s]['learning_rate']:g}"
+            f"{row_label(s, report['init_from'])} {chosen[s]['learning_rate']:g}"
             for s in report["starts"]
             if chosen.get(s) and chosen[s]["learning_rate"] is not None
         )
@@ -203,7 +202,7 @@ def compare(folders: list[str]) -> str:
                 got = r["tasks"].get(t, {}).get("scores", {}).get(start)
                 cells.append("-" if got is None else f"{100 * got['median']:.1f}")
             avg = r["average"].get(start)
-            label = _row_label(start, r["init_from"])
+            label = row_label(start, r["init_from"])
             avg_cell = "-" if avg is None else f"{100 * avg:.1f}"
             lines.append(f"| {folder} | {label} | " + " | ".join(cells) + f" | {avg_cell} |")
     return "\n".join(lines) + "\n"
