@@ -233,6 +233,11 @@ def test_task_adaptive_pretraining_continues_mlm_on_each_tasks_training_text(
     assert len(tapt) == len(set(tapt))
     job = json.loads((s / "jobs/overlap/pretrained+TAPT/lr0.001-seed0/config.json").read_text())
     assert job["init_from"] == str(s / "tapt/overlap/pretrained")
+    # what each run read, in its log: the [UNK] share of every split
+    log = (s / "jobs/overlap/pretrained+TAPT/lr0.001-seed0/train.log").read_text()
+    assert f"[UNK] share of {s / 'data/overlap'}: train " in log and ", test " in log
+    log = (s / "tapt/overlap/pretrained/train.log").read_text()
+    assert f"[UNK] share of {s / 'tapt/overlap/text'}: train " in log
 
 
 MISTAKES = [
