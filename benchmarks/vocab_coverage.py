@@ -16,7 +16,7 @@ import argparse
 import collections
 import time
 
-from ptft_jax.data import sources, tokenize, vocab
+from ptft_jax.data import coverage, sources, vocab
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
             for split, rows in sources.load_records(src).items():
                 fields = [f for f in ("text", args.pair_field) if rows and f in rows[0]]
                 ids = tok([r[f] for r in rows for f in fields], add_special_tokens=False)
-                unknown, total = tokenize.count_unknown(tok, ids["input_ids"])
+                unknown, total = coverage.count_unknown(tok, ids["input_ids"])
                 shares.append(f"{split} {unknown / max(total, 1):.2%} of {total:,}")
             print(f"  {src}: [UNK] " + ", ".join(shares))
             if i == 0 and args.top:

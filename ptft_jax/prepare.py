@@ -39,7 +39,7 @@ from ml_collections import config_flags
 from tqdm import tqdm
 
 from ptft_jax import cli, config, metrics, tasks
-from ptft_jax.data import segment, store, stream, tokenize, writer
+from ptft_jax.data import coverage, segment, store, stream, tokenize, writer
 from ptft_jax.tasks.base import trained_tokenizer_kind
 
 
@@ -204,7 +204,7 @@ def prepare(cfg, out, workers: int = 0, per_shard: int = 65536, options=()) -> d
         f"blocks of {d.max_seq_length} in {seconds:.1f}s: {out}",
         flush=True,
     )
-    tokenize.report_unknown(tok, {"all splits": (manifest["unknown"], tokens)}, d.source)
+    coverage.report_unknown(tok, {"all splits": (manifest["unknown"], tokens)}, d.source)
     return manifest
 
 

@@ -11,7 +11,7 @@ from test_train import tiny_config
 
 from ptft_jax import prepare
 from ptft_jax.config import ConfigError, base_config, validate
-from ptft_jax.data import tokenize, vocab
+from ptft_jax.data import coverage, tokenize, vocab
 
 TEXTS = ["人民日报社论说今天的天气很好。", "我们在北京学习中文和数学。"] * 4
 
@@ -47,17 +47,17 @@ def test_an_unknown_character_set_is_one_sentence():
 def test_the_unknown_share_is_counted_without_the_special_tokens(caplog):
     tok = vocab.train_wordpiece(TEXTS, 300)
     rows = [tok("鑫天")["input_ids"], tok("天气很好")["input_ids"]]  # [CLS] ... [SEP]
-    assert tokenize.count_unknown(tok, rows) == (1, 6)
+    assert coverage.count_unknown(tok, rows) == (1, 6)
     caplog.set_level(logging.INFO)
-    tokenize.report_unknown(tok, {"train": (1, 1000)}, "builtin:x")
+    coverage.report_unknown(tok, {"train": (1, 1000)}, "builtin:x")
     assert "[UNK] share of builtin:x: train 0.10% of 1,000 text tokens" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    tokenize.report_unknown(tok, {"train": (1, 1000), "test": (3, 100)}, "builtin:x")
+    coverage.report_unknown(tok, {"train": (1, 1000), "test": (3, 100)}, "builtin:x")
     (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert "test 3.00%" in warning.getMessage()
     assert "data.vocab_characters='gb2312'" in warning.getMessage()
     gpt2 = vocab.train_byte_bpe(["hello world"] * 3, 300)
-    assert tokenize.unknown_id(gpt2) is None and tokenize.count_unknown(gpt2, [[1, 2]]) == (0, 0)
+    assert coverage.unknown_id(gpt2) is None and coverage.count_unknown(gpt2, [[1, 2]]) == (0, 0)
 
 
 def test_prepare_counts_the_unknown_tokens_it_wrote(tmp_path, caplog):

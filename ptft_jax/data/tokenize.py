@@ -296,7 +296,7 @@ def word_continuations(tokenizer) -> np.ndarray:
     first word has no space before it: it follows a special token, where masking starts a word
     anyway. Special tokens continue nothing."""
     tokens = tokenizer.convert_ids_to_tokens(range(len(tokenizer)))
-    if _is_byte_level(tokenizer):
+    if is_byte_level(tokenizer):
         continues = np.array([not t.startswith(SPACE) for t in tokens])
     else:
         continues = np.array([t.startswith("##") for t in tokens])
@@ -304,57 +304,11 @@ def word_continuations(tokenizer) -> np.ndarray:
     return continues
 
 
-def _is_byte_level(tokenizer) -> bool:
+def is_byte_level(tokenizer) -> bool:
     """Whether the tokenizer pre-tokenises GPT-2's way (byte symbols, ``Ġ`` for a space)."""
     pre = json.loads(tokenizer.backend_tokenizer.to_str()).get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     return any(step.get("type") == "ByteLevel" for step in steps)
-
-
-UNKNOWN_WARN = 0.01  # a larger [UNK] share of the data is a warning
-
-
-def unknown_id(tokenizer) -> int | None:
-    """The id text becomes where the vocabulary lacks a character (``[UNK]``); None for a
-    byte-level BPE, which spells every text in its bytes (GPT-2's unknown is its end of text)."""
-    if _is_byte_level(tokenizer):
-        return None
-    return tokenizer.unk_token_id
-
-
-def report_unknown(tokenizer, counts: dict[str, tuple[int, int]], what: str) -> None:
-    """Log the ``[UNK]`` share of the data read (``counts``: split -> (unknown, text tokens)),
-    one line; a warning naming the fix when a split's share is above ``UNKNOWN_WARN``."""
-    if unknown_id(tokenizer) is None or not counts:
-        return
-    shares = {k: u / max(n, 1) for k, (u, n) in counts.items()}
-    text = ", ".join(f"{k} {shares[k]:.2%}" for k in counts)
-    total = sum(n for _, n in counts.values())
-    if max(shares.values()) <= UNKNOWN_WARN:
-        log.info("[UNK] share of %s: %s of %s text tokens", what, text, f"{total:,}")
-        return
-    log.warning(
-        "[UNK] share of %s: %s of %s text tokens, above %.0f%%: the vocabulary lacks characters "
-        "this text uses, which the model cannot see; train the tokenizer on text like this "
-        "(for Chinese with data.vocab_characters='gb2312') or start from a model whose "
-        "vocabulary covers it.",
-        what, text, f"{total:,}", 100 * UNKNOWN_WARN,
-    )  # fmt: skip
-
-
-def count_unknown(tokenizer, rows) -> tuple[int, int]:
-    """``(unknown, text tokens)`` over rows of ids, the special tokens around the text left
-    out; (0, 0) for a tokenizer without ``[UNK]``."""
-    unk = unknown_id(tokenizer)
-    if unk is None:
-        return 0, 0
-    special = np.array(sorted(set(tokenizer.all_special_ids) - {unk}), np.int64)
-    unknown = text = 0
-    for row in rows:
-        row = np.asarray(row)
-        text += int(np.sum(~np.isin(row, special)))
-        unknown += int(np.sum(row == unk))
-    return unknown, text
 
 
 def end_of_text_id(tokenizer) -> int:

@@ -77,12 +77,8 @@ def train_wordpiece(
         {c for ch in characters for c in normalizer.normalize_str(ch) if not c.isspace()}
     )
     spelled = [c for c in always if c.isascii() and c.isalnum()]  # also inside words
-    seen = {c for word in counts for c in word} | set(always)
-    inner, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
-    for c in sorted({c for word in counts for c in word[1:]} | set(spelled)):
-        while chr(code) in seen:
-            code += 1
-        inner[c], code = chr(code), code + 1
+    inside = {c for word in counts for c in word[1:]} | set(spelled)
+    inner = _private_marks(inside, {c for word in counts for c in word} | set(always))
     outer = {v: k for k, v in inner.items()}
 
     def marked(word: str) -> str:
@@ -120,6 +116,17 @@ def train_wordpiece(
             f"{vocab_size}; raise --config.model.vocab_size to at least {len(fast)}."
         )
     return fast
+
+
+def _private_marks(inside: set[str], taken: set[str]) -> dict[str, str]:
+    """A private-use character of its own for each character in ``inside`` (its ``##`` form),
+    numbered in sorted order and skipping the characters in ``taken``."""
+    marks, code = {}, 0xF0000  # Supplementary Private Use Area-A, then B
+    for c in sorted(inside):
+        while chr(code) in taken:
+            code += 1
+        marks[c], code = chr(code), code + 1
+    return marks
 
 
 def _bert_tokenizer(order: list[str], normalizer, pre_tokenizer, lowercase: bool, strip_accents):

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from ptft_jax.data import store, stream, tokenize
+from ptft_jax.data import coverage, store, stream, tokenize
 
 CHUNK = 512  # documents per tokenization job
 _WORKER = {}
@@ -45,7 +45,7 @@ def start_worker(tokenizer_dir: str, fraction: float, blocks: str, segmenter: st
     tokenizer.backend_tokenizer.no_truncation()
     _WORKER.update(tokenizer=tokenizer, fraction=fraction, blocks=blocks, segmenter=segmenter)
     _WORKER["ids"] = separators(tokenizer, blocks)
-    _WORKER["unknown"] = tokenize.unknown_id(tokenizer)
+    _WORKER["unknown"] = coverage.unknown_id(tokenizer)
     if segmenter:
         _WORKER["by_piece"] = tokenize.word_continuations(tokenizer)
 

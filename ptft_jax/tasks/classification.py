@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from ptft_jax import losses, scores
-from ptft_jax.data import classify, packing, sources, tokenize
+from ptft_jax.data import classify, coverage, packing, sources
 from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import DataError
 from ptft_jax.tasks.base import (
@@ -120,8 +120,8 @@ class Classification(Task):
             name: classify.encode(rows, d, tokenizer, num_labels, names, name)
             for name, rows in records.items()
         }
-        counts = {k: tokenize.count_unknown(tokenizer, v.ids) for k, v in encoded.items()}
-        tokenize.report_unknown(tokenizer, counts, d.source)
+        counts = {k: coverage.count_unknown(tokenizer, v.ids) for k, v in encoded.items()}
+        coverage.report_unknown(tokenizer, counts, d.source)
         pad = pad_id(tokenizer)
         for name, rows in records.items():
             _check_last_tokens(encoded[name], rows, pad, tokenizer)

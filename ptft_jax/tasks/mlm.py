@@ -67,7 +67,7 @@ class MLM(Task):
         """Packed, dynamically masked blocks; a fixed masked evaluation split. From a prepared
         folder (``python -m ptft_jax.prepare``) the blocks are read from disk as batches need
         them; otherwise the source is packed in memory."""
-        from ptft_jax.data import pipeline, store, tokenize
+        from ptft_jax.data import coverage, pipeline, store
 
         if store.is_store(cfg.data.source):
             tokenizer = get_tokenizer([])  # the folder's (data.tokenizer points at it)
@@ -79,10 +79,10 @@ class MLM(Task):
             train_blocks = self.blocks(cfg, train_texts, tokenizer, held_out=False)
             eval_blocks = self.blocks(cfg, eval_texts, tokenizer, held_out=True)
             counts = {
-                "train": tokenize.count_unknown(tokenizer, [train_blocks.ids]),
-                "validation": tokenize.count_unknown(tokenizer, [eval_blocks.ids]),
+                "train": coverage.count_unknown(tokenizer, [train_blocks.ids]),
+                "validation": coverage.count_unknown(tokenizer, [eval_blocks.ids]),
             }
-            tokenize.report_unknown(tokenizer, counts, cfg.data.source)
+            coverage.report_unknown(tokenizer, counts, cfg.data.source)
         spec = pipeline.masking_spec(cfg.data, tokenizer)
         t = cfg.train
         return TaskData(
