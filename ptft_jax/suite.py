@@ -82,7 +82,7 @@ def _tapt_jobs(plan: Plan) -> dict[tuple[str, str], jobs.Job]:
             c.data.source, c.data.max_seq_length = str(source), spec.max_seq_length
             c.train.update(
                 steps=plan.tapt_steps,
-                batch_size=32,
+                batch_size=spec.batch_size,  # the task's: its text may be a few batches
                 learning_rate=plan.tapt_learning_rate,
                 warmup_ratio=0.06,
                 eval_every=plan.tapt_steps,

@@ -217,10 +217,10 @@ def test_task_adaptive_pretraining_continues_mlm_on_each_tasks_training_text(
     the start fine-tuned directly, and the gain in the report."""
     s = tmp_path / "S"
     argv = _args(suite=toy, init_from=pretrained, workdir=s, learning_rates="1e-3", seeds="0")
-    suite.main(argv + ["--baselines", "none", "--tapt_steps", "2"])
+    suite.main(argv + ["--baselines", "none", "--tapt_steps", "2", "--tasks", "overlap"])
     report = json.loads((s / "suite.json").read_text())
     assert report["starts"] == ["pretrained", "pretrained + TAPT"] and not report["failed"]
-    assert len(report["jobs"]) == 2 * 2
+    assert len(report["jobs"]) == 2
     avg = report["average"]
     assert report["tapt_gain"] == pytest.approx(avg["pretrained + TAPT"] - avg["pretrained"])
     assert "Task-adaptive pretraining (2 MLM steps" in (s / "suite.md").read_text()
