@@ -1,7 +1,10 @@
 """The English CPU pretraining recipe, pre-LN: a ModernBERT of BERT-mini's size (4 layers,
 hidden 256: pre-LN, RoPE, GeGLU, no biases, no dropout) MLM on builtin:wiki_en, loss only at
 the masked positions, a one-cycle schedule peaking at 3e-3 (the quickstart's), sequences of
-128, a byte-level BPE of 8,192 trained on the text.
+128, a byte-level BPE of 8,192 trained on the text. About 20 minutes on a 2-core CPU. It learns
+MLM far faster than configs/en_bert_mini_mlm.py (validation accuracy 0.325 at step 1,500, where
+post-LN BERT-mini sits at 0.14) and fine-tunes worse than random init: offline-en 50.2 against
+53.8 (README, "Pretraining that pays off?"). Kept as that measurement's command.
 
 python -m ptft_jax.train --config configs/en_modernbert_mini_mlm.py --workdir runs/en_mlm_pre_ln
 """
