@@ -99,11 +99,12 @@ def _tapt_jobs(plan: Plan) -> dict[tuple[str, str], jobs.Job]:
 def _jobs(plan: Plan) -> list[tuple[dict, jobs.Job]]:
     """Every fine-tuning job, ``(its coordinates, the job)``, task by task."""
     random = [("random", "")] if "random" in plan.baselines else []
+    tapt_jobs = _tapt_jobs(plan)  # once: it writes each task's text
     out = []
     for spec in plan.suite.tasks:
         tapt = [
             (key + TAPT, str(job.workdir))
-            for (task, key), job in _tapt_jobs(plan).items()
+            for (task, key), job in tapt_jobs.items()
             if task == spec.name
         ]
         for key, init_from in list(plan.starts) + tapt + random:
