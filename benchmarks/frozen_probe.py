@@ -63,6 +63,8 @@ def main() -> None:
     for i, (name, init_from, random_like) in enumerate(rows):
         out[name] = probe(init_from, random_like, args.source, scratch / str(i))
         print(f"{name}: probe accuracy {out[name]:.4f} on {args.source}", flush=True)
+    if not args.workdir:
+        scratch.rmdir()  # each start's folder is gone already
     print(json.dumps({"source": args.source, "probe_accuracy": out}))
     print(f"{time.time() - t0:.0f} s")
 
