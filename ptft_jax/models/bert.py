@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ptft_jax import ops
-from ptft_jax.models import bert_config, layers
+from ptft_jax.models import bert_config, layers, token_heads
 from ptft_jax.models.bert_config import BertConfig
 from ptft_jax.models.layers import dense, embed, layer_norm, lookup, mean_pool, run_layers
 from ptft_jax.ops import add_bias, attention, constrain, dropout, gelu
@@ -313,6 +313,18 @@ class BertForSentenceEmbedding(nnx.Module):
         return mean_pool(out["last_hidden_state"], attention_mask_BxL)
 
 
+class BertForTokenClassification(token_heads.TokenClassifier):
+    """HF's BertForTokenClassification: dropout -> ``classifier`` at every position."""
+
+    backbone, encoder = "bert", BertModel
+
+
+class BertForQuestionAnswering(token_heads.SpanClassifier):
+    """HF's BertForQuestionAnswering: ``qa_outputs`` (start, end) at every position."""
+
+    backbone, encoder = "bert", BertModel
+
+
 # --- The family interface (``models/__init__.py``): heads, config.json, parameter names.
 
 # Shape fields, config.json's fields and constants, and both translations: bert_config.py.
@@ -326,15 +338,20 @@ HEADS = {
     "mlm": BertForMaskedLM,
     "classification": BertForSequenceClassification,
     "embedding": BertForSentenceEmbedding,
+    "token_classification": BertForTokenClassification,
+    "question_answering": BertForQuestionAnswering,
 }
 ARCHITECTURES = {
     "mlm": "BertForMaskedLM",
     "classification": "BertForSequenceClassification",
     "embedding": "BertModel",
+    "token_classification": "BertForTokenClassification",
+    "question_answering": "BertForQuestionAnswering",
 }
 DEFAULT_HEAD = "mlm"  # a config.json without architectures
 BACKBONE = "bert"  # the encoder's top-level name (bare BertModel checkpoints omit it)
-TOP = ("bert", "cls", "classifier")  # top-level names of checkpoint tensors: encoder and heads
+# top-level names of checkpoint tensors: the encoder and the heads
+TOP = ("bert", "cls", "classifier", "qa_outputs")
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(bert\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
 EMBEDDINGS = ("bert.embeddings.",)  # HF name prefixes of the input embeddings
@@ -356,7 +373,7 @@ def architecture(head: str, cfg: BertConfig) -> str:
 
 def head_of(architecture_name: str) -> str:
     """The head a checkpoint of this transformers class has."""
-    return "classification" if "SequenceClassification" in architecture_name else "mlm"
+    return token_heads.head_of(architecture_name)
 
 
 def module_kind(name: str) -> str:

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ptft_jax.errors import ConfigError
-from ptft_jax.models import bert, layers
+from ptft_jax.models import bert, layers, token_heads
 from ptft_jax.models.config_json import read_fields
 from ptft_jax.models.layers import dense, layer_norm
 from ptft_jax.ops import dropout, gelu
@@ -189,6 +189,18 @@ class RobertaForSentenceEmbedding(nnx.Module):
         return layers.mean_pool(hidden_BxLxD, attention_mask_BxL)
 
 
+class RobertaForTokenClassification(token_heads.TokenClassifier):
+    """HF's RobertaForTokenClassification: dropout -> ``classifier`` at every position."""
+
+    backbone, encoder = "roberta", RobertaModel
+
+
+class RobertaForQuestionAnswering(token_heads.SpanClassifier):
+    """HF's RobertaForQuestionAnswering: ``qa_outputs`` (start, end) at every position."""
+
+    backbone, encoder = "roberta", RobertaModel
+
+
 # --- The family interface (``models/__init__.py``): heads, config.json, parameter names.
 
 SHAPE_FIELDS = bert.SHAPE_FIELDS  # the fields that decide parameter shapes
@@ -203,11 +215,15 @@ HEADS = {
     "mlm": RobertaForMaskedLM,
     "classification": RobertaForSequenceClassification,
     "embedding": RobertaForSentenceEmbedding,
+    "token_classification": RobertaForTokenClassification,
+    "question_answering": RobertaForQuestionAnswering,
 }
 ARCHITECTURES = {
     "mlm": "RobertaForMaskedLM",
     "classification": "RobertaForSequenceClassification",
     "embedding": "RobertaModel",
+    "token_classification": "RobertaForTokenClassification",
+    "question_answering": "RobertaForQuestionAnswering",
 }
 DEFAULT_HEAD = "mlm"  # a config.json without architectures
 # config.json values this family computes: checked on import, written on export (a decoder,
@@ -220,7 +236,7 @@ HF_CONSTANTS = {
     "add_cross_attention": False,
 }
 BACKBONE = "roberta"  # the encoder's top-level name (bare RobertaModel checkpoints omit it)
-TOP = ("roberta", "lm_head", "classifier")  # top-level names of checkpoint tensors
+TOP = ("roberta", "lm_head", "classifier", "qa_outputs")  # top-level names of checkpoint tensors
 CLASSIFIER = "classifier"  # the label head: another label count starts it fresh
 LAYER_NAME = re.compile(r"(roberta\.encoder\.layer\.)(\d+)(\..*)")  # HF names in encoder layer i
 EMBEDDINGS = ("roberta.embeddings.",)  # HF name prefixes of the input embeddings
@@ -244,7 +260,7 @@ def architecture(head: str, cfg: RobertaConfig) -> str:
 
 def head_of(architecture_name: str) -> str:
     """The head a checkpoint of this transformers class has."""
-    return "classification" if "SequenceClassification" in architecture_name else "mlm"
+    return token_heads.head_of(architecture_name)
 
 
 def module_kind(name: str) -> str:
