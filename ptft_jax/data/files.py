@@ -1,6 +1,6 @@
 """One local file as records: plain text (a record a non-blank line), JSON (a list of objects,
-or one object a line), CSV and Parquet. Each record knows where it came from (``path line N``),
-for the one sentence that names a bad record.
+or one object a line), CSV, Parquet, and CoNLL columns (a record a sentence). Each record knows
+where it came from (``path line N``), for the one sentence that names a bad record.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 from ptft_jax.data.builtin import DataError
 
-SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet")
+SUFFIXES = (".txt", ".json", ".jsonl", ".csv", ".parquet", ".conll")
 
 
 class Record(dict):
@@ -188,8 +188,41 @@ def _read_parquet(path: pathlib.Path) -> list[dict]:
     return [Record(row, f"{path} row {i + 1}") for i, row in enumerate(rows)]
 
 
-def read_file(path: pathlib.Path) -> list[dict]:
+def _read_conll(path: pathlib.Path) -> list[dict]:
+    """CoNLL columns: a token a line, its first column the word and its last the tag (columns
+    split by tabs when the first token line has one, else by spaces), a blank line between
+    sentences, ``-DOCSTART-`` lines skipped. Records ``{"tokens", "tags"}``, each from the line
+    its sentence starts on; a line with another column count than the first stops the run."""
+    records, tokens, tags, start, columns, tabs = [], [], [], 0, None, False
+    lines = read_text(path).splitlines()
+    for n, line in enumerate([*lines, ""], 1):
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if tokens:
+                records.append(Record({"tokens": tokens, "tags": tags}, f"{path} line {start}"))
+            tokens, tags = [], []
+            continue
+        if columns is None:
+            tabs = "\t" in line
+        cells = line.rstrip("\r\n").split("\t") if tabs else line.split()
+        columns = len(cells) if columns is None else columns
+        if len(cells) != columns or columns < 2:
+            raise DataError(
+                f"{path} line {n} has {len(cells)} column{'s' * (len(cells) != 1)} but "
+                f"{'the lines before have' if columns >= 2 and n > 1 else 'a token line needs'} "
+                f"{max(columns, 2)}; give every token line its word first and its tag last."
+            )
+        start = start if tokens else n
+        tokens.append(cells[0])
+        tags.append(cells[-1])
+    return records
+
+
+def read_file(path: pathlib.Path, conll: bool = False) -> list[dict]:
+    """The records of ``path`` by its extension; ``conll``: a ``.txt`` file is CoNLL columns
+    (token classification's), as a ``.conll`` file always is."""
     suffix = path.suffix.lower()
+    if suffix == ".conll" or (conll and suffix == ".txt"):
+        return _read_conll(path)
     if suffix == ".txt":
         lines = enumerate(read_text(path).splitlines(), 1)
         return [Record({"text": line}, f"{path} line {n}") for n, line in lines if line.strip()]

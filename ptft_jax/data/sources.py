@@ -35,6 +35,7 @@ SPLIT_STEMS = {
     "train": "train",
     "validation": "validation",
     "dev": "validation",
+    "valid": "validation",
     "val": "validation",
     "test": "test",
 }
@@ -59,7 +60,7 @@ def split_labeled(records: list[dict], fields=("text",)) -> dict[str, list[dict]
     return {split: [unique[i] for i in order[a:b]] for split, (a, b) in cuts.items()}
 
 
-def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
+def _read_folder(folder: pathlib.Path, conll: bool = False) -> dict[str, list[dict]]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SUFFIXES)
     by_split: dict[str, pathlib.Path] = {}
     for path in files:
@@ -82,7 +83,7 @@ def _read_folder(folder: pathlib.Path) -> dict[str, list[dict]]:
         )
     if by_split:
         order = ("train", "validation", "test")
-        return {split: read_file(by_split[split]) for split in order if split in by_split}
+        return {split: read_file(by_split[split], conll) for split in order if split in by_split}
     docs = [(p, read_text(p)) for p in files if p.suffix.lower() == ".txt"]
     if not docs:
         raise DataError(
@@ -109,9 +110,23 @@ def _load_hub(spec: str) -> dict[str, list[dict]]:
             f"Could not load hf:{spec} ({e}); check the dataset and config name."
         ) from e
     return {
-        split: [Record(r, f"hf:{spec} {split} row {i + 1}") for i, r in enumerate(ds.to_list())]
+        split: [
+            Record(_tag_names(r, ds.features), f"hf:{spec} {split} row {i + 1}")
+            for i, r in enumerate(ds.to_list())
+        ]
         for split, ds in loaded.items()
     }
+
+
+def _tag_names(row: dict, features) -> dict:
+    """``row`` with each list of class ids (a sequence of ClassLabel: ``ner_tags``) as the
+    class names, which tags are read by (B-PER, I-PER, O)."""
+    for name, feature in features.items():
+        inner = getattr(feature, "feature", None)  # Sequence / List of one feature
+        names = getattr(inner, "names", None)
+        if names and isinstance(row.get(name), list):
+            row = {**row, name: [names[i] for i in row[name]]}
+    return row
 
 
 def _load_builtin(name: str) -> dict[str, list[dict]]:
@@ -148,8 +163,10 @@ def _only_empty(source: str, split: str) -> DataError:
     )
 
 
-def _has_text(record: dict) -> bool:
-    return any(isinstance(v, str) and v.strip() for v in record.values())
+def _has_text(record: dict) -> bool:  # some text, or a list of tokens
+    return any(
+        (isinstance(v, str) and v.strip()) or isinstance(v, list) and v for v in record.values()
+    )
 
 
 def _blank(record: dict, field: str) -> bool:  # has ``field``, but empty, spaces or null
@@ -188,7 +205,7 @@ def _without_empty_texts(source, splits: dict, fields, skip: bool) -> dict[str, 
 
 
 def load_records(
-    source: str, split: str | None = None, fields=(), skip_empty: bool = False
+    source: str, split: str | None = None, fields=(), skip_empty: bool = False, conll=False
 ) -> dict[str, list[dict]]:
     """Loads ``data.source`` as ``{split: records}``; with ``split`` only that split.
 
@@ -196,7 +213,8 @@ def load_records(
     .csv, .parquet), a folder of train/validation(dev, val)/test files, or a folder of .txt
     documents (all in "train"). A record whose text ``fields`` (the fields a task reads) are
     empty stops the run naming it, or with ``skip_empty`` (``data.skip_empty_texts``) is left
-    out with one line that counts them; blank lines of .txt files are no records. Raises
+    out with one line that counts them; blank lines of .txt files are no records; ``conll``:
+    .txt files hold CoNLL columns, a record a sentence (.conll files always do). Raises
     DataError with the fix for anything a user can get wrong.
     """
     if source.startswith("builtin:"):
@@ -207,7 +225,7 @@ def load_records(
         path = pathlib.Path(source).expanduser()
         if not path.exists():
             raise DataError(f"data.source {source!r} does not exist; {_HINT}.")
-        splits = _read_folder(path) if path.is_dir() else {"train": read_file(path)}
+        splits = _read_folder(path, conll) if path.is_dir() else {"train": read_file(path, conll)}
     for name, records in splits.items():
         if not records:
             raise DataError(
