@@ -46,6 +46,9 @@ def _data_keys() -> ml_collections.ConfigDict:
     x.text_field = "text"
     x.text_pair_field = ""
     x.label_field = "label"
+    x.tokens_field = "tokens"  # token classification: each record's list of words
+    x.tags_field = "tags"  # ... and of their tags (BIO); a hub dataset's may be ner_tags
+    x.label_all_subwords = False  # True: every piece of a word is trained on, not the first
     x.max_seq_length = 128
     x.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
     x.tokenizer_sample_documents = 200_000  # prepare: a seeded sample trains the tokenizer

@@ -81,6 +81,9 @@ def make(cfg, workdir: pathlib.Path, cli_model_keys=(), devices=None) -> Plan:
     task, model_cfg = tasks.get(cfg), config.model_config(cfg)
     if new_head:  # the training split's classes decide model.num_labels
         task = dataclasses.replace(task, count_labels=True)
+    elif source is not None and source.task == task.head and hasattr(task, "label_names"):
+        # a head trained before keeps its classes' order (a tagger's id2label)
+        task = dataclasses.replace(task, label_names=tuple(source.label_names or ()))
     mesh = sharding.make_mesh(cfg.mesh, devices)
     accum = cfg.train.grad_accum_steps
     micro = cfg.train.batch_size // accum

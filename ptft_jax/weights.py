@@ -35,6 +35,7 @@ class Pretrained:
     fields: dict  # its model.* config fields (family, shape, dropouts, LayerNorm epsilon)
     tokenizer: pathlib.Path
     tensors: Callable[[], dict[str, np.ndarray]]  # HF-named float32 arrays, read on call
+    label_names: list[str] | None = None  # its head's classes in order (id2label), if named
 
 
 def resolve(spec: str, allow_pytorch_bin: bool = False, key: str = "init_from") -> Pretrained:
@@ -58,8 +59,25 @@ def resolve(spec: str, allow_pytorch_bin: bool = False, key: str = "init_from") 
     options = tasks.task_class(head)().model_options()
     model_cfg = family.CONFIG(**fields, num_labels=labels, **options)
     return Pretrained(
-        head, model_cfg, fields, folder, lambda: hf.read_tensors(folder, allow_pytorch_bin)
+        head,
+        model_cfg,
+        fields,
+        folder,
+        lambda: hf.read_tensors(folder, allow_pytorch_bin),
+        _named_labels(raw.get("id2label")),
     )
+
+
+def _named_labels(id2label) -> list[str] | None:
+    """The class names of a config.json's ``id2label`` in id order; None when it has none or
+    only transformers' placeholders (``LABEL_0``, ...)."""
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        names = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except ValueError:
+        return None
+    return None if names == [f"LABEL_{i}" for i in range(len(names))] else names
 
 
 def _from_workdir(path: pathlib.Path, key: str, checkpoint: str | None = None) -> Pretrained:
@@ -83,6 +101,7 @@ def _from_workdir(path: pathlib.Path, key: str, checkpoint: str | None = None) -
         raise ConfigError(
             f"{path / 'config.json'} is unreadable; point {key} at a finished workdir."
         ) from None
+    labels = path / "labels.json"
     return Pretrained(
         task,
         model_cfg,
@@ -91,6 +110,7 @@ def _from_workdir(path: pathlib.Path, key: str, checkpoint: str | None = None) -
         lambda: hf.to_hf_tensors(
             jax.device_get(workdir.load(path, checkpoint).params), model_cfg.family
         ),
+        json.loads(labels.read_text())["names"] if labels.exists() else None,
     )
 
 

@@ -243,8 +243,9 @@ def make_batch(ex: Examples, idx: np.ndarray, length: int, pad_id: int) -> dict:
     return out
 
 
-def train_dataset(ex: Examples, sizes, layout, seed: int, pad_id: int):
-    """Grain MapDataset: element ``b`` is this process's rows of global batch ``b``."""
+def train_dataset(ex: Examples, sizes, layout, seed: int, pad_id: int, make=make_batch):
+    """Grain MapDataset: element ``b`` is this process's rows of global batch ``b`` (``make``:
+    how rows are made of examples, ``make_batch``'s signature)."""
     lengths = np.array([len(x) for x in ex.ids])
     spe = steps_per_epoch(lengths, sizes, layout.global_rows)
     plan = functools.lru_cache(maxsize=2)(
@@ -254,13 +255,13 @@ def train_dataset(ex: Examples, sizes, layout, seed: int, pad_id: int):
     def local(b: int) -> dict:
         size, idx = plan(b // spe)[b % spe]
         rows = layout.rows()
-        out = make_batch(ex, idx[rows.reshape(-1)], size, pad_id)
+        out = make(ex, idx[rows.reshape(-1)], size, pad_id)
         return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
     return grain.MapDataset.range(2**62).map(local), spe
 
 
-def eval_batches(ex: Examples, sizes, layout, pad_id: int):
+def eval_batches(ex: Examples, sizes, layout, pad_id: int, make=make_batch):
     """Every example once, in length order within buckets; padding rows have weight 0."""
     lengths = np.array([len(x) for x in ex.ids])
     order = np.argsort(lengths, kind="stable")
@@ -272,7 +273,7 @@ def eval_batches(ex: Examples, sizes, layout, pad_id: int):
             chunk = members[i : i + g]
             idx = np.pad(chunk, (0, g - len(chunk)), constant_values=-1)
             rows = layout.rows()
-            out = make_batch(ex, idx[rows.reshape(-1)], size, pad_id)
+            out = make(ex, idx[rows.reshape(-1)], size, pad_id)
             yield {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}, idx
 
 

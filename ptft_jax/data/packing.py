@@ -135,19 +135,22 @@ class TrainRows:
         return [rows[ends[m] : ends[m + 1]] for m in range(first, first + self.accum)]
 
 
-def train_dataset(ex, plan: TrainRows, shape: Shape, layout, pad_id: int):
-    """Grain MapDataset: element ``b`` is this process's rows of packed global batch ``b``."""
+def train_dataset(ex, plan: TrainRows, shape: Shape, layout, pad_id: int, make=make_batch):
+    """Grain MapDataset: element ``b`` is this process's rows of packed global batch ``b``
+    (``make``: how rows are made of examples, ``make_batch``'s signature)."""
 
     def local(b: int) -> dict:
         flat = [row for micro in plan.batch(b) for row in micro + [[]] * (shape.rows - len(micro))]
         rows = layout.rows()
-        out = make_batch(ex, [flat[i] for i in rows.reshape(-1)], plan.row_len, shape.slots, pad_id)
+        out = make(ex, [flat[i] for i in rows.reshape(-1)], plan.row_len, shape.slots, pad_id)
         return {k: v.reshape(*rows.shape, *v.shape[1:]) for k, v in out.items()}
 
     return grain.MapDataset.range(2**62).map(local)
 
 
-def eval_batches(ex, rows: list[list[int]], shape: Shape, layout, row_len: int, pad_id: int):
+def eval_batches(
+    ex, rows: list[list[int]], shape: Shape, layout, row_len: int, pad_id: int, make=make_batch
+):
     """``(batch, example ids [rows, slots])`` over ``rows`` (``split_rows``), ``shape.rows`` rows
     a batch."""
     for i in range(0, len(rows), shape.rows):
@@ -155,7 +158,7 @@ def eval_batches(ex, rows: list[list[int]], shape: Shape, layout, row_len: int, 
         chunk = chunk + [[]] * (shape.rows - len(chunk))
         take = layout.rows()
         picked = [chunk[j] for j in take.reshape(-1)]
-        out = make_batch(ex, picked, row_len, shape.slots, pad_id)
+        out = make(ex, picked, row_len, shape.slots, pad_id)
         yield (
             {k: v.reshape(*take.shape, *v.shape[1:]) for k, v in out.items()},
             slot_ids(chunk, shape.slots),

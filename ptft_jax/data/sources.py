@@ -42,16 +42,17 @@ SPLIT_STEMS = {
 _HINT = "set --config.data.source to a file, folder, hf:<name> or builtin:<name>"
 
 
-def split_labeled(records: list[dict], fields=("text",)) -> dict[str, list[dict]]:
+def split_labeled(records: list[dict], fields=("text",), key=None) -> dict[str, list[dict]]:
     """Splits labeled records 80/10/10 the one way used everywhere: drop exact duplicates of the
-    text ``fields`` (the text, or text and pair; keep the first), permute with
-    ``numpy.random.default_rng(0)``, cut at 80% and 90%."""
+    text ``fields`` (the text, or text and pair; ``key(record)``: another hashable text, such
+    as a sentence's words; keep the first), permute with ``numpy.random.default_rng(0)``, cut
+    at 80% and 90%."""
     seen: set[tuple] = set()
     unique = []
     for record in records:
-        key = tuple(text_of(record, f) for f in fields)
-        if key not in seen:
-            seen.add(key)
+        key_of = tuple(text_of(record, f) for f in fields) if key is None else key(record)
+        if key_of not in seen:
+            seen.add(key_of)
             unique.append(record)
     n = len(unique)
     order = np.random.default_rng(0).permutation(n)

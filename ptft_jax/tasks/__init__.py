@@ -14,6 +14,7 @@ REGISTRY = {
     "contrastive": "ptft_jax.tasks.contrastive:Contrastive",
     "distill": "ptft_jax.tasks.distill:Distill",
     "causal_lm": "ptft_jax.tasks.causal_lm:CausalLM",
+    "token_classification": "ptft_jax.tasks.token_classification:TokenClassification",
 }
 
 

@@ -135,7 +135,9 @@ class Classification(Task):
             )
         if extend is not None:
             encoded["train"] = extend(cfg, train, encoded["train"], tokenizer, names)
-        batched = (_packed if self.packing else _bucketed)(cfg, encoded, layout, eval_layout, pad)
+        batched = (packed_batches if self.packing else bucketed)(
+            cfg, encoded, layout, eval_layout, pad
+        )
         counts = ", ".join(f"{k} {len(v)}" for k, v in encoded.items())
         if encoded["train"].label_weights is not None:
             extra = int(np.sum(encoded["train"].label_weights == 0))
@@ -269,16 +271,19 @@ def _check_last_tokens(ex, records, pad: int, tokenizer) -> None:
             )
 
 
-def _bucketed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
-    """Length-bucketed batches, one example a row: TaskData's train and evaluation fields."""
+def bucketed(cfg, encoded: dict, layout, eval_layout, pad: int, make=classify.make_batch) -> dict:
+    """Length-bucketed batches, one example a row: TaskData's train and evaluation fields
+    (``make``: rows of examples, ``classify.make_batch``'s signature)."""
     d = cfg.data
     lengths = np.array([len(x) for x in encoded["train"].ids])
     sizes = classify.buckets(lengths, d.max_seq_length, d.length_buckets)
-    dataset, spe = classify.train_dataset(encoded["train"], sizes, layout, cfg.train.seed, pad)
+    dataset, spe = classify.train_dataset(
+        encoded["train"], sizes, layout, cfg.train.seed, pad, make
+    )
 
     def batches(name):
         if name in encoded:
-            return list(classify.eval_batches(encoded[name], sizes, eval_layout, pad))
+            return list(classify.eval_batches(encoded[name], sizes, eval_layout, pad, make))
 
     return {
         "train": dataset,
@@ -290,9 +295,10 @@ def _bucketed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
     }
 
 
-def _packed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
+def packed_batches(cfg, encoded: dict, layout, eval_layout, pad: int, make=packing.make_batch):
     """Packed rows (``data/packing.py``) sized for every batch of the run: TaskData's train and
-    evaluation fields and the layout its batches take."""
+    evaluation fields and the layout its batches take (``make``: rows of examples,
+    ``packing.make_batch``'s signature)."""
     train = encoded["train"]
     lengths = np.array([len(x) for x in train.ids])
     spe = -(-len(train) // layout.global_rows)
@@ -311,12 +317,13 @@ def _packed(cfg, encoded: dict, layout, eval_layout, pad: int) -> dict:
     def batches(name):
         if name in evals:
             ex, rows = encoded[name], evals[name]
-            found = packing.eval_batches(ex, rows, shape, eval_layout, cfg.data.max_seq_length, pad)
+            row_len = cfg.data.max_seq_length
+            found = packing.eval_batches(ex, rows, shape, eval_layout, row_len, pad, make)
             return list(found)
 
     real = lengths.sum() / (spe * layout.accum * shape.rows * cfg.data.max_seq_length)
     return {
-        "train": packing.train_dataset(train, plan, shape, layout, pad),
+        "train": packing.train_dataset(train, plan, shape, layout, pad, make),
         "eval": batches("validation"),
         "test": batches("test"),
         "steps_per_epoch": spe,
