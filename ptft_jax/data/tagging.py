@@ -83,7 +83,7 @@ def check_bio(records, tagged, split: str) -> None:
                 )
             if tag.startswith("I-") and before[2:] != tag[2:]:
                 begins += 1
-                first = first or record
+                first = record if first is None else first
             before = tag
     if begins:
         log.warning(
