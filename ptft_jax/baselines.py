@@ -1,5 +1,7 @@
 """The TF-IDF baseline every suite report carries: TF-IDF features and a linear model
-(scikit-learn), fitted on a task's training split, its regularisation chosen on validation.
+(scikit-learn), fitted on a task's training split, its regularisation chosen on validation; a
+tagging task's is the word dictionary (CoNLL's baseline: each word's most frequent training
+tag, ``O`` for words never seen), scored by seqeval as the taggers are.
 
 Classification fits a logistic regression, regression a ridge regression. A text pair is
 vectorized one side at a time with one vocabulary and the features are ``[a, b, a * b,
@@ -90,3 +92,31 @@ def tfidf(rows_by_split: dict, regression: bool, num_labels: int, metric, analyz
         if best is None or chosen > best[0]:
             best = (chosen, result)
     return best[1]
+
+
+def dictionary(rows_by_split: dict) -> dict:
+    """``{"strength": None, split: metrics, ...}`` of the word-dictionary tagger on tagging rows
+    (``{"tokens", "tags"}``): each word gets its most frequent training tag (ties: the first
+    seen), then ``I-`` tags that cannot continue become ``B-`` (seqeval reads them so anyway)."""
+    from collections import Counter
+
+    from seqeval import metrics as seqeval
+
+    counts: dict[str, Counter] = {}
+    for row in rows_by_split["train"]:
+        for word, tag in zip(row["tokens"], row["tags"], strict=True):
+            counts.setdefault(word, Counter())[tag] += 1
+    best = {word: c.most_common(1)[0][0] for word, c in counts.items()}
+    result = {"strength": None}
+    for split, rows in rows_by_split.items():
+        if split == "train":
+            continue
+        gold = [r["tags"] for r in rows]
+        pred = [[best.get(w, "O") for w in r["tokens"]] for r in rows]
+        result[split] = {
+            "f1": seqeval.f1_score(gold, pred, zero_division=0),
+            "precision": seqeval.precision_score(gold, pred, zero_division=0),
+            "recall": seqeval.recall_score(gold, pred, zero_division=0),
+            "accuracy": seqeval.accuracy_score(gold, pred),
+        }
+    return result

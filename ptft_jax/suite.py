@@ -40,7 +40,7 @@ TAPT = " + TAPT"  # a start's row after task-adaptive pretraining
 
 def _job_config(plan: Plan, spec: suitespec.TaskSpec, init_from: str, lr: float, seed: int):
     c = base_config()
-    c.task = "classification"
+    c.task = spec.task
     c.init_from = init_from
     if not init_from:  # random init: the first starting point's shape and tokenizer
         c.model.update(plan.source.fields)
@@ -73,7 +73,10 @@ def _tapt_jobs(plan: Plan) -> dict[tuple[str, str], jobs.Job]:
         fields = ("text", "text_pair") if spec.text_pair_field else ("text",)
         text = {}
         for split in ("train", "validation"):  # pairs' texts repeat (SNLI's premises): once
-            found = dict.fromkeys(r[f] for r in plan.rows[spec.name][split] for f in fields)
+            rows = plan.rows[spec.name][split]
+            if spec.tagging:  # a sentence's words, as the tagger's tokenizer sees them
+                rows = [{"text": " ".join(r["tokens"])} for r in rows]
+            found = dict.fromkeys(r[f] for r in rows for f in fields)
             text[split] = [{"text": t} for t in found if t.strip()]
         source = suite_data.write_task(plan.folder / "tapt" / spec.name / "text", text)
         for key, init_from in plan.starts:
@@ -126,10 +129,13 @@ def _tfidf(plan: Plan, spec: suitespec.TaskSpec) -> dict:
     path = plan.folder / "baselines" / f"tfidf-{spec.name}.json"
     if path.is_file():
         return json.loads(path.read_text())
-    result = baselines.tfidf(
-        plan.rows[spec.name], spec.regression, plan.num_labels[spec.name], spec.metric,
-        spec.tfidf_analyzer,
-    )  # fmt: skip
+    if spec.tagging:  # a tagging task's classical baseline: the word dictionary
+        result = baselines.dictionary(plan.rows[spec.name])
+    else:
+        result = baselines.tfidf(
+            plan.rows[spec.name], spec.regression, plan.num_labels[spec.name], spec.metric,
+            spec.tfidf_analyzer,
+        )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     return result

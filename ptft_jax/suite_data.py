@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from ptft_jax.data import classify, glue, sources
+from ptft_jax.data import classify, glue, sources, tagging
 from ptft_jax.errors import DataError
 from ptft_jax.suitespec import TaskSpec
 
@@ -29,10 +29,13 @@ def _source_splits(spec: TaskSpec, data_dir: str, base: pathlib.Path) -> dict[st
     if not source.startswith(("builtin:", "hf:")):
         path = pathlib.Path(source).expanduser()
         source = str(path if path.is_absolute() else base / path)  # beside the suite file
-    return sources.load_records(source)
+    return sources.load_records(source, conll=spec.tagging)
 
 
 def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
+    if spec.tagging:  # rows {"tokens", "tags"}, checked as the job will check them
+        pairs = tagging.sentences(records, spec.tokens_field, spec.tags_field, spec.name)
+        return [{"tokens": words, "tags": tags} for words, tags in pairs]
     fields = [("text", spec.text_field)]
     if spec.text_pair_field:
         fields.append(("text_pair", spec.text_pair_field))
@@ -52,7 +55,7 @@ def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
 def _cap(spec: TaskSpec, split: str, rows: list[dict], n: int) -> list[dict]:
     if n <= 0 or len(rows) <= n:
         return rows
-    if split == "train" and not spec.regression:
+    if split == "train" and not spec.regression and not spec.tagging:
         kept = classify.subsample(rows, "label", n, seed=0)
     else:
         kept = [rows[i] for i in np.sort(np.random.default_rng(0).permutation(len(rows))[:n])]
@@ -68,7 +71,8 @@ def _cap(spec: TaskSpec, split: str, rows: list[dict], n: int) -> list[dict]:
 
 
 def load_task(spec: TaskSpec, data_dir: str, base: pathlib.Path) -> dict[str, list[dict]]:
-    """``{job split: rows}`` of ``spec``, rows ``{"text", ["text_pair"], "label"}``, capped.
+    """``{job split: rows}`` of ``spec``, rows ``{"text", ["text_pair"], "label"}`` (a tagging
+    task's: ``{"tokens", "tags"}``), capped.
     ``base`` is the suite file's folder (a relative path source is read from there)."""
     loaded = _source_splits(spec, data_dir, base)
     out = {}
@@ -90,6 +94,8 @@ def num_labels(spec: TaskSpec, rows: dict[str, list[dict]]) -> int:
     or the largest class id + 1)."""
     if spec.regression:
         return 1
+    if spec.tagging:
+        return len(tagging.label_names([(r["tokens"], r["tags"]) for r in rows["train"]]))
     names = classify.label_names(rows["train"], "label", None)
     return len(names) if names is not None else classify.class_count(rows["train"], "label", None)
 

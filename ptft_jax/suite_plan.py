@@ -73,13 +73,15 @@ def _start_key(spec: str, several: bool) -> str:
     return f"step {which}" if which and which.isdigit() else spec
 
 
-def _check_head(spec: str, source: weights.Pretrained) -> None:
+def _check_head(spec: str, source: weights.Pretrained, suite: suitespec.Suite) -> None:
     family = source.model_cfg.family
-    if "classification" not in models.get(family).HEADS:
-        raise errors.ConfigError(
-            f"--init_from {spec} is a {family} model, which has no classification head to "
-            "fine-tune; start from an encoder (bert, roberta, modernbert) or a gpt2 model."
-        )
+    for task in suite.tasks:
+        if task.task not in models.get(family).HEADS:
+            raise errors.ConfigError(
+                f"--init_from {spec} is a {family} model, which has no {task.task} head for "
+                f"task {task.name}; start from an encoder (bert, roberta, modernbert), or leave "
+                "that task out with --tasks."
+            )
 
 
 def _check_positions(spec: str, source: weights.Pretrained, suite: suitespec.Suite) -> None:
@@ -119,7 +121,7 @@ def make_plan(args) -> Plan:
     starts = [(_start_key(s, len(specs) > 1), s) for s in specs]
     sources = [weights.resolve(s) for s in specs]
     for spec, source in zip(specs, sources, strict=True):
-        _check_head(spec, source)
+        _check_head(spec, source, suite)
         _check_positions(spec, source, suite)
         if args.tapt_steps and "mlm" not in models.get(source.model_cfg.family).HEADS:
             raise errors.ConfigError(

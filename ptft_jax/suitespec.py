@@ -28,6 +28,8 @@ from ptft_jax.errors import ConfigError
 SHIPPED = pathlib.Path(__file__).resolve().parent / "suites"
 CLASS_METRICS = ("accuracy", "f1", "precision", "recall", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
+TAG_METRICS = ("f1", "precision", "recall", "accuracy")  # seqeval's entity scores, word accuracy
+TASKS = ("classification", "token_classification")
 SPLITS = ("train", "validation", "test")
 
 
@@ -37,10 +39,13 @@ class TaskSpec:
 
     name: str
     source: str
+    task: str = "classification"  # or token_classification (tags of words, BIO)
     title: str = ""  # the column heading (GLUE's "SST-2"); the name when empty
     text_field: str = "text"
     text_pair_field: str = ""
     label_field: str = "label"
+    tokens_field: str = "tokens"  # token classification: each record's words and their tags
+    tags_field: str = "tags"
     num_labels: int = 0  # 1: regression; 0: the training split's classes
     metric: tuple[str, ...] = ("accuracy",)  # the task's score: the mean of these
     # the job's split -> the source's split (GLUE has no test labels: its dev is reported)
@@ -58,6 +63,10 @@ class TaskSpec:
     @property
     def regression(self) -> bool:
         return self.num_labels == 1
+
+    @property
+    def tagging(self) -> bool:
+        return self.task == "token_classification"
 
     @property
     def heading(self) -> str:
@@ -81,10 +90,13 @@ class Suite:
 # The type each key takes (a tuple: one of several), for the sentence that names a bad field.
 _TASK_KEYS = {
     "source": str,
+    "task": str,
     "title": str,
     "text_field": str,
     "text_pair_field": str,
     "label_field": str,
+    "tokens_field": str,
+    "tags_field": str,
     "num_labels": int,
     "metric": (str, list),
     "splits": dict,
@@ -179,11 +191,17 @@ def _task(reader: _Reader, name: str, fields: dict) -> TaskSpec:
     if "source" not in fields:
         raise reader.fail(table, None, 'has no source; add source = "builtin:NAME" (or a path)')
     fields = dict(fields)
-    metric = fields.pop("metric", "accuracy")
+    task = fields.get("task", "classification")
+    if task not in TASKS:
+        raise reader.fail(table, "task", f"is {task!r}; use {' or '.join(TASKS)}")
+    tagging = task == "token_classification"
+    metric = fields.pop("metric", "f1" if tagging else "accuracy")
     metric = (metric,) if isinstance(metric, str) else tuple(metric)
     num_labels = fields.get("num_labels", 0)
     allowed = REGRESSION_METRICS if num_labels == 1 else CLASS_METRICS
     kind = "a regression (num_labels = 1)" if num_labels == 1 else "a classification"
+    if tagging:
+        allowed, kind = TAG_METRICS, "a token classification"
     for m in metric:
         if m not in allowed:
             raise reader.fail(

@@ -257,3 +257,28 @@ def test_init_from_a_hf_tagger_keeps_its_label_order(trained, tmp_path, data_dir
     best = next(json.loads(r) for r in (w / "metrics.jsonl").read_text().splitlines()[::-1]
                 if '"validation"' in r)  # fmt: skip
     assert step0["f1"] == best["f1"]
+
+
+@pytest.mark.slow
+def test_a_suite_scores_a_tagging_task_beside_the_word_dictionary(data_dir, tmp_path):
+    from ptft_jax import suite
+
+    mlm = tmp_path / "mlm"
+    run(tiny_config(steps=2, checkpoint_every=2, eval_every=2, log_every=2), mlm, quiet=True)
+    (tmp_path / "ner.toml").write_text(
+        f'name = "ner"\nlearning_rates = [3e-3]\nseeds = [0]\n[tasks.toy]\n'
+        f'task = "token_classification"\nsource = "{data_dir}"\nepochs = 4\nbatch_size = 16\n'
+        "max_seq_length = 32\nmax_train_examples = 120\n"
+    )
+    argv = ["--suite", str(tmp_path / "ner.toml"), "--init_from", str(mlm)]
+    suite.main([*argv, "--workdir", str(tmp_path / "S"), "--devices_per_job", "4"])
+    report = json.loads((tmp_path / "S" / "suite.json").read_text())
+    scores = report["tasks"]["toy"]["scores"]
+    assert report["tasks"]["toy"]["metric"] == "f1" and not report["failed"]
+    assert set(scores) == {"pretrained", "random", "tfidf"}
+    assert scores["pretrained"]["median"] > 0.5 and scores["random"]["median"] > 0.5
+    # the word dictionary knows every name, but tags a surname it has seen only as I-PER
+    assert 0.9 < scores["tfidf"]["median"] <= 1.0
+    job = json.loads((tmp_path / "S/jobs/toy/pretrained/lr0.003-seed0/config.json").read_text())
+    assert job["task"] == "token_classification"
+    assert len((tmp_path / "S/data/toy/train.jsonl").read_text().splitlines()) == 120

@@ -141,10 +141,12 @@ def _load_builtin(name: str) -> dict[str, list[dict]]:
         Record(r, f"builtin:{name} record {i + 1}")
         for i, r in enumerate(builtin_texts.load_builtin_texts(name))
     ]
-    # Unlabeled text has no fixed split: the caller holds out its own eval slice.
-    if "label" not in records[0]:
+    if "tags" in records[0]:  # tagged sentences (token classification): split by their words
+        splits = split_labeled(records, key=lambda r: tuple(r["tokens"]))
+    elif "label" not in records[0]:  # unlabeled text: the caller holds out its own eval slice
         return {"train": records}
-    splits = split_labeled(records)
+    else:
+        splits = split_labeled(records)
     kept = sum(map(len, splits.values()))
     if kept < len(records):
         log.info(
