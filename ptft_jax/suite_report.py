@@ -148,6 +148,13 @@ def markdown(suite: Suite, report: dict) -> str:
         lines.append(
             f"| {row_label(start, report['init_from'])} | " + " | ".join(cells) + f" | {avg_cell} |"
         )
+    tagging = [t.heading for t in specs if t.tagging]
+    if tagging and "tfidf" in report["starts"]:
+        lines += [
+            "",
+            f"The {NAMES['tfidf']} row of {', '.join(tagging)} (tagging: entity F1) is the word "
+            "dictionary: each word's most frequent training tag, O for words never seen.",
+        ]
     gain = report.get("pretraining_gain")
     if gain is not None:
         lines += ["", f"Pretraining bought {100 * gain:+.1f} points of average over random init."]

@@ -279,6 +279,7 @@ def test_a_suite_scores_a_tagging_task_beside_the_word_dictionary(data_dir, tmp_
     assert scores["pretrained"]["median"] > 0.5 and scores["random"]["median"] > 0.5
     # the word dictionary knows every name, but tags a surname it has seen only as I-PER
     assert 0.9 < scores["tfidf"]["median"] <= 1.0
+    assert "is the word dictionary" in (tmp_path / "S" / "suite.md").read_text()
     job = json.loads((tmp_path / "S/jobs/toy/pretrained/lr0.003-seed0/config.json").read_text())
     assert job["task"] == "token_classification"
     assert len((tmp_path / "S/data/toy/train.jsonl").read_text().splitlines()) == 120
