@@ -49,6 +49,16 @@ def _data_keys() -> ml_collections.ConfigDict:
     x.tokens_field = "tokens"  # token classification: each record's list of words
     x.tags_field = "tags"  # ... and of their tags (BIO); a hub dataset's may be ner_tags
     x.label_all_subwords = False  # True: every piece of a word is trained on, not the first
+    # question answering: SQuAD's fields, windows overlapping by doc_stride tokens, answers of
+    # at most max_answer_length tokens from the n_best starts and ends; True: SQuAD v2's
+    # questions without an answer
+    x.question_field = "question"
+    x.context_field = "context"
+    x.answers_field = "answers"
+    x.doc_stride = 128
+    x.max_answer_length = 30
+    x.n_best = 20
+    x.version_2_with_negative = False
     x.max_seq_length = 128
     x.tokenizer = ""  # folder or hub id; '' trains WordPiece on the data into W/tokenizer
     x.tokenizer_sample_documents = 200_000  # prepare: a seeded sample trains the tokenizer

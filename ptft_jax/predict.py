@@ -2,10 +2,13 @@
 
     python -m ptft_jax.predict --workdir W --text "Paris is the [MASK] of France." [--top_k 5]
     python -m ptft_jax.predict --workdir W --text "great film" [--text_pair "..."] [--file F]
+    python -m ptft_jax.predict --workdir W --question "Who ...?" --context "..."
 
 MLM workdirs print one JSON line per text: the top-k fills (softmax probabilities) of each
 ``[MASK]`` in order. Classification workdirs print ``{"text", "label", "probs"}`` per input
-(regression: ``{"text", "score"}``); ``--file`` holds one text, or one JSON object with the
+(regression: ``{"text", "score"}``); token classification workdirs ``{"text", "entities"}``
+(type, text, character span, score), question answering ones ``{"question", "answer",
+"start", "end", "score"}``; ``--file`` holds one text, or one JSON object with the
 run's text field (and pair field), per line. The model is the best checkpoint when the run
 keeps one (classification, ``W/best``), else the last; ``--checkpoint best|last|STEP`` picks
 another, and an info line on standard error names the one used and its step.
@@ -82,10 +85,11 @@ def main(argv) -> None:
     del argv
     metrics.quiet_logs()
     f = flags.FLAGS
-    if not f.workdir or not (f.text or f.file):
+    given, given_pairs = f.text + f.question, f.text_pair + f.context  # a question's context
+    if not f.workdir or not (given or f.file):
         cli.fail('pass --workdir W and --text "..." (or --file F).')
     run = workdir.load(f.workdir, f.checkpoint)
-    texts, pairs = _read_inputs(run.cfg, f.text, f.text_pair, f.file)
+    texts, pairs = _read_inputs(run.cfg, given, given_pairs, f.file)
     rows = predict(run, texts, pairs, f.top_k)
     log.info("%s", run.describe())  # once the inputs passed: a mistake stays one line
     for row in rows:
@@ -96,6 +100,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("workdir", None, "A ptft_jax run folder.")
     flags.DEFINE_multi_string("text", [], "Input text; repeat for several.")
     flags.DEFINE_multi_string("text_pair", [], "Second text of a pair, one per --text.")
+    flags.DEFINE_multi_string("question", [], "Question answering: a question; repeat for several.")
+    flags.DEFINE_multi_string("context", [], "Question answering: the context of each --question.")
     flags.DEFINE_string("file", "", "One text or JSON object (text, text_pair) per line.")
     flags.DEFINE_integer("top_k", 5, "Fills to list per [MASK].")
     flags.DEFINE_string(

@@ -161,3 +161,41 @@ def regression_metrics(
         "spearman": _pearson(_average_ranks(preds), _average_ranks(labels)),
         "mse": float(np.mean((preds - labels) ** 2)) if preds.size else 0.0,
     }
+
+
+# --- Extractive question answering: SQuAD's official exact match and F1. ---------------------
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles (a, an, the), single
+    spaces."""
+    import re
+    import string
+
+    text = "".join(c for c in text.lower() if c not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def _f1(prediction: str, truth: str) -> float:
+    from collections import Counter
+
+    pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
+    if not pred or not gold:  # SQuAD v2: "no answer" scores 1 only against "no answer"
+        return float(pred == gold)
+    common = sum((Counter(pred) & Counter(gold)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_metrics(predictions: list[str], answers: list[list[str]]) -> dict:
+    """Exact match and F1 (fractions), each the best over a question's gold answers (an empty
+    list: the question has none, and only an empty prediction matches), averaged."""
+    em, f1 = [], []
+    for pred, golds in zip(predictions, answers, strict=True):
+        golds = golds or [""]
+        em.append(max(float(normalize_answer(pred) == normalize_answer(g)) for g in golds))
+        f1.append(max(_f1(pred, g) for g in golds))
+    return {"exact_match": float(np.mean(em)), "f1": float(np.mean(f1))}

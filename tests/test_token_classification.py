@@ -66,10 +66,10 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
 
 
 def _config(source, **train):
-    c = tiny_config(**{"steps": 60, "eval_every": 30, "checkpoint_every": 30, **train})
+    defaults = dict(steps=60, eval_every=30, checkpoint_every=30, learning_rate=3e-3)
+    c = tiny_config(**{**defaults, "batch_size": 16, "eval_batches": 0, **train})
     c.task = "token_classification"
     c.data.update(source=str(source), max_seq_length=32, length_buckets=2)
-    c.train.update(batch_size=16, eval_batches=0, learning_rate=3e-3)
     return c
 
 

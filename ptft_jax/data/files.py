@@ -63,6 +63,10 @@ def read_text(path: pathlib.Path) -> str:
 
 def _read_json(path: pathlib.Path) -> list[dict]:
     text = read_text(path)
+    from ptft_jax.data import squad  # a SQuAD file: one record a question
+
+    if path.suffix.lower() == ".json" and squad.is_squad(text):
+        return squad.read_squad(path)
     if text.lstrip().startswith("["):  # one JSON list of objects
         try:
             rows = json.loads(text)

@@ -15,6 +15,7 @@ REGISTRY = {
     "distill": "ptft_jax.tasks.distill:Distill",
     "causal_lm": "ptft_jax.tasks.causal_lm:CausalLM",
     "token_classification": "ptft_jax.tasks.token_classification:TokenClassification",
+    "question_answering": "ptft_jax.tasks.question_answering:QuestionAnswering",
 }
 
 
