@@ -1,7 +1,9 @@
 """The TF-IDF baseline every suite report carries: TF-IDF features and a linear model
 (scikit-learn), fitted on a task's training split, its regularisation chosen on validation; a
 tagging task's is the word dictionary (CoNLL's baseline: each word's most frequent training
-tag, ``O`` for words never seen), scored by seqeval as the taggers are.
+tag, ``O`` for words never seen), scored by seqeval as the taggers are; a reading task's (SQuAD)
+is sentence overlap: the context sentence sharing most words with the question, less those
+words.
 
 Classification fits a logistic regression, regression a ridge regression. A text pair is
 vectorized one side at a time with one vocabulary and the features are ``[a, b, a * b,
@@ -119,4 +121,24 @@ def dictionary(rows_by_split: dict) -> dict:
             "recall": seqeval.recall_score(gold, pred, zero_division=0),
             "accuracy": seqeval.accuracy_score(gold, pred),
         }
+    return result
+
+
+def overlap(rows_by_split: dict) -> dict:
+    """``{"strength": None, split: metrics}`` of the sentence-overlap reader on question
+    answering rows (``{"question", "context", "answers"}``): the answer is the context sentence
+    with the most words of the question (the first on ties), without the question's words."""
+    import re
+
+    def answer(row) -> str:
+        asked = set(scores.normalize_answer(row["question"]).split())
+        sentences = [x for x in re.split(r"(?<=[.!?])\s+", row["context"]) if x.strip()]
+        best = max(sentences, key=lambda x: len(asked & set(scores.normalize_answer(x).split())))
+        return " ".join(w for w in best.split() if scores.normalize_answer(w) not in asked)
+
+    result = {"strength": None}
+    for split, rows in rows_by_split.items():
+        if split != "train":
+            gold = [r["answers"]["text"] for r in rows]
+            result[split] = scores.squad_metrics([answer(r) for r in rows], gold)
     return result

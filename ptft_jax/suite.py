@@ -49,6 +49,7 @@ def _job_config(plan: Plan, spec: suitespec.TaskSpec, init_from: str, lr: float,
     c.data.source = str(plan.folder / "data" / spec.name)
     c.data.text_pair_field = "text_pair" if spec.text_pair_field else ""
     c.data.max_seq_length = spec.max_seq_length
+    c.data.doc_stride = spec.doc_stride
     c.train.update(
         epochs=spec.epochs,
         batch_size=spec.batch_size,
@@ -76,6 +77,10 @@ def _tapt_jobs(plan: Plan) -> dict[tuple[str, str], jobs.Job]:
             rows = plan.rows[spec.name][split]
             if spec.tagging:  # a sentence's words, as the tagger's tokenizer sees them
                 rows = [{"text": " ".join(r["tokens"])} for r in rows]
+            if spec.answering:  # the contexts (each once) and the questions
+                rows = [{"text": r["context"]} for r in rows] + [
+                    {"text": r["question"]} for r in rows
+                ]
             found = dict.fromkeys(r[f] for r in rows for f in fields)
             text[split] = [{"text": t} for t in found if t.strip()]
         source = suite_data.write_task(plan.folder / "tapt" / spec.name / "text", text)
@@ -131,6 +136,8 @@ def _tfidf(plan: Plan, spec: suitespec.TaskSpec) -> dict:
         return json.loads(path.read_text())
     if spec.tagging:  # a tagging task's classical baseline: the word dictionary
         result = baselines.dictionary(plan.rows[spec.name])
+    elif spec.answering:  # a reading task's: the sentence that shares most question words
+        result = baselines.overlap(plan.rows[spec.name])
     else:
         result = baselines.tfidf(
             plan.rows[spec.name], spec.regression, plan.num_labels[spec.name], spec.metric,

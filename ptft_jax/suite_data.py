@@ -15,7 +15,7 @@ import pathlib
 
 import numpy as np
 
-from ptft_jax.data import classify, glue, sources, tagging
+from ptft_jax.data import classify, glue, sources, squad, tagging
 from ptft_jax.errors import DataError
 from ptft_jax.suitespec import TaskSpec
 
@@ -36,6 +36,10 @@ def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
     if spec.tagging:  # rows {"tokens", "tags"}, checked as the job will check them
         pairs = tagging.sentences(records, spec.tokens_field, spec.tags_field, spec.name)
         return [{"tokens": words, "tags": tags} for words, tags in pairs]
+    if spec.answering:  # rows {"question", "context", "answers"}, checked as the job will
+        squad.check_answers(records, "question", "context", "answers", allow_empty=False)
+        keep = ("id", "question", "context", "answers")
+        return [{k: r[k] for k in keep if k in r} for r in records]
     fields = [("text", spec.text_field)]
     if spec.text_pair_field:
         fields.append(("text_pair", spec.text_pair_field))
@@ -55,7 +59,7 @@ def _normalised(spec: TaskSpec, records: list[dict]) -> list[dict]:
 def _cap(spec: TaskSpec, split: str, rows: list[dict], n: int) -> list[dict]:
     if n <= 0 or len(rows) <= n:
         return rows
-    if split == "train" and not spec.regression and not spec.tagging:
+    if split == "train" and spec.task == "classification" and not spec.regression:
         kept = classify.subsample(rows, "label", n, seed=0)
     else:
         kept = [rows[i] for i in np.sort(np.random.default_rng(0).permutation(len(rows))[:n])]
@@ -96,6 +100,8 @@ def num_labels(spec: TaskSpec, rows: dict[str, list[dict]]) -> int:
         return 1
     if spec.tagging:
         return len(tagging.label_names([(r["tokens"], r["tags"]) for r in rows["train"]]))
+    if spec.answering:
+        return 2  # a start and an end
     names = classify.label_names(rows["train"], "label", None)
     return len(names) if names is not None else classify.class_count(rows["train"], "label", None)
 

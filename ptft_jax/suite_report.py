@@ -155,6 +155,13 @@ def markdown(suite: Suite, report: dict) -> str:
             f"The {NAMES['tfidf']} row of {', '.join(tagging)} (tagging: entity F1) is the word "
             "dictionary: each word's most frequent training tag, O for words never seen.",
         ]
+    reading = [t.heading for t in specs if t.answering]
+    if reading and "tfidf" in report["starts"]:
+        lines += [
+            "",
+            f"The {NAMES['tfidf']} row of {', '.join(reading)} (SQuAD F1) is sentence overlap: "
+            "the context sentence sharing most words with the question, less those words.",
+        ]
     gain = report.get("pretraining_gain")
     if gain is not None:
         lines += ["", f"Pretraining bought {100 * gain:+.1f} points of average over random init."]

@@ -29,7 +29,8 @@ SHIPPED = pathlib.Path(__file__).resolve().parent / "suites"
 CLASS_METRICS = ("accuracy", "f1", "precision", "recall", "mcc")
 REGRESSION_METRICS = ("pearson", "spearman")
 TAG_METRICS = ("f1", "precision", "recall", "accuracy")  # seqeval's entity scores, word accuracy
-TASKS = ("classification", "token_classification")
+QA_METRICS = ("f1", "exact_match")  # SQuAD's
+TASKS = ("classification", "token_classification", "question_answering")
 SPLITS = ("train", "validation", "test")
 
 
@@ -46,6 +47,7 @@ class TaskSpec:
     label_field: str = "label"
     tokens_field: str = "tokens"  # token classification: each record's words and their tags
     tags_field: str = "tags"
+    doc_stride: int = 64  # question answering: the overlap of a long context's windows
     num_labels: int = 0  # 1: regression; 0: the training split's classes
     metric: tuple[str, ...] = ("accuracy",)  # the task's score: the mean of these
     # the job's split -> the source's split (GLUE has no test labels: its dev is reported)
@@ -67,6 +69,10 @@ class TaskSpec:
     @property
     def tagging(self) -> bool:
         return self.task == "token_classification"
+
+    @property
+    def answering(self) -> bool:
+        return self.task == "question_answering"
 
     @property
     def heading(self) -> str:
@@ -97,6 +103,7 @@ _TASK_KEYS = {
     "label_field": str,
     "tokens_field": str,
     "tags_field": str,
+    "doc_stride": int,
     "num_labels": int,
     "metric": (str, list),
     "splits": dict,
@@ -195,13 +202,15 @@ def _task(reader: _Reader, name: str, fields: dict) -> TaskSpec:
     if task not in TASKS:
         raise reader.fail(table, "task", f"is {task!r}; use {' or '.join(TASKS)}")
     tagging = task == "token_classification"
-    metric = fields.pop("metric", "f1" if tagging else "accuracy")
+    metric = fields.pop("metric", "accuracy" if task == "classification" else "f1")
     metric = (metric,) if isinstance(metric, str) else tuple(metric)
     num_labels = fields.get("num_labels", 0)
     allowed = REGRESSION_METRICS if num_labels == 1 else CLASS_METRICS
     kind = "a regression (num_labels = 1)" if num_labels == 1 else "a classification"
     if tagging:
         allowed, kind = TAG_METRICS, "a token classification"
+    if task == "question_answering":
+        allowed, kind = QA_METRICS, "a question answering"
     for m in metric:
         if m not in allowed:
             raise reader.fail(

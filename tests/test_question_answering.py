@@ -183,3 +183,27 @@ def test_bad_input_stops_with_one_sentence_and_writes_nothing(data_dir, tmp_path
     with pytest.raises(error, match=message):
         run(c, tmp_path / "w", quiet=True)
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.slow
+def test_a_suite_scores_a_reading_task_beside_sentence_overlap(data_dir, tmp_path):
+    from ptft_jax import suite
+
+    mlm = tmp_path / "mlm"
+    run(tiny_config(steps=2, checkpoint_every=2, eval_every=2, log_every=2), mlm, quiet=True)
+    (tmp_path / "qa.toml").write_text(
+        f'name = "qa"\nlearning_rates = [1e-3]\nseeds = [0]\n[tasks.toy]\n'
+        f'task = "question_answering"\nsource = "{data_dir}"\nepochs = 6\nbatch_size = 16\n'
+        'metric = ["exact_match", "f1"]\nmax_seq_length = 48\ndoc_stride = 8\n'
+        'splits = {train = "train", validation = "validation"}\n'
+        'report = {dev = "validation"}\n'
+    )
+    argv = ["--suite", str(tmp_path / "qa.toml"), "--init_from", str(mlm)]
+    suite.main([*argv, "--workdir", str(tmp_path / "S"), "--devices_per_job", "4"])
+    report = json.loads((tmp_path / "S" / "suite.json").read_text())
+    scores_ = report["tasks"]["toy"]["scores"]
+    assert report["tasks"]["toy"]["metric"] == "exact_match/f1" and not report["failed"]
+    assert scores_["pretrained"]["median"] > 0.4 and scores_["random"]["median"] > 0.4
+    # one sentence, the whole context: its words less "who" hold the person among others
+    assert 0 < scores_["tfidf"]["median"] < 0.5
+    assert "is sentence overlap" in (tmp_path / "S" / "suite.md").read_text()
