@@ -219,7 +219,7 @@ def _squad(folder: pathlib.Path) -> dict[str, list[dict]]:
     """SQuAD v1.1: the official dev file is the test split (its test set is hidden), and a
     seeded 10% of the training articles (by title, so no paragraph is on both sides) the
     validation split."""
-    from ptft_jax.data.squad import read_squad
+    from ptft_jax.data.files import read_squad
 
     train = read_squad(folder / "train-v1.1.json")
     kept, held = held_out_groups(train, lambda r: r["title"])

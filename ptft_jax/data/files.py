@@ -63,10 +63,8 @@ def read_text(path: pathlib.Path) -> str:
 
 def _read_json(path: pathlib.Path) -> list[dict]:
     text = read_text(path)
-    from ptft_jax.data import squad  # a SQuAD file: one record a question
-
-    if path.suffix.lower() == ".json" and squad.is_squad(text):
-        return squad.read_squad(path)
+    if path.suffix.lower() == ".json" and is_squad(text):  # one record a question
+        return read_squad(path)
     if text.lstrip().startswith("["):  # one JSON list of objects
         try:
             rows = json.loads(text)
@@ -93,6 +91,39 @@ def _read_json(path: pathlib.Path) -> list[dict]:
         if not isinstance(row, dict):
             raise DataError(f"{at} holds {row!r:.40}, not a JSON object; write one object a line.")
     return [Record(row, at) for row, at in zip(rows, where, strict=True)]
+
+
+def is_squad(text: str) -> bool:
+    """Whether a .json file's text is one SQuAD object (``{"data": [{"title", "paragraphs":
+    [{"context", "qas": [...]}]}]}``)."""
+    head = text.lstrip()[:4096]
+    return head.startswith("{") and '"data"' in head and "\n{" not in head.strip()
+
+
+def read_squad(path) -> list[dict]:
+    """One record a question of the SQuAD file at ``path``."""
+    try:
+        articles = json.loads(read_text(path))["data"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(f"{path} is not a SQuAD file ({e}); fix it or write JSON lines.") from None
+    out = []
+    for a, article in enumerate(articles):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            for q in paragraph.get("qas", []):
+                answers = [] if q.get("is_impossible") else q.get("answers", [])
+                fields = {
+                    "id": str(q.get("id", len(out))),
+                    "title": article.get("title", ""),
+                    "question": q.get("question", ""),
+                    "context": paragraph.get("context", ""),
+                    "answers": {
+                        "text": [x.get("text", "") for x in answers],
+                        "answer_start": [x.get("answer_start", -1) for x in answers],
+                    },
+                }
+                where = f"{path} article {a + 1} paragraph {p + 1} question {fields['id']}"
+                out.append(Record(fields, where))
+    return out
 
 
 def _column_type(values: list[str]) -> type:

@@ -1,56 +1,23 @@
-"""Extractive question answering data: SQuAD files as records, answer checks, and the windows
-(features) a long context is cut into.
+"""Extractive question answering data: answer checks, and the windows (features) a long
+context is cut into.
 
-A SQuAD JSON file (``{"data": [{"title", "paragraphs": [{"context", "qas": [...]}]}]}``) becomes
-one record a question, in the flat layout of the hub's ``squad`` datasets: ``id``, ``title``,
-``question``, ``context`` and ``answers: {"text": [...], "answer_start": [...]}`` (empty lists:
-no answer, SQuAD v2). Each question and its context become windows of ``max_seq_length`` tokens,
-``[CLS] question [SEP] context part [SEP]``, the parts overlapping by ``doc_stride`` tokens (the
-fast tokenizer's overflowing windows and offset mapping, as transformers' run_qa does). A window
-holding the whole first answer is trained on its span; any other window points at ``[CLS]``
-(position 0: "not in this window").
+A SQuAD JSON file is one record a question (``files.read_squad``), in the flat layout of the
+hub's ``squad`` datasets: ``id``, ``title``, ``question``, ``context`` and ``answers: {"text":
+[...], "answer_start": [...]}`` (empty lists: no answer, SQuAD v2). Each question and its
+context become windows of ``max_seq_length`` tokens, ``[CLS] question [SEP] context part
+[SEP]``, the parts overlapping by ``doc_stride`` tokens (the fast tokenizer's overflowing
+windows and offset mapping, as transformers' run_qa does). A window holding the whole first
+answer is trained on its span; any other window points at ``[CLS]`` (position 0: "not in this
+window").
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 
-from ptft_jax.data.files import DataError, Record, origin, read_text
-
-
-def is_squad(text: str) -> bool:
-    """Whether a .json file's text is one SQuAD object (``{"data": [...], ...}``)."""
-    head = text.lstrip()[:4096]
-    return head.startswith("{") and '"data"' in head and "\n{" not in head.strip()
-
-
-def read_squad(path) -> list[dict]:
-    """One record a question of the SQuAD file at ``path``."""
-    try:
-        articles = json.loads(read_text(path))["data"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise DataError(f"{path} is not a SQuAD file ({e}); fix it or write JSON lines.") from None
-    out = []
-    for a, article in enumerate(articles):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
-            for q in paragraph.get("qas", []):
-                answers = [] if q.get("is_impossible") else q.get("answers", [])
-                fields = {
-                    "id": str(q.get("id", len(out))),
-                    "title": article.get("title", ""),
-                    "question": q.get("question", ""),
-                    "context": paragraph.get("context", ""),
-                    "answers": {
-                        "text": [x.get("text", "") for x in answers],
-                        "answer_start": [x.get("answer_start", -1) for x in answers],
-                    },
-                }
-                where = f"{path} article {a + 1} paragraph {p + 1} question {fields['id']}"
-                out.append(Record(fields, where))
-    return out
+from ptft_jax.data.files import DataError, origin
 
 
 def check_answers(records, question: str, context: str, answers: str, allow_empty: bool) -> None:
