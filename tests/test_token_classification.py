@@ -283,3 +283,25 @@ def test_a_suite_scores_a_tagging_task_beside_the_word_dictionary(data_dir, tmp_
     job = json.loads((tmp_path / "S/jobs/toy/pretrained/lr0.003-seed0/config.json").read_text())
     assert job["task"] == "token_classification"
     assert len((tmp_path / "S/data/toy/train.jsonl").read_text().splitlines()) == 120
+
+
+def test_a_hub_datasets_tag_ids_are_read_as_its_class_names():
+    import datasets
+
+    from ptft_jax.data.sources import _tag_names
+
+    names = ["O", "B-PER", "I-PER"]
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=names)),
+        }
+    )
+    ds = datasets.Dataset.from_dict(
+        {"tokens": [["Ann", "Lee", "ran"]], "ner_tags": [[1, 2, 0]]}, features
+    )
+    (row,) = ds.to_list()
+    assert _tag_names(row, ds.features) == {
+        "tokens": ["Ann", "Lee", "ran"],
+        "ner_tags": names[1:] + ["O"],
+    }
