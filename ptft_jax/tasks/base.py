@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ptft_jax import models, sharding
-from ptft_jax.errors import ConfigError
+from ptft_jax.errors import ConfigError, DataError
 
 
 @dataclasses.dataclass
@@ -136,6 +136,17 @@ class Task:
 
     def predict(self, run, texts, pairs, top_k: int, forward) -> list[dict]:
         raise ConfigError(f"A {self.name} run predicts nothing; export it for its embeddings.")
+
+
+def split_from_data(task, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
+    """``split_data`` of a task whose ``data`` holds every evaluation split: all of it, with
+    the run's ``tokenizer``; one sentence when the source lacks ``split``."""
+    data = task.data(cfg, lambda _: tokenizer, layout, layout, labels_file)
+    if (data.eval if split == "validation" else data.test) is None:
+        raise DataError(
+            f"data.source {cfg.data.source!r} has no {split} split; use another --split."
+        )
+    return data
 
 
 def trained_tokenizer_kind(task, family: str) -> str:

@@ -34,6 +34,7 @@ from ptft_jax.tasks.base import (
     packed,
     per_example,
     spec_of,
+    split_from_data,
 )
 
 log = logging.getLogger(__name__)
@@ -153,12 +154,7 @@ class Classification(Task):
         )
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
-        data = self.data(cfg, lambda _: tokenizer, layout, layout, labels_file)
-        if (data.eval if split == "validation" else data.test) is None:
-            raise DataError(
-                f"data.source {cfg.data.source!r} has no {split} split; use another --split."
-            )
-        return data
+        return split_from_data(self, cfg, tokenizer, layout, split, labels_file)
 
     # --- Inside the jitted steps.
 

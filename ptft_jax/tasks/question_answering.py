@@ -26,7 +26,7 @@ from ptft_jax import scores, sharding
 from ptft_jax.data import coverage, sources, squad
 from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, spec_of
+from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, spec_of, split_from_data
 from ptft_jax.tasks.classification import bucketed
 
 log = logging.getLogger(__name__)
@@ -136,12 +136,7 @@ class QuestionAnswering(Task):
         )
 
     def split_data(self, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
-        data = self.data(cfg, lambda _: tokenizer, layout, layout, labels_file)
-        if (data.eval if split == "validation" else data.test) is None:
-            raise DataError(
-                f"data.source {cfg.data.source!r} has no {split} split; use another --split."
-            )
-        return data
+        return split_from_data(self, cfg, tokenizer, layout, split, labels_file)
 
     # --- Inside the jitted steps.
 
