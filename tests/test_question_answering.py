@@ -207,3 +207,26 @@ def test_a_suite_scores_a_reading_task_beside_sentence_overlap(data_dir, tmp_pat
     # one sentence, the whole context: its words less "who" hold the person among others
     assert 0 < scores_["tfidf"]["median"] < 0.5
     assert "is sentence overlap" in (tmp_path / "S" / "suite.md").read_text()
+
+
+def test_decoding_picks_the_best_span_over_windows_and_no_answer_in_v2():
+    from ptft_jax.tasks.question_answering import QuestionAnswering
+
+    offsets = np.array([[-1, -1], [0, 3], [4, 9], [10, 12], [-1, -1]])  # [CLS] abc defgh ij [SEP]
+    win = squad.Windows([np.zeros(5)] * 2, [np.zeros(5)] * 2, np.array([0, 0]), [offsets] * 2,
+                        np.zeros(2, np.int64), np.zeros(2, np.int64))  # fmt: skip
+    low, high = np.zeros((5, 2)), np.zeros((5, 2))
+    low[1, 0] = low[2, 1] = 1.0  # "abc defgh": 2 in the first window
+    high[2, 0] = high[3, 1] = 2.0  # "defgh ij": 4 in the second
+    high[4] = 9.0  # [SEP] scores highest, but it is not in the context
+    high[0] = 2.5  # [CLS]: "no answer" 5 > 4
+    v1 = QuestionAnswering(seq_len=5)
+    assert v1.spans(win, [low, high], 1) == [(4.0, 4, 12)]
+    assert QuestionAnswering(seq_len=5, max_answer_length=1).spans(win, [low, high], 1)[0][0] < 4
+    # v2's null score is the lowest [CLS] score over the windows (0 in the first): 4 wins
+    assert QuestionAnswering(seq_len=5, with_negative=True).spans(win, [low, high], 1) == [
+        (4.0, 4, 12)
+    ]
+    low[0] = 3.0  # now every window scores "no answer" at 5 or more: it wins
+    v2 = QuestionAnswering(seq_len=5, with_negative=True)
+    assert v2.spans(win, [low, high], 1) == [(5.0, -1, -1)]
