@@ -305,3 +305,24 @@ def test_a_hub_datasets_tag_ids_are_read_as_its_class_names():
         "tokens": ["Ann", "Lee", "ran"],
         "ner_tags": names[1:] + ["O"],
     }
+
+
+@pytest.mark.parametrize(
+    "task,key,value,message",
+    [
+        ("token_classification", "train.metric_for_best", "bleu", "not a token classification"),
+        ("question_answering", "train.metric_for_best", "accuracy", "not a question answering"),
+        ("question_answering", "data.doc_stride", 64, "data.doc_stride=64 must be below half"),
+        ("question_answering", "model.num_labels", 3, "points at a start and an end"),
+    ],
+)
+def test_config_mistakes_of_the_token_tasks(task, key, value, message):
+    from ptft_jax.config import base_config, validate
+    from ptft_jax.errors import ConfigError
+
+    c = base_config()
+    c.task = task
+    section, name = key.split(".")
+    c[section][name] = value
+    with pytest.raises(ConfigError, match=message):
+        validate(c)

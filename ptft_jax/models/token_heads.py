@@ -43,7 +43,8 @@ class _PerToken(nnx.Module):
         setattr(self, self.output, self.output_layer(cfg, self.outputs(cfg), rngs))
 
     def outputs(self, cfg) -> int:
-        raise NotImplementedError
+        """The logits per position: one per label (a span head: start and end)."""
+        return cfg.num_labels
 
     def output_layer(self, cfg, n: int, rngs) -> nnx.Linear:
         """The output layer (the family's init; BERT's: normal(initializer_range))."""
@@ -64,9 +65,6 @@ class _PerToken(nnx.Module):
 
 class TokenClassifier(_PerToken):
     """Label logits ``[B, L, num_labels]`` at every position (HF's *ForTokenClassification)."""
-
-    def outputs(self, cfg) -> int:
-        return cfg.num_labels
 
     def __call__(
         self, input_ids_BxL, attention_mask_BxL, token_type_ids_BxL=None, *, rngs=None, **packed

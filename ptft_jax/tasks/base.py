@@ -138,6 +138,16 @@ class Task:
         raise ConfigError(f"A {self.name} run predicts nothing; export it for its embeddings.")
 
 
+def check_best_metric(cfg, allowed: tuple[str, ...], what: str) -> None:
+    """``train.metric_for_best`` must be empty or one of the task's metrics ``allowed``."""
+    best = cfg.train.metric_for_best
+    if best and best not in allowed:
+        raise ConfigError(
+            f"train.metric_for_best={best!r} is not a {what} metric; use one of "
+            f"{', '.join(allowed)}."
+        )
+
+
 def split_from_data(task, cfg, tokenizer, layout, split: str, labels_file) -> TaskData:
     """``split_data`` of a task whose ``data`` holds every evaluation split: all of it, with
     the run's ``tokenizer``; one sentence when the source lacks ``split``."""

@@ -26,7 +26,15 @@ from ptft_jax import scores, sharding
 from ptft_jax.data import coverage, sources, squad
 from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, spec_of, split_from_data
+from ptft_jax.tasks.base import (
+    EvalContext,
+    Task,
+    TaskData,
+    check_best_metric,
+    inputs,
+    spec_of,
+    split_from_data,
+)
 from ptft_jax.tasks.classification import bucketed
 
 log = logging.getLogger(__name__)
@@ -65,12 +73,7 @@ class QuestionAnswering(Task):
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        best = cfg.train.metric_for_best
-        if best and best not in METRICS:
-            raise ConfigError(
-                f"train.metric_for_best={best!r} is not a question answering metric; use f1 or "
-                "exact_match."
-            )
+        check_best_metric(cfg, METRICS, "question answering")
         if cfg.model.num_labels != 2:
             raise ConfigError(
                 "question answering points at a start and an end (model.num_labels=2); drop "

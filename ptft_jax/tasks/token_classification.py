@@ -28,7 +28,15 @@ from ptft_jax import losses, sharding
 from ptft_jax.data import coverage, sources, tagging
 from ptft_jax.data.tokenize import pad_id
 from ptft_jax.errors import ConfigError, DataError
-from ptft_jax.tasks.base import EvalContext, Task, TaskData, inputs, spec_of, split_from_data
+from ptft_jax.tasks.base import (
+    EvalContext,
+    Task,
+    TaskData,
+    check_best_metric,
+    inputs,
+    spec_of,
+    split_from_data,
+)
 from ptft_jax.tasks.classification import bucketed, packed_batches
 
 log = logging.getLogger(__name__)
@@ -68,12 +76,7 @@ class TokenClassification(Task):
     @classmethod
     def check(cls, cfg) -> None:
         super().check(cfg)
-        best = cfg.train.metric_for_best
-        if best and best not in METRICS:
-            raise ConfigError(
-                f"train.metric_for_best={best!r} is not a token classification metric; use one "
-                f"of {', '.join(METRICS)}."
-            )
+        check_best_metric(cfg, METRICS, "token classification")
         if cfg.model.num_labels < 2:
             raise ConfigError(
                 "model.num_labels must be at least 2 for token classification (O and one tag); "
